@@ -1,0 +1,317 @@
+"""tf.data input pipeline: decoding, the shared preprocessing, augmentation and the
+cross-modal identity sampler (paper Sec. 4.2).
+
+Paper: training images are resized to 256x128 and flipped horizontally; a batch holds
+16 persons x (4 RGB + 4 IR) images = 128. The standard re-ID augmentations of the AGW
+cross-modal baseline (zero-pad 10 + random crop, random erasing, channel augmentation)
+are each behind an :class:`AugmentConfig` field.
+
+Every image, in training, evaluation and the exported model, goes through
+:func:`preprocess` (gray -> 3 channels, bilinear resize, caffe normalisation, which is
+what the keras.applications ResNet-50 ImageNet weights expect). Training augmentation
+runs after it, on normalised images.
+
+Randomness: the identity sampler is a NumPy generator seeded by the pipeline seed; each
+image's augmentation uses stateless ops seeded by (pipeline seed, element number). The
+same seed gives the same stream of batches.
+"""
+
+import dataclasses
+
+import numpy as np
+import tensorflow as tf
+
+from jsia_tf.data import records, regdb, sysu
+
+# keras.applications.resnet50.preprocess_input ("caffe" mode): RGB -> BGR, subtract
+# the ImageNet mean pixel (BGR order), no scaling.
+CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
+
+# Random erasing, Zhong et al. 2017 ("Random Erasing Data Augmentation"): erased area
+# fraction of the image, aspect ratio (height / width) drawn uniformly, attempts to draw
+# a rectangle that fits inside the image before giving up.
+ERASE_AREA = (0.02, 0.4)
+ERASE_ASPECT = (0.3, 1 / 0.3)
+ERASE_ATTEMPTS = 100
+
+# Channel augmentation (AGW / CAJ, Ye et al. ICCV 2021): an RGB image becomes a gray one
+# made of its R, G or B channel or of its luminance, each with probability 1/4.
+# Rows are weights over BGR pixels.
+GRAY_CHOICES_BGR = (
+    (0.0, 0.0, 1.0),  # R
+    (0.0, 1.0, 0.0),  # G
+    (1.0, 0.0, 0.0),  # B
+    (0.1140, 0.5870, 0.2989),  # luminance, 0.2989 R + 0.5870 G + 0.1140 B
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class AugmentConfig:
+    """Training augmentation.
+
+    Attributes:
+      flip: random horizontal flip with probability 1/2 (the paper's augmentation).
+      pad: zero-pad (black pixels) by this many pixels on each side, then randomly crop
+        back to the input size; 0 disables.
+      random_erasing: probability of erasing one rectangle (Zhong et al. 2017) with zeros
+        in normalised space, i.e. with the ImageNet mean pixel; 0 disables.
+      channel_aug: probability of AGW channel augmentation on RGB images; 0 disables.
+    """
+
+    flip: bool = True
+    pad: int = 10
+    random_erasing: float = 0.5
+    channel_aug: float = 0.0
+
+    def __post_init__(self):
+        if not isinstance(self.pad, int) or self.pad < 0:
+            raise ValueError(f"AugmentConfig.pad must be an integer >= 0, got {self.pad!r}")
+        for name in ("random_erasing", "channel_aug"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"AugmentConfig.{name} is a probability in [0, 1], got {getattr(self, name)!r}")
+
+
+def normalize(images):
+    """float32 RGB pixels [..., 3] in [0, 255] -> caffe-normalised BGR [..., 3]."""
+    return images[..., ::-1] - tf.constant(CAFFE_MEAN_BGR)
+
+
+def denormalize(images):
+    """Inverse of :func:`normalize`: normalised BGR [..., 3] -> uint8 RGB (for summaries)."""
+    pixels = (images + tf.constant(CAFFE_MEAN_BGR))[..., ::-1]
+    return tf.cast(tf.clip_by_value(tf.round(pixels), 0.0, 255.0), tf.uint8)
+
+
+def preprocess(images, height, width):
+    """The one preprocessing of training, evaluation and export.
+
+    Args:
+      images: uint8 or float pixels in [0, 255], [N, H, W, C] or [H, W, C], C in {1, 3}
+        (RGB, or gray such as thermal images).
+      height, width: output size (paper: 256x128).
+    Returns:
+      float32 [..., height, width, 3], caffe-normalised BGR.
+    """
+    images = tf.convert_to_tensor(images)
+    if images.dtype != tf.uint8 and not images.dtype.is_floating:
+        raise TypeError(f"preprocess expects uint8 or float pixels, got {images.dtype.name}")
+    channels = images.shape[-1]
+    if channels == 1:
+        images = tf.repeat(images, 3, axis=-1)  # gray -> 3 identical channels
+    elif channels != 3:
+        raise ValueError(f"preprocess expects 1 or 3 channels (a static last dimension), got shape {images.shape}")
+    # antialias: like PIL's bilinear resize (torchvision) when shrinking.
+    images = tf.image.resize(tf.cast(images, tf.float32), (height, width), method="bilinear", antialias=True)
+    return normalize(images)
+
+
+def decode_image(path):
+    """uint8 [H, W, 3] pixels of a BMP/JPEG/PNG file; gray (thermal) files get 3 channels."""
+    return tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
+
+
+def load_image(path, height, width):
+    """Decoded and preprocessed image: float32 [height, width, 3]."""
+    return preprocess(decode_image(path), height, width)
+
+
+def check_images(image_list):
+    """Decodes every file of ``image_list`` as training would; raises DatasetError on the first bad one."""
+    for path in image_list.paths:
+        try:
+            decode_image(path)
+        except (tf.errors.InvalidArgumentError, tf.errors.NotFoundError) as error:
+            raise records.DatasetError(
+                f"{path}: cannot be decoded as a BMP/JPEG/PNG image ({error.message})") from error
+
+
+def load_dataset(name, root, trial=1, verify=False):
+    """Reads dataset ``name`` ("regdb" or "sysu") at ``root``.
+
+    Args:
+      trial: the RegDB train/test split, 1..10. SYSU-MM01 has one fixed split (its 10
+        trials are gallery draws made by the evaluation), so it does not use it.
+      verify: decode every image once and raise DatasetError naming the first bad file.
+    """
+    if name == "regdb":
+        dataset = regdb.load_regdb(root, trial)
+    elif name == "sysu":
+        dataset = sysu.load_sysu(root)
+    else:
+        raise ValueError(f"unknown dataset {name!r}; expected 'regdb' or 'sysu'")
+    if verify:
+        for images in (dataset.train_rgb, dataset.train_ir, dataset.test):
+            check_images(images)
+    return dataset
+
+
+def random_erasing(image, probability, seed):
+    """Random erasing (Zhong et al. 2017) of one normalised image [H, W, C].
+
+    With ``probability``, up to ERASE_ATTEMPTS rectangles of random area and aspect are
+    drawn; the first one that fits is set to 0 (the mean pixel); if none fits the image
+    is kept, as in the reference implementation.
+    """
+    height, width = tf.shape(image)[0], tf.shape(image)[1]
+    area_seed, aspect_seed, top_seed, left_seed, apply_seed = tf.unstack(
+        tf.random.experimental.stateless_split(seed, 5))
+    area = tf.cast(height * width, tf.float32) * tf.random.stateless_uniform(
+        [ERASE_ATTEMPTS], area_seed, *ERASE_AREA)
+    aspect = tf.random.stateless_uniform([ERASE_ATTEMPTS], aspect_seed, *ERASE_ASPECT)
+    heights = tf.cast(tf.round(tf.sqrt(area * aspect)), tf.int32)  # [ERASE_ATTEMPTS]
+    widths = tf.cast(tf.round(tf.sqrt(area / aspect)), tf.int32)
+    fits = (heights < height) & (widths < width)
+    first = tf.argmax(tf.cast(fits, tf.int32))  # 0 when none fits; then nothing is erased
+    erase_h, erase_w = tf.minimum(heights[first], height), tf.minimum(widths[first], width)
+    top = tf.random.stateless_uniform([], top_seed, 0, height - erase_h + 1, dtype=tf.int32)
+    left = tf.random.stateless_uniform([], left_seed, 0, width - erase_w + 1, dtype=tf.int32)
+    rows, cols = tf.range(height), tf.range(width)
+    inside = (((rows >= top) & (rows < top + erase_h))[:, None]
+              & ((cols >= left) & (cols < left + erase_w))[None, :])  # [H, W]
+    erase = tf.reduce_any(fits) & (tf.random.stateless_uniform([], apply_seed) < probability)
+    return tf.where(erase & inside[:, :, None], tf.zeros_like(image), image)
+
+
+def channel_augment(image, probability, seed):
+    """AGW channel augmentation of one normalised RGB image [H, W, 3].
+
+    With ``probability`` the image becomes gray: one of GRAY_CHOICES_BGR is applied to
+    the pixel values (not to normalised values as AGW does, so the result is a real
+    gray image) and replicated to 3 channels.
+    """
+    choice_seed, apply_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+    mean = tf.constant(CAFFE_MEAN_BGR)
+    weights = tf.gather(tf.constant(GRAY_CHOICES_BGR),
+                        tf.random.stateless_uniform([], choice_seed, 0, len(GRAY_CHOICES_BGR), dtype=tf.int32))
+    gray = tf.reduce_sum((image + mean) * weights, axis=-1, keepdims=True)  # [H, W, 1] pixels
+    gray = tf.repeat(gray, 3, axis=-1) - mean
+    return tf.where(tf.random.stateless_uniform([], apply_seed) < probability, gray, image)
+
+
+def augment_image(image, config, seed, rgb):
+    """Training augmentation of one normalised image [H, W, 3] (static shape, kept).
+
+    Args:
+      config: AugmentConfig.
+      seed: int [2], stateless seed of this image.
+      rgb: whether the image is RGB (channel augmentation applies to RGB only).
+    """
+    flip_seed, crop_seed, erase_seed, channel_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 4))
+    if config.flip:
+        image = tf.image.stateless_random_flip_left_right(image, flip_seed)
+    if config.pad:
+        # Pad with black pixels (torchvision Pad(10) in AGW): in
+        # normalised space black is -mean.
+        mean = tf.constant(CAFFE_MEAN_BGR)
+        padding = [[config.pad, config.pad], [config.pad, config.pad], [0, 0]]
+        padded = tf.pad(image + mean, padding) - mean  # [H + 2 pad, W + 2 pad, 3]
+        image = tf.image.stateless_random_crop(padded, image.shape, crop_seed)
+    if config.random_erasing:
+        image = random_erasing(image, config.random_erasing, erase_seed)
+    if rgb and config.channel_aug:
+        image = channel_augment(image, config.channel_aug, channel_seed)
+    return image
+
+
+class IdentitySampler:
+    """Cross-modal identity sampler: an endless iterable of index batches.
+
+    Each epoch is a random permutation of the classes, cut into batches of ``num_ids``
+    distinct classes (a last incomplete batch is dropped). For each class, K =
+    ``num_instances`` RGB and K IR images are drawn, without replacement when the class
+    has at least K images of that modality, with replacement otherwise. Every iteration
+    restarts from ``seed``.
+
+    Args:
+      rgb_labels, ir_labels: int [N_rgb], [N_ir] class labels in [0, num_classes).
+    Yields:
+      (rgb_index, ir_index, labels): int64 [num_ids * K] each, id-major
+      ([c0 x K, c1 x K, ...]), so splitting the batch dimension into parts that are
+      multiples of K keeps RGB and IR aligned.
+    """
+
+    def __init__(self, rgb_labels, ir_labels, num_classes, num_ids, num_instances, seed):
+        if num_ids < 1 or num_instances < 1:
+            raise ValueError(f"num_ids and num_instances must be >= 1, got {num_ids} and {num_instances}")
+        if num_classes < num_ids:
+            raise ValueError(f"a batch of {num_ids} distinct identities needs at least {num_ids} classes, "
+                             f"got {num_classes}")
+        self.pools = {}
+        for modality, labels in (("RGB", rgb_labels), ("IR", ir_labels)):
+            self.pools[modality] = [np.flatnonzero(labels == c) for c in range(num_classes)]
+            empty = [c for c, pool in enumerate(self.pools[modality]) if not len(pool)]
+            if empty:
+                raise ValueError(f"training classes {empty} have no {modality} images")
+        self.num_classes = num_classes
+        self.num_ids = num_ids
+        self.num_instances = num_instances
+        self.seed = seed
+
+    def __iter__(self):
+        rng = np.random.default_rng(self.seed)
+
+        def draw(pool):
+            return rng.choice(pool, size=self.num_instances, replace=len(pool) < self.num_instances)
+
+        while True:
+            order = rng.permutation(self.num_classes)
+            for start in range(0, self.num_classes - self.num_ids + 1, self.num_ids):
+                classes = order[start:start + self.num_ids]
+                rgb_index = np.concatenate([draw(self.pools["RGB"][c]) for c in classes])
+                ir_index = np.concatenate([draw(self.pools["IR"][c]) for c in classes])
+                yield rgb_index, ir_index, np.repeat(classes, self.num_instances)
+
+
+def train_dataset(dataset, num_ids, num_instances, height, width, seed, augment=AugmentConfig(), start_batch=0):
+    """Infinite stream of cross-modal training batches.
+
+    Paper: P = ``num_ids`` = 16, K = ``num_instances`` = 4 at 256x128 for re-ID; the
+    reference code draws the GAN's batches the same way with P = K = 3 (call this again
+    with those and another seed). Under a strategy with R replicas, each replica gets a
+    contiguous slice of P*K/R pairs; P divisible by R gives each one P/R whole identities.
+
+    Args:
+      dataset: CrossModalDataset.
+      num_ids, num_instances: P identities per batch, K images per identity and modality.
+      height, width: image size.
+      seed: seeds the identity sampler and every image's augmentation.
+      augment: AugmentConfig.
+      start_batch: batches to skip, to resume a run: the stream then continues exactly
+        as an uninterrupted one (only the sampler's indices are replayed, no images).
+    Returns:
+      tf.data.Dataset of dicts: "rgb", "ir": float32 [P*K, height, width, 3] normalised;
+      "rgb_labels", "ir_labels": int32 [P*K] contiguous classes, equal element-wise,
+      id-major.
+    """
+    sampler = IdentitySampler(dataset.train_labels(dataset.train_rgb), dataset.train_labels(dataset.train_ir),
+                              dataset.num_classes, num_ids, num_instances, seed)
+    batch_size = num_ids * num_instances
+    index_spec = tf.TensorSpec([batch_size], tf.int64)
+    indices = tf.data.Dataset.from_generator(sampler.__iter__, output_signature=(index_spec, index_spec, index_spec))
+    indices = indices.skip(start_batch)
+    rgb_paths = tf.constant(dataset.train_rgb.paths)
+    ir_paths = tf.constant(dataset.train_ir.paths)
+
+    def load(element, index):
+        rgb_index, ir_index, label = index
+        rgb_seed, ir_seed = tf.unstack(tf.random.experimental.stateless_split(
+            tf.stack([tf.constant(seed, tf.int64), element]), 2))
+        rgb = augment_image(load_image(tf.gather(rgb_paths, rgb_index), height, width), augment, rgb_seed, rgb=True)
+        ir = augment_image(load_image(tf.gather(ir_paths, ir_index), height, width), augment, ir_seed, rgb=False)
+        label = tf.cast(label, tf.int32)
+        return {"rgb": rgb, "ir": ir, "rgb_labels": label, "ir_labels": label}
+
+    # One element per (RGB, IR) pair; numbering them seeds each pair's augmentation.
+    return (indices.unbatch().enumerate(start=start_batch * batch_size)
+            .map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+            .batch(batch_size, drop_remainder=True)
+            .prefetch(tf.data.AUTOTUNE))
+
+
+def eval_dataset(image_list, height, width, batch_size):
+    """Preprocessed float32 [<=batch_size, height, width, 3] batches of ``image_list`` in order."""
+    return (tf.data.Dataset.from_tensor_slices(image_list.paths)
+            .map(lambda path: load_image(path, height, width), num_parallel_calls=tf.data.AUTOTUNE,
+                 deterministic=True)
+            .batch(batch_size)
+            .prefetch(tf.data.AUTOTUNE))

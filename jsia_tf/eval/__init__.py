@@ -1,0 +1,1 @@
+"""Evaluation: ranking metrics (CMC, mAP, mINP) and the SYSU-MM01 / RegDB protocols."""

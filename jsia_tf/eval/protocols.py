@@ -1,0 +1,330 @@
+"""The SYSU-MM01 and RegDB evaluation protocols (paper Sec. 4.1).
+
+Inputs are the test set as arrays: ``features`` [N, D] float, ``labels`` [N] int
+person ids as written in the dataset, ``cams`` [N] int camera ids and, for
+SYSU-MM01, ``image_index`` [N] int (1-based position of the image in its sorted
+``camX/PPPP/`` folder, what ``rand_perm_cam.mat`` indexes).
+
+SYSU-MM01 (Wu et al., ICCV 2017), as the official evaluation runs it:
+- Queries: every IR image (cameras 3, 6). Indoor search keeps the persons seen by
+  the indoor RGB cameras 1, 2 (the official ``test_id_indoor.mat``: 56 ids, 2,208
+  queries) and, like the official code, queries of both IR cameras.
+- Gallery of trial t: for each (person, gallery camera), the first 1 (single-shot)
+  or 10 (multi-shot) images of row t of that person's random order in that
+  camera; cameras 1, 2, 4, 5 (all-search) or 1, 2 (indoor-search). The orders
+  come from the official ``rand_perm_cam.mat`` when given (numbers comparable
+  with published ones, image for image), otherwise from a seeded draw.
+- Same-place rule: IR camera 3 and RGB camera 2 film the same room, so a cam-3
+  query is never ranked against cam-2 images.
+- Identity-level CMC, AP over every gallery image of the query's person in the
+  trial (``metrics``), 10 trials. Every trial scores the same queries, so pooling
+  the queries of all trials is the official average over trials.
+Gallery images are listed in feature-file order; ties in similarity keep it.
+
+RegDB (the AGW protocol): visible->thermal (``v2t``) ranks all thermal test
+images for each visible test image, thermal->visible (``t2v``) the reverse;
+image-level CMC, mAP, mINP. One trial per call: each trial is its own model.
+
+Every input problem raises ``ValueError`` (``DatasetError`` for the
+``rand_perm_cam.mat`` file) with a message naming the array or file.
+"""
+
+import dataclasses
+import os
+
+import numpy as np
+import scipy.io
+
+from jsia_tf.data.records import (
+    REGDB_THERMAL_CAM,
+    REGDB_VISIBLE_CAM,
+    SYSU_INDOOR_RGB_CAMS,
+    SYSU_IR_CAMS,
+    SYSU_RGB_CAMS,
+    DatasetError,
+)
+from jsia_tf.eval import metrics
+
+PROTOCOLS = ("sysu", "regdb")
+
+SYSU_CAMS = tuple(sorted(SYSU_RGB_CAMS + SYSU_IR_CAMS))  # 1..6
+SYSU_MODES = {"all": SYSU_RGB_CAMS, "indoor": SYSU_INDOOR_RGB_CAMS}  # search mode -> gallery cameras
+SYSU_SHOTS = (1, 10)  # single-shot, multi-shot: gallery images per (person, camera)
+SYSU_TRIALS = 10  # rows of rand_perm_cam.mat
+# IR camera -> the RGB camera filming the same room, never matched against it.
+SYSU_SAME_ROOM = {3: 2}
+
+# Direction -> (query camera, gallery camera).
+REGDB_DIRECTIONS = {
+    "v2t": (REGDB_VISIBLE_CAM, REGDB_THERMAL_CAM),
+    "t2v": (REGDB_THERMAL_CAM, REGDB_VISIBLE_CAM),
+}
+
+
+def load_rand_perm_cam(path):
+    """Reads the official SYSU-MM01 ``rand_perm_cam.mat`` (see sysu_eval/README.md).
+
+    Returns:
+      dict ``(cam, pid) -> int64 [10, n]`` for every person of the file (333 in
+      cameras 1, 2, 6; 533 in 3, 4, 5): row t is trial t's random order of the
+      1-based indices of the n images in ``camX/PPPP/``; n = 0 for a person
+      absent from the camera.
+
+    Raises:
+      DatasetError: the file is unreadable or not of that form; names the path.
+    """
+    path = os.fspath(path)
+    try:
+        table = scipy.io.loadmat(path).get("rand_perm_cam")
+    except (OSError, ValueError, scipy.io.matlab.MatReadError) as e:
+        raise DatasetError(f"cannot read {path} as a MATLAB .mat file: {e}") from e
+    if table is None or table.dtype != object or table.shape != (len(SYSU_CAMS), 1):
+        found = "no such key" if table is None else f"{table.dtype} {table.shape}"
+        raise DatasetError(
+            f"{path}: expected key 'rand_perm_cam' holding an object array "
+            f"[{len(SYSU_CAMS)}, 1], one entry per camera; got {found}"
+        )
+    orders = {}
+    for cam, (persons,) in zip(SYSU_CAMS, table):
+        if persons.dtype != object or persons.ndim != 2 or persons.shape[1] != 1:
+            raise DatasetError(
+                f"{path}: camera {cam} should hold an object array [num_pids, 1]; got {persons.shape}")
+        for pid, (order,) in enumerate(persons, start=1):
+            if order.size == 0:  # stored as [0, 0] or [10, 0]
+                orders[(cam, pid)] = np.zeros((SYSU_TRIALS, 0), dtype=np.int64)
+                continue
+            n = order.shape[-1]
+            if (order.shape != (SYSU_TRIALS, n) or order.dtype.kind not in "iu"
+                    or np.any(np.sort(order, axis=1) != np.arange(1, n + 1))):
+                raise DatasetError(
+                    f"{path}: camera {cam}, person {pid}: expected {SYSU_TRIALS} integer rows that each "
+                    f"permute 1..n; got {order.dtype} {order.shape}"
+                )
+            orders[(cam, pid)] = order.astype(np.int64)
+    return orders
+
+
+@dataclasses.dataclass(frozen=True)
+class SysuSplit:
+    """Query and per-trial gallery of one SYSU-MM01 setting, as feature rows.
+
+    Attributes:
+      queries: [Q] int64 rows of the query images, ascending.
+      galleries: one [G_t] int64 array of gallery rows per trial, ascending.
+    """
+
+    queries: np.ndarray
+    galleries: tuple
+
+
+def sysu_split(labels, cams, image_index, *, mode="all", shots=1, rand_perm=None, trials=SYSU_TRIALS, seed=0):
+    """Picks the queries and each trial's gallery of a SYSU-MM01 setting.
+
+    Args:
+      labels, cams, image_index: [N] int arrays (see the module docstring).
+      mode: "all" or "indoor" search.
+      shots: 1 (single-shot) or 10 (multi-shot).
+      rand_perm: path of the official ``rand_perm_cam.mat``, or None for a
+        seeded draw: trial t permutes each (camera, person)'s images, in sorted
+        (camera, person) order, with ``np.random.default_rng(seed + t)``.
+      trials: number of trials (at most the 10 rows of ``rand_perm_cam.mat``).
+      seed: seed of the draw when ``rand_perm`` is None.
+    """
+    _check_choice("sysu_mode", mode, tuple(SYSU_MODES))
+    _check_choice("sysu_shots", shots, SYSU_SHOTS)
+    if not isinstance(trials, (int, np.integer)) or trials < 1:
+        raise ValueError(f"trials must be a positive integer; got {trials!r}")
+    labels, cams, image_index = _check_int_arrays(
+        len(np.atleast_1d(labels)), labels=labels, cams=cams, image_index=image_index)
+    _check_values("cams", cams, SYSU_CAMS)
+    if len(image_index) and image_index.min() < 1:
+        raise ValueError(f"image_index is 1-based (position in camX/PPPP/); found {image_index.min()}")
+
+    is_gallery_cam = np.isin(cams, SYSU_MODES[mode])
+    is_query = np.isin(cams, SYSU_IR_CAMS)
+    if mode == "indoor":
+        is_query &= np.isin(labels, labels[is_gallery_cam])  # test_id_indoor: persons seen by cams 1, 2
+    queries = np.flatnonzero(is_query)
+    if queries.size == 0:
+        raise ValueError(
+            f"no SYSU-MM01 {mode}-search query: queries are the IR images (cams {SYSU_IR_CAMS})"
+            + (f" of persons also seen by cams {SYSU_INDOOR_RGB_CAMS}" if mode == "indoor" else "")
+            + f"; cams holds {np.unique(cams).tolist()}"
+        )
+
+    images = _images_by_camera_and_person(labels, cams, image_index, np.flatnonzero(is_gallery_cam))
+    if not images:
+        raise ValueError(f"no SYSU-MM01 {mode}-search gallery image: cams holds none of {SYSU_MODES[mode]}")
+    if rand_perm is None:
+        orders, source = _draw_orders(images, trials, seed), "the seeded gallery draw"
+    else:
+        orders, source = load_rand_perm_cam(rand_perm), os.fspath(rand_perm)
+        if trials > SYSU_TRIALS:
+            raise ValueError(f"trials={trials} but {source} holds {SYSU_TRIALS} trials")
+    galleries = tuple(_trial_gallery(images, orders, t, shots, source) for t in range(trials))
+    return SysuSplit(queries=queries, galleries=galleries)
+
+
+def _images_by_camera_and_person(labels, cams, image_index, rows):
+    """``(cam, pid) -> (image indices [n] ascending, feature rows [n])`` of ``rows``."""
+    rows = rows[np.lexsort((image_index[rows], labels[rows], cams[rows]))]  # by cam, pid, index
+    keys = np.stack([cams[rows], labels[rows], image_index[rows]], axis=1)  # [n, 3]
+    repeated = np.all(keys[1:] == keys[:-1], axis=1)
+    if repeated.any():
+        cam, pid, index = keys[1:][repeated][0]
+        raise ValueError(f"image_index {index} of person {pid} in camera {cam} appears more than once")
+    new_group = np.r_[True, np.any(keys[1:, :2] != keys[:-1, :2], axis=1)]
+    groups = np.split(np.arange(len(rows)), np.flatnonzero(new_group)[1:])
+    return {(int(keys[g[0], 0]), int(keys[g[0], 1])): (keys[g, 2], rows[g]) for g in groups if g.size}
+
+
+def _draw_orders(images, trials, seed):
+    """Seeded stand-in for rand_perm_cam.mat, in its form: (cam, pid) -> [trials, n]."""
+    draws = {key: [] for key in images}
+    for t in range(trials):
+        rng = np.random.default_rng(seed + t)
+        for key in sorted(images):
+            draws[key].append(rng.permutation(images[key][0]))
+    return {key: np.stack(rows) for key, rows in draws.items()}
+
+
+def _trial_gallery(images, orders, trial, shots, source):
+    """[G] ascending feature rows of trial ``trial``'s gallery."""
+    rows = []
+    for (cam, pid), (indices, feature_rows) in images.items():
+        order = orders.get((cam, pid))
+        if order is None or order.shape[1] == 0:
+            raise ValueError(f"the features hold images of person {pid} in camera {cam}, {source} has none")
+        picked = order[trial, :shots]  # [shots] 1-based image indices
+        at = np.minimum(np.searchsorted(indices, picked), len(indices) - 1)
+        missing = indices[at] != picked
+        if missing.any():
+            raise ValueError(
+                f"{source} puts image {picked[missing][0]} of person {pid} in camera {cam} in the gallery of "
+                f"trial {trial + 1}, but no feature row has that (cams, labels, image_index)"
+            )
+        rows.append(feature_rows[at])
+    return np.sort(np.concatenate(rows))
+
+
+def sysu_trial_scores(features, labels, cams, image_index, *, mode="all", shots=1, rand_perm=None,
+                      trials=SYSU_TRIALS, seed=0):
+    """Per-query scores of each trial of a SYSU-MM01 setting (arguments: ``sysu_split``).
+
+    Returns:
+      list of ``metrics.QueryScores``, one per trial (``metrics.summarize`` one for
+      that trial's numbers).
+    """
+    features = _check_features(features)
+    labels, cams, image_index = _check_int_arrays(len(features), labels=labels, cams=cams, image_index=image_index)
+    split = sysu_split(labels, cams, image_index, mode=mode, shots=shots, rand_perm=rand_perm, trials=trials,
+                       seed=seed)
+    # Rank against the union of the trial galleries once; each trial takes its columns.
+    columns = np.unique(np.concatenate(split.galleries))  # [C] feature rows
+    similarity = metrics.cosine_similarity(features[split.queries], features[columns])  # [Q, C]
+    query_cams, column_cams = cams[split.queries], cams[columns]
+    allowed = np.ones(similarity.shape, dtype=bool)  # [Q, C], False: same room (SYSU_SAME_ROOM)
+    for ir_cam, rgb_cam in SYSU_SAME_ROOM.items():
+        allowed &= ~((query_cams == ir_cam)[:, None] & (column_cams == rgb_cam)[None, :])
+    scores = []
+    for gallery in split.galleries:
+        cols = np.searchsorted(columns, gallery)  # [G] columns of this trial
+        scores.append(metrics.score_similarity(
+            np.take(similarity, cols, axis=1), labels[split.queries], labels[gallery],
+            np.take(allowed, cols, axis=1), identity_level=True))
+    return scores
+
+
+def evaluate_sysu(features, labels, cams, image_index, *, mode="all", shots=1, rand_perm=None,
+                  trials=SYSU_TRIALS, seed=0):
+    """SYSU-MM01 CMC, mAP, mINP averaged over trials (arguments: ``sysu_split``)."""
+    scores = sysu_trial_scores(features, labels, cams, image_index, mode=mode, shots=shots, rand_perm=rand_perm,
+                               trials=trials, seed=seed)
+    return metrics.summarize(metrics.QueryScores.concatenate(scores))
+
+
+def evaluate_regdb(features, labels, cams, direction="v2t"):
+    """RegDB CMC, mAP, mINP of one trial in ``direction`` ("v2t" or "t2v")."""
+    _check_choice("regdb_direction", direction, tuple(REGDB_DIRECTIONS))
+    features = _check_features(features)
+    labels, cams = _check_int_arrays(len(features), labels=labels, cams=cams)
+    _check_values("cams", cams, (REGDB_VISIBLE_CAM, REGDB_THERMAL_CAM))
+    query_cam, gallery_cam = REGDB_DIRECTIONS[direction]
+    query, gallery = cams == query_cam, cams == gallery_cam
+    for name, cam, mask in (("query", query_cam, query), ("gallery", gallery_cam, gallery)):
+        if not mask.any():
+            raise ValueError(f"RegDB {direction}: no {name} image (cams == {cam})")
+    return metrics.evaluate(features[query], features[gallery], labels[query], labels[gallery])
+
+
+def evaluate_features(features, labels, cams, image_index=None, protocol="sysu", *, sysu_mode="all", sysu_shots=1,
+                      sysu_rand_perm=None, trials=SYSU_TRIALS, regdb_direction="v2t", seed=0):
+    """Evaluates test features under ``protocol`` ("sysu" or "regdb").
+
+    The SYSU-MM01 arguments (``image_index``, ``sysu_*``, ``trials``, ``seed``)
+    are described in ``sysu_split``; RegDB uses ``regdb_direction`` only.
+
+    Returns:
+      ``{"cmc": {"1": r1, "5": r5, "10": r10, "20": r20}, "mAP": m, "mINP": i}``,
+      fractions in [0, 1], averaged over the trials.
+    """
+    _check_choice("protocol", protocol, PROTOCOLS)
+    if protocol == "regdb":
+        return evaluate_regdb(features, labels, cams, regdb_direction)
+    if image_index is None:
+        raise ValueError("the SYSU-MM01 protocol needs image_index (the images' positions in camX/PPPP/)")
+    return evaluate_sysu(features, labels, cams, image_index, mode=sysu_mode, shots=sysu_shots,
+                         rand_perm=sysu_rand_perm, trials=trials, seed=seed)
+
+
+def _check_choice(name, value, choices):
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {list(choices)}; got {value!r}")
+
+
+def _check_features(features):
+    features = np.asarray(features)
+    if features.ndim != 2 or features.dtype.kind != "f":
+        raise ValueError(f"features must be a float array [N, D]; got {features.dtype} {features.shape}")
+    if not np.isfinite(features).all():
+        raise ValueError("features contain NaN or infinite values")
+    return features
+
+
+def _check_int_arrays(n, **arrays):
+    """The named arrays as int64 [n], one entry per feature row."""
+    checked = []
+    for name, array in arrays.items():
+        array = np.asarray(array)
+        if array.shape != (n,) or array.dtype.kind not in "iu":
+            raise ValueError(
+                f"{name} must be an integer array [{n}] (one per feature row); got {array.dtype} {array.shape}")
+        checked.append(array.astype(np.int64))
+    return checked
+
+
+def _check_values(name, array, allowed):
+    unexpected = np.setdiff1d(array, allowed)
+    if unexpected.size:
+        raise ValueError(f"{name} must only hold {list(allowed)}; found {unexpected.tolist()}")
+
+
+def evaluate_test_set(features, test, dataset, *, sysu_modes=tuple(SYSU_MODES), sysu_shots=SYSU_SHOTS,
+                      sysu_rand_perm=None, trials=SYSU_TRIALS, regdb_directions=tuple(REGDB_DIRECTIONS), seed=0):
+    """Every setting of ``dataset``'s protocol on the embedded test set.
+
+    Args:
+      features: float [N, D], row i embeds ``test.paths[i]``.
+      test: the dataset's test ImageList (raw person ids, cameras, image indices).
+      dataset: "sysu" or "regdb".
+    Returns:
+      {setting: metrics dict}, settings named "regdb_v2t" / "regdb_t2v" or
+      "sysu_{all,indoor}_{1,10}shot".
+    """
+    _check_choice("dataset", dataset, PROTOCOLS)
+    if dataset == "regdb":
+        return {f"regdb_{direction}": evaluate_regdb(features, test.pids, test.cams, direction)
+                for direction in regdb_directions}
+    return {f"sysu_{mode}_{shots}shot": evaluate_sysu(features, test.pids, test.cams, test.image_index, mode=mode,
+                                                      shots=shots, rand_perm=sysu_rand_perm, trials=trials, seed=seed)
+            for mode in sysu_modes for shots in sysu_shots}

@@ -1,0 +1,105 @@
+"""Evaluates test features under the SYSU-MM01 or RegDB protocol (paper Sec. 4.1).
+
+  python -m jsia_tf.evaluate --features=F.npz --protocol=sysu \\
+      [--sysu_mode=all|indoor] [--sysu_shots=1|10] [--sysu_rand_perm=rand_perm_cam.mat] \\
+      [--trials=10] [--seed=0] --output_json=OUT.json
+  python -m jsia_tf.evaluate --features=F.npz --protocol=regdb [--regdb_direction=v2t|t2v] \\
+      --output_json=OUT.json
+
+F.npz holds ``features`` [N, D] float, ``labels`` [N] int person ids, ``cams``
+[N] int and, for SYSU-MM01, ``image_index`` [N] int (see
+``jsia_tf.eval.protocols``). OUT.json is ``{"cmc": {"1": r1, "5": r5, "10": r10,
+"20": r20}, "mAP": m, "mINP": i}``, fractions in [0, 1] averaged over trials.
+
+Code that evaluates in-process (the training loop) calls
+``jsia_tf.eval.protocols.evaluate_features``: importing this module would
+define its flags.
+"""
+
+import json
+import pathlib
+import sys
+
+import numpy as np
+from absl import app, flags
+
+from jsia_tf.eval import protocols
+from jsia_tf.eval.metrics import format_summary
+
+_FEATURES = flags.DEFINE_string("features", None, "Path of the .npz with features, labels, cams [, image_index].")
+_PROTOCOL = flags.DEFINE_enum("protocol", None, list(protocols.PROTOCOLS), "Evaluation protocol.")
+_SYSU_MODE = flags.DEFINE_enum("sysu_mode", "all", list(protocols.SYSU_MODES), "SYSU-MM01 search mode.")
+_SYSU_SHOTS = flags.DEFINE_enum(
+    "sysu_shots", "1", [str(s) for s in protocols.SYSU_SHOTS], "SYSU-MM01 gallery images per (person, camera).")
+_SYSU_RAND_PERM = flags.DEFINE_string(
+    "sysu_rand_perm", None, "Official rand_perm_cam.mat; without it the galleries are drawn with --seed.")
+_TRIALS = flags.DEFINE_integer(
+    "trials", protocols.SYSU_TRIALS, "SYSU-MM01 trials (random galleries).", lower_bound=1)
+_REGDB_DIRECTION = flags.DEFINE_enum(
+    "regdb_direction", "v2t", list(protocols.REGDB_DIRECTIONS), "RegDB query -> gallery modality.")
+_SEED = flags.DEFINE_integer("seed", 0, "Seed of the SYSU-MM01 gallery draw without --sysu_rand_perm.")
+_OUTPUT_JSON = flags.DEFINE_string("output_json", None, "Where to write the metrics as JSON.")
+
+flags.mark_flags_as_required(["features", "protocol", "output_json"])
+
+# Flags named after one protocol: setting them under the other is a mistake.
+# (--trials and --seed only matter to SYSU-MM01; RegDB ignores them: one trial per call.)
+_PROTOCOL_FLAGS = {
+    "sysu": ("sysu_mode", "sysu_shots", "sysu_rand_perm"),
+    "regdb": ("regdb_direction",),
+}
+
+
+def load_features(path, protocol):
+    """The arrays of a features .npz as a dict; ValueError names the file and key."""
+    keys = ("features", "labels", "cams") + (("image_index",) if protocol == "sysu" else ())
+    try:
+        npz = np.load(path, allow_pickle=False)
+    except (OSError, EOFError, ValueError) as e:
+        raise ValueError(f"cannot read {path} as an .npz file: {e}") from e
+    if not isinstance(npz, np.lib.npyio.NpzFile):
+        raise ValueError(f"{path} holds a single array; expected an .npz with {list(keys)}")
+    with npz:
+        missing = [k for k in keys if k not in npz.files]
+        if missing:
+            raise ValueError(f"{path} lacks {missing}; it holds {sorted(npz.files)} "
+                             f"and --protocol={protocol} needs {list(keys)}")
+        return {k: npz[k] for k in keys}
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    protocol = _PROTOCOL.value
+    for other, names in _PROTOCOL_FLAGS.items():
+        given = [f"--{n}" for n in names if flags.FLAGS[n].present]
+        if other != protocol and given:
+            raise app.UsageError(f"{', '.join(given)}: only used with --protocol={other}")
+    # Bad input data ends the run with its message, not a traceback.
+    try:
+        arrays = load_features(_FEATURES.value, protocol)
+    except ValueError as e:
+        sys.exit(f"error: {e}")
+    try:
+        metrics = protocols.evaluate_features(
+            **arrays, protocol=protocol, sysu_mode=_SYSU_MODE.value, sysu_shots=int(_SYSU_SHOTS.value),
+            sysu_rand_perm=_SYSU_RAND_PERM.value, trials=_TRIALS.value, regdb_direction=_REGDB_DIRECTION.value,
+            seed=_SEED.value)
+    except ValueError as e:
+        sys.exit(f"error: --features={_FEATURES.value}: {e}")
+    output = pathlib.Path(_OUTPUT_JSON.value)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps(metrics, indent=2) + "\n")
+    if protocol == "sysu":
+        title = f"SYSU-MM01 {_SYSU_MODE.value}-search {_SYSU_SHOTS.value}-shot, {_TRIALS.value} trials"
+    else:
+        title = f"RegDB {_REGDB_DIRECTION.value}"
+    print(f"{title}: {format_summary(metrics)}")
+
+
+def run():
+    app.run(main)
+
+
+if __name__ == "__main__":
+    run()

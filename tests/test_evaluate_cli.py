@@ -1,0 +1,86 @@
+"""`python -m jsia_tf.evaluate`: the JSON contract, the summary line and clear errors."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from jsia_tf.eval import protocols
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run_cli(*args):
+    return subprocess.run([sys.executable, "-m", "jsia_tf.evaluate", *args], cwd=REPO, capture_output=True,
+                          text=True, timeout=60)
+
+
+@pytest.fixture
+def sysu_npz(tmp_path):
+    """Four persons, every camera, 2-4 images each, random features."""
+    rng = np.random.default_rng(1)
+    rows = [(cam, pid, i) for cam in protocols.SYSU_CAMS for pid in range(1, 5)
+            for i in range(1, rng.integers(2, 5) + 1)]
+    cams, labels, image_index = (np.array(x) for x in zip(*rows))
+    arrays = {"features": rng.normal(size=(len(rows), 8)).astype(np.float32), "labels": labels, "cams": cams,
+              "image_index": image_index}
+    path = tmp_path / "features.npz"
+    np.savez(path, **arrays)
+    return path, arrays
+
+
+def test_sysu_writes_the_protocol_metrics(tmp_path, sysu_npz):
+    path, arrays = sysu_npz
+    out = tmp_path / "out" / "metrics.json"
+    result = run_cli(f"--features={path}", "--protocol=sysu", "--sysu_mode=indoor", "--sysu_shots=10",
+                     "--trials=3", "--seed=4", f"--output_json={out}")
+    assert result.returncode == 0, result.stderr
+    metrics = json.loads(out.read_text())
+    assert metrics == protocols.evaluate_features(**arrays, protocol="sysu", sysu_mode="indoor", sysu_shots=10,
+                                                  trials=3, seed=4)
+    assert list(metrics) == ["cmc", "mAP", "mINP"] and list(metrics["cmc"]) == ["1", "5", "10", "20"]
+    assert f"SYSU-MM01 indoor-search 10-shot, 3 trials: R1 {100 * metrics['cmc']['1']:.2f}%" in result.stdout
+
+
+def test_regdb_hand_computed(tmp_path):
+    # Visible x thermal cosines [[0.894, 0.995], [0.447, 0.0995]]: both visible queries
+    # find the wrong person first (rank 2, AP = INP = 0.5).
+    path, out = tmp_path / "regdb.npz", tmp_path / "regdb.json"
+    np.savez(path, features=np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 0.5], [1.0, 0.1]]),
+             labels=np.array([1, 2, 1, 2]), cams=np.array([1, 1, 2, 2]))
+    result = run_cli(f"--features={path}", "--protocol=regdb", "--regdb_direction=v2t", f"--output_json={out}")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(out.read_text()) == {"cmc": {"1": 0.0, "5": 1.0, "10": 1.0, "20": 1.0}, "mAP": 0.5,
+                                           "mINP": 0.5}
+    assert "RegDB v2t: R1 0.00% R5 100.00% R10 100.00% R20 100.00% mAP 50.00% mINP 50.00%" in result.stdout
+
+
+def test_errors_name_the_file_or_flag(tmp_path, sysu_npz):
+    path, arrays = sysu_npz
+    out = f"--output_json={tmp_path / 'x.json'}"
+    no_index = tmp_path / "no_index.npz"
+    np.savez(no_index, **{k: v for k, v in arrays.items() if k != "image_index"})
+    missing = tmp_path / "none.npz"
+    float_labels = tmp_path / "float_labels.npz"
+    np.savez(float_labels, **{**arrays, "labels": arrays["labels"].astype(float)})
+    cases = {
+        (f"--features={no_index}", "--protocol=sysu"): f"{no_index} lacks ['image_index']",
+        (f"--features={float_labels}", "--protocol=sysu"): f"--features={float_labels}: labels must be an integer",
+        (f"--features={missing}", "--protocol=regdb"): f"cannot read {missing} as an .npz file",
+        (f"--features={path}", "--protocol=sysu", f"--sysu_rand_perm={missing}"):
+            f"cannot read {missing} as a MATLAB .mat file",
+        (f"--features={path}", "--protocol=market"): "--protocol",
+        (f"--features={path}", "--protocol=sysu", "--sysu_shots=5"): "--sysu_shots",
+        (f"--features={path}", "--protocol=sysu", "--regdb_direction=t2v"):
+            "--regdb_direction: only used with --protocol=regdb",
+        (f"--features={path}", "--protocol=regdb", "--sysu_mode=indoor"):
+            "--sysu_mode: only used with --protocol=sysu",
+    }
+    for args, message in cases.items():
+        result = run_cli(*args, out)
+        assert result.returncode != 0 and message in result.stderr, (args, result.stderr)
+        assert "Traceback" not in result.stderr
+    assert not (tmp_path / "x.json").exists()
