@@ -11,6 +11,7 @@ TensorBoard scalars and image grids in ``--run_dir``.
 
 import json
 import pathlib
+import sys
 import time
 
 from absl import app, flags, logging
@@ -18,7 +19,7 @@ import numpy as np
 import tensorflow as tf
 
 from jsia_tf import config as config_lib
-from jsia_tf.data import pipeline, synthetic
+from jsia_tf.data import pipeline, records, synthetic
 from jsia_tf.eval import metrics as metrics_lib
 from jsia_tf.eval import protocols
 
@@ -82,8 +83,11 @@ def prepare_dataset(data_cfg):
                      data_cfg.synthetic_ids, root)
         # Rendered at twice the network input so that, as with real data, the
         # pipeline resizes what it reads.
-        synthetic.generate(root, data_cfg.dataset, data_cfg.synthetic_ids, data_cfg.seed,
-                           height=2 * data_cfg.height, width=2 * data_cfg.width)
+        try:
+            synthetic.generate(root, data_cfg.dataset, data_cfg.synthetic_ids, data_cfg.seed,
+                               height=2 * data_cfg.height, width=2 * data_cfg.width)
+        except ValueError as err:
+            raise config_lib.ConfigError("synthetic_ids", data_cfg.synthetic_ids, str(err)) from None
     return pipeline.load_dataset(data_cfg.dataset, root, trial=data_cfg.trial)
 
 
@@ -133,7 +137,14 @@ def main(argv):
     run_dir = pathlib.Path(cfg.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     cfg.save(run_dir / "config.json")
-    dataset = prepare_dataset(cfg.data)
+    # A dataset folder that is not what the flags say ends the run with its
+    # message (it names the path), not a traceback.
+    try:
+        dataset = prepare_dataset(cfg.data)
+    except config_lib.ConfigError as err:
+        raise app.UsageError(str(err)) from None
+    except records.DatasetError as err:
+        sys.exit(f"error: --data_dir={cfg.data.data_dir}: {err}")
     logging.info("%s: %d training ids, %d RGB + %d IR training images, %d test images",
                  dataset.name, dataset.num_classes, len(dataset.train_rgb), len(dataset.train_ir),
                  len(dataset.test))

@@ -1,0 +1,1 @@
+"""Networks of JSIA-ReID: backbone (E^sl, E^il), module G, discriminators and module V."""
