@@ -8,6 +8,7 @@ pixels are decoded by the tf.data pipeline.
 """
 
 import dataclasses
+import os
 
 import numpy as np
 
@@ -21,6 +22,19 @@ REGDB_THERMAL_CAM = 2
 SYSU_RGB_CAMS = (1, 2, 4, 5)
 SYSU_IR_CAMS = (3, 6)
 SYSU_INDOOR_RGB_CAMS = (1, 2)
+
+IMAGE_SUFFIXES = (".bmp", ".jpg", ".jpeg", ".png")
+
+
+def list_images(folder):
+    """Sorted image file names in ``folder`` ([] if it does not exist).
+
+    The 1-based position in this list is ``ImageList.image_index``: on SYSU-MM01 it is
+    what the official ``rand_perm_cam.mat`` gallery draws index.
+    """
+    if not os.path.isdir(folder):
+        return []
+    return sorted(name for name in os.listdir(folder) if name.lower().endswith(IMAGE_SUFFIXES))
 
 
 class DatasetError(ValueError):

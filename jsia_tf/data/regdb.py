@@ -17,7 +17,6 @@ import os
 import numpy as np
 
 from jsia_tf.data import records
-from jsia_tf.data.sysu import list_images
 
 TRIALS = range(1, 11)
 
@@ -40,7 +39,7 @@ def read_idx(root, idx_file, cam):
             path = os.path.join(root, fields[0])
             folder, name = os.path.split(path)
             if folder not in positions:
-                positions[folder] = {image: i for i, image in enumerate(list_images(folder), start=1)}
+                positions[folder] = {image: i for i, image in enumerate(records.list_images(folder), start=1)}
             if name not in positions[folder] or not os.path.isfile(path):
                 raise records.DatasetError(
                     f"{idx_file}:{line_number}: image {path} does not exist; expected a .bmp/.jpg/.png file")

@@ -17,20 +17,6 @@ import re
 from jsia_tf.data import records
 
 NUM_CAMS = 6  # cam1 .. cam6
-IMAGE_SUFFIXES = (".bmp", ".jpg", ".jpeg", ".png")
-
-
-def list_images(folder):
-    """Sorted image file names in ``folder`` ([] if it does not exist).
-
-    The 1-based position in this list is ``ImageList.image_index``: on SYSU-MM01 it is
-    what the official ``rand_perm_cam.mat`` gallery draws index.
-    """
-    if not os.path.isdir(folder):
-        return []
-    return sorted(name for name in os.listdir(folder) if name.lower().endswith(IMAGE_SUFFIXES))
-
-
 def read_ids(path):
     """Person ids in an ``exp/*_id.txt`` file: integers separated by commas/whitespace."""
     if not os.path.isfile(path):
@@ -51,7 +37,7 @@ def _images_of(root, pids, cams):
     for pid in pids:
         for cam in cams:
             folder = os.path.join(root, f"cam{cam}", f"{pid:04d}")
-            for i, name in enumerate(list_images(folder), start=1):
+            for i, name in enumerate(records.list_images(folder), start=1):
                 paths.append(os.path.join(folder, name))
                 out_pids.append(pid)
                 out_cams.append(cam)
