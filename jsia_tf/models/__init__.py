@@ -1,1 +1,1 @@
-"""Networks of JSIA-ReID: backbone (E^sl, E^il), module G, discriminators and module V."""
+"""Networks of JSIA-ReID: the re-ID backbone, module G, discriminators, module V, module F."""
