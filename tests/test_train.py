@@ -84,3 +84,24 @@ def test_missing_dataset_is_a_clear_error(tmp_path):
     assert result.returncode == 1
     assert "Traceback" not in result.stderr
     assert f"--data_dir={missing}" in result.stderr
+
+
+@pytest.mark.parametrize("preset", ["demo", "smoke", "regdb", "sysu"])
+def test_presets_parse_into_valid_configs(preset):
+    from absl import flags
+    from jsia_tf import train
+
+    argv = ["train", f"--flagfile={REPO / 'configs' / f'{preset}.flags'}"]
+    if preset == "smoke":  # the tests give it its folders
+        argv += ["--data_dir=data", "--run_dir=run"]
+    try:
+        flags.FLAGS(argv)
+        cfg = train.config_from_flags()
+    finally:
+        flags.FLAGS.unparse_flags()
+    assert cfg.data.dataset == ("sysu" if preset == "sysu" else "regdb")
+    if preset in ("regdb", "sysu"):
+        # Paper Sec. 4.2: 256x128 inputs, 16 persons x (4 RGB + 4 IR), flip only.
+        data = cfg.data
+        assert (data.height, data.width, data.num_ids, data.num_instances) == (256, 128, 16, 4)
+        assert (data.flip, data.pad, data.random_erasing, data.channel_aug) == (True, 0, 0.0, 0.0)
