@@ -6,15 +6,19 @@ paper's batch (16 ids x (4 RGB + 4 IR) = 128 images, 256x128) with the default
 augmentation, without random erasing, without any augmentation, and with channel
 augmentation. Images/s counts RGB and IR images.
 
-    PYTHONPATH=. python bench/input_pipeline.py [--num_batches 20] [--warmup 3]
+    python bench/input_pipeline.py [--num_batches=20] [--warmup=3]
 """
 
-import argparse
 import os
 import tempfile
 import time
 
+from absl import app, flags
+
 from jsia_tf.data import pipeline, synthetic
+
+_NUM_BATCHES = flags.DEFINE_integer("num_batches", 20, "Timed batches per configuration.")
+_WARMUP = flags.DEFINE_integer("warmup", 3, "Untimed batches first (tracing, buffers).")
 
 NUM_IDS = 40  # trial 1 trains on 20 of them
 HEIGHT, WIDTH = 256, 128
@@ -40,20 +44,17 @@ def time_batches(dataset, augment, num_batches, warmup):
     return num_batches * 2 * NUM_IDS_PER_BATCH * NUM_INSTANCES / seconds, seconds / num_batches
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--num_batches", type=int, default=20, help="timed batches per configuration")
-    parser.add_argument("--warmup", type=int, default=3, help="untimed batches first (tracing, buffers)")
-    args = parser.parse_args()
+def main(argv):
+    del argv
     with tempfile.TemporaryDirectory() as root:
         synthetic.generate(root, "regdb", NUM_IDS, seed=0, height=HEIGHT, width=WIDTH)
         dataset = pipeline.load_dataset("regdb", root, trial=1)
         print(f"synthetic RegDB, {dataset.num_classes} training ids, {HEIGHT}x{WIDTH} BMP, batch "
               f"{NUM_IDS_PER_BATCH} ids x ({NUM_INSTANCES} RGB + {NUM_INSTANCES} IR), {os.cpu_count()} cores")
         for name, augment in CONFIGS.items():
-            rate, seconds = time_batches(dataset, augment, args.num_batches, args.warmup)
+            rate, seconds = time_batches(dataset, augment, _NUM_BATCHES.value, _WARMUP.value)
             print(f"{name:38s} {rate:8.1f} images/s  {1000 * seconds:7.1f} ms/batch")
 
 
 if __name__ == "__main__":
-    main()
+    app.run(main)
