@@ -1,4 +1,5 @@
-"""Tiny RegDB and SYSU-MM01 folders (32x16 images) for the reader and pipeline tests.
+"""Shared fixtures: tiny RegDB and SYSU-MM01 folders (32x16 images) for the reader and
+pipeline tests, and a mixed_bfloat16 Keras policy scope.
 
 Every image is one flat colour that encodes where it comes from: value v = 16 * pid +
 n, n the 1-based image number in its folder. RGB images are (v, 255 - v, 40), IR images
@@ -7,6 +8,7 @@ gray v (8-bit BMP for RegDB thermal, gray JPEG for SYSU IR).
 
 import os
 
+import keras
 import numpy as np
 import pytest
 from PIL import Image
@@ -72,3 +74,13 @@ def regdb_root(tmp_path):
 @pytest.fixture
 def sysu_root(tmp_path):
     return write_sysu(tmp_path / "sysu")
+
+
+@pytest.fixture
+def mixed_bfloat16():
+    previous = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    try:
+        yield
+    finally:
+        keras.mixed_precision.set_global_policy(previous)

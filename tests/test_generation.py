@@ -18,16 +18,6 @@ TINY = dict(content_channels=16, style_dim=8, style_base_width=4, style_max_widt
 OFFICIAL_GENERATOR = dict(style_num_downsample=4, num_res_blocks=2, num_upsample=1)
 
 
-@pytest.fixture
-def mixed_bfloat16():
-    previous = keras.mixed_precision.global_policy()
-    keras.mixed_precision.set_global_policy("mixed_bfloat16")
-    try:
-        yield
-    finally:
-        keras.mixed_precision.set_global_policy(previous)
-
-
 def _rng(seed=0):
     return np.random.default_rng(seed)
 

@@ -2,7 +2,6 @@
 
 import os
 
-import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -15,16 +14,6 @@ TINY = dict(feature_channels=16, hidden_channels=8, latent_channels=4, num_downs
 
 def _maps(seed=0, batch=3):
     return tf.constant(np.random.default_rng(seed).uniform(0.0, 2.0, size=(batch, 8, 4, 16)).astype(np.float32))
-
-
-@pytest.fixture
-def mixed_bfloat16():
-    previous = keras.mixed_precision.global_policy()
-    keras.mixed_precision.set_global_policy("mixed_bfloat16")
-    try:
-        yield
-    finally:
-        keras.mixed_precision.set_global_policy(previous)
 
 
 def test_latent_is_spatial_and_decode_restores_the_map_shape():
