@@ -5,11 +5,16 @@
       [--trials=10] [--seed=0] --output_json=OUT.json
   python -m jsia_tf.evaluate --features=F.npz --protocol=regdb [--regdb_direction=v2t|t2v] \\
       --output_json=OUT.json
+  Either with [--rerank [--rerank_k1=20] [--rerank_k2=6] [--rerank_lambda=0.3]].
 
 F.npz holds ``features`` [N, D] float, ``labels`` [N] int person ids, ``cams``
 [N] int and, for SYSU-MM01, ``image_index`` [N] int (see
 ``jsia_tf.eval.protocols``). OUT.json is ``{"cmc": {"1": r1, "5": r5, "10": r10,
-"20": r20}, "mAP": m, "mINP": i}``, fractions in [0, 1] averaged over trials.
+"20": r20}, "mAP": m, "mINP": i}``, fractions in [0, 1] averaged over trials,
+ranked by cosine similarity. With --rerank it also holds ``"rerank": {"cmc": ...,
+"mAP": ..., "mINP": ..., "parameters": {"k1": ..., "k2": ..., "lambda_value":
+...}}``, the same metrics after k-reciprocal re-ranking (``jsia_tf.eval.rerank``);
+the top-level numbers stay those without re-ranking.
 
 Code that evaluates in-process (the training loop) calls
 ``jsia_tf.eval.protocols.evaluate_features``: importing this module would
@@ -23,7 +28,7 @@ import sys
 import numpy as np
 from absl import app, flags
 
-from jsia_tf.eval import protocols
+from jsia_tf.eval import protocols, rerank
 from jsia_tf.eval.metrics import format_summary
 
 _FEATURES = flags.DEFINE_string("features", None, "Path of the .npz with features, labels, cams [, image_index].")
@@ -38,6 +43,12 @@ _TRIALS = flags.DEFINE_integer(
 _REGDB_DIRECTION = flags.DEFINE_enum(
     "regdb_direction", "v2t", list(protocols.REGDB_DIRECTIONS), "RegDB query -> gallery modality.")
 _SEED = flags.DEFINE_integer("seed", 0, "Seed of the SYSU-MM01 gallery draw without --sysu_rand_perm.")
+_RERANK = flags.DEFINE_bool("rerank", False, "Also report the metrics after k-reciprocal re-ranking.")
+_RERANK_K1 = flags.DEFINE_integer("rerank_k1", rerank.DEFAULT_K1, "Re-ranking k1 (k-reciprocal sets).", lower_bound=1)
+_RERANK_K2 = flags.DEFINE_integer("rerank_k2", rerank.DEFAULT_K2, "Re-ranking k2 (local query expansion).",
+                                  lower_bound=1)
+_RERANK_LAMBDA = flags.DEFINE_float("rerank_lambda", rerank.DEFAULT_LAMBDA,
+                                    "Re-ranking weight of the original distance.", lower_bound=0.0, upper_bound=1.0)
 _OUTPUT_JSON = flags.DEFINE_string("output_json", None, "Where to write the metrics as JSON.")
 
 flags.mark_flags_as_required(["features", "protocol", "output_json"])
@@ -48,6 +59,7 @@ _PROTOCOL_FLAGS = {
     "sysu": ("sysu_mode", "sysu_shots", "sysu_rand_perm"),
     "regdb": ("regdb_direction",),
 }
+_RERANK_FLAGS = ("rerank_k1", "rerank_k2", "rerank_lambda")
 
 
 def load_features(path, protocol):
@@ -75,18 +87,25 @@ def main(argv):
         given = [f"--{n}" for n in names if flags.FLAGS[n].present]
         if other != protocol and given:
             raise app.UsageError(f"{', '.join(given)}: only used with --protocol={other}")
+    given = [f"--{n}" for n in _RERANK_FLAGS if flags.FLAGS[n].present]
+    if given and not _RERANK.value:
+        raise app.UsageError(f"{', '.join(given)}: only used with --rerank")
     # Bad input data ends the run with its message, not a traceback.
     try:
         arrays = load_features(_FEATURES.value, protocol)
     except ValueError as e:
         sys.exit(f"error: {e}")
+    settings = dict(protocol=protocol, sysu_mode=_SYSU_MODE.value, sysu_shots=int(_SYSU_SHOTS.value),
+                    sysu_rand_perm=_SYSU_RAND_PERM.value, trials=_TRIALS.value,
+                    regdb_direction=_REGDB_DIRECTION.value, seed=_SEED.value)
+    parameters = dict(k1=_RERANK_K1.value, k2=_RERANK_K2.value, lambda_value=_RERANK_LAMBDA.value)
     try:
-        metrics = protocols.evaluate_features(
-            **arrays, protocol=protocol, sysu_mode=_SYSU_MODE.value, sysu_shots=int(_SYSU_SHOTS.value),
-            sysu_rand_perm=_SYSU_RAND_PERM.value, trials=_TRIALS.value, regdb_direction=_REGDB_DIRECTION.value,
-            seed=_SEED.value)
+        metrics = protocols.evaluate_features(**arrays, **settings)
+        reranked = protocols.evaluate_features(**arrays, **settings, rerank=parameters) if _RERANK.value else None
     except ValueError as e:
         sys.exit(f"error: --features={_FEATURES.value}: {e}")
+    if reranked is not None:
+        metrics["rerank"] = {**reranked, "parameters": parameters}
     output = pathlib.Path(_OUTPUT_JSON.value)
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps(metrics, indent=2) + "\n")
@@ -95,6 +114,9 @@ def main(argv):
     else:
         title = f"RegDB {_REGDB_DIRECTION.value}"
     print(f"{title}: {format_summary(metrics)}")
+    if reranked is not None:
+        print(f"{title}, re-ranked (k1={parameters['k1']}, k2={parameters['k2']}, "
+              f"lambda={parameters['lambda_value']}): {format_summary(reranked)}")
 
 
 def run():

@@ -58,6 +58,42 @@ def test_regdb_hand_computed(tmp_path):
     assert "RegDB v2t: R1 0.00% R5 100.00% R10 100.00% R20 100.00% mAP 50.00% mINP 50.00%" in result.stdout
 
 
+def test_rerank_adds_the_reranked_metrics(tmp_path, sysu_npz):
+    path, arrays = sysu_npz
+    common = (f"--features={path}", "--protocol=sysu", "--sysu_shots=10", "--trials=2")
+    plain_out, rerank_out = tmp_path / "plain.json", tmp_path / "rerank.json"
+    plain = run_cli(*common, f"--output_json={plain_out}")
+    result = run_cli(*common, "--rerank", "--rerank_k1=5", "--rerank_k2=2", "--rerank_lambda=0.4",
+                     f"--output_json={rerank_out}")
+    assert plain.returncode == 0 and result.returncode == 0, result.stderr
+    metrics = json.loads(rerank_out.read_text())
+    assert list(metrics) == ["cmc", "mAP", "mINP", "rerank"]
+    assert list(metrics["rerank"]) == ["cmc", "mAP", "mINP", "parameters"]
+    # The plain numbers are those of a run without --rerank.
+    assert {k: v for k, v in metrics.items() if k != "rerank"} == json.loads(plain_out.read_text())
+    parameters = {"k1": 5, "k2": 2, "lambda_value": 0.4}
+    assert metrics["rerank"] == {**protocols.evaluate_features(**arrays, protocol="sysu", sysu_shots=10, trials=2,
+                                                               rerank=parameters), "parameters": parameters}
+    assert metrics["rerank"]["mAP"] != metrics["mAP"]
+    assert f"SYSU-MM01 all-search 10-shot, 2 trials: R1 {100 * metrics['cmc']['1']:.2f}%" in result.stdout
+    assert (f"SYSU-MM01 all-search 10-shot, 2 trials, re-ranked (k1=5, k2=2, lambda=0.4): "
+            f"R1 {100 * metrics['rerank']['cmc']['1']:.2f}%") in result.stdout
+
+
+def test_rerank_defaults_on_regdb(tmp_path):
+    rng = np.random.default_rng(2)
+    path, out = tmp_path / "regdb.npz", tmp_path / "regdb.json"
+    labels, cams, features = np.tile(np.repeat(np.arange(5), 4), 2), np.repeat([1, 2], 20), rng.normal(size=(40, 8))
+    np.savez(path, features=features, labels=labels, cams=cams)
+    result = run_cli(f"--features={path}", "--protocol=regdb", "--regdb_direction=t2v", "--rerank",
+                     f"--output_json={out}")
+    assert result.returncode == 0, result.stderr
+    reranked = json.loads(out.read_text())["rerank"]
+    assert reranked["parameters"] == {"k1": 20, "k2": 6, "lambda_value": 0.3}
+    assert reranked == {**protocols.evaluate_regdb(features, labels, cams, "t2v", rerank=reranked["parameters"]),
+                        "parameters": reranked["parameters"]}
+
+
 def test_errors_name_the_file_or_flag(tmp_path, sysu_npz):
     path, arrays = sysu_npz
     out = f"--output_json={tmp_path / 'x.json'}"
@@ -78,6 +114,10 @@ def test_errors_name_the_file_or_flag(tmp_path, sysu_npz):
             "--regdb_direction: only used with --protocol=regdb",
         (f"--features={path}", "--protocol=regdb", "--sysu_mode=indoor"):
             "--sysu_mode: only used with --protocol=sysu",
+        (f"--features={path}", "--protocol=sysu", "--rerank_k1=5", "--rerank_lambda=0.5"):
+            "--rerank_k1, --rerank_lambda: only used with --rerank",
+        (f"--features={path}", "--protocol=sysu", "--rerank", "--rerank_lambda=1.5"): "--rerank_lambda",
+        (f"--features={path}", "--protocol=sysu", "--rerank", "--rerank_k2=0"): "--rerank_k2",
     }
     for args, message in cases.items():
         result = run_cli(*args, out)

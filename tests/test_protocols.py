@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import scipy.io
 
-from jsia_tf.data.records import SYSU_INDOOR_RGB_CAMS, SYSU_IR_CAMS, SYSU_RGB_CAMS, DatasetError
-from jsia_tf.eval import metrics, protocols
+from jsia_tf.data.records import SYSU_INDOOR_RGB_CAMS, SYSU_IR_CAMS, SYSU_RGB_CAMS, DatasetError, ImageList
+from jsia_tf.eval import metrics, protocols, rerank
 
 SYSU_EVAL = Path(__file__).resolve().parents[2] / "shared" / "sysu_eval"
 needs_official_files = pytest.mark.skipif(
@@ -270,3 +270,86 @@ def test_regdb_input_errors():
         protocols.evaluate_regdb(REGDB_FEATURES, REGDB_LABELS, np.ones(4, dtype=int))
     with pytest.raises(ValueError, match="regdb_direction must be one of"):
         protocols.evaluate_regdb(REGDB_FEATURES, REGDB_LABELS, REGDB_CAMS, "up")
+
+
+# Re-ranking: each protocol ranks by -distance of k_reciprocal_rerank instead of the cosine.
+RERANK = {"k1": 4, "k2": 2, "lambda_value": 0.3}
+
+
+def test_sysu_rerank_is_per_trial_then_masked(tmp_path):
+    rng = np.random.default_rng(12)
+    labels, cams, image_index = metadata(SMALL_COUNTS, rng)
+    features = rng.normal(size=(len(labels), 6))
+    split = protocols.sysu_split(labels, cams, image_index, mode="all", shots=10, trials=3, seed=2)
+    trials = protocols.sysu_trial_scores(features, labels, cams, image_index, mode="all", shots=10, trials=3, seed=2,
+                                         rerank=RERANK)
+    query_labels = labels[split.queries]
+    for scores, gallery in zip(trials, split.galleries, strict=True):
+        # Re-ranked on the whole trial gallery (camera 2 included), then camera-3 queries lose camera 2.
+        distance = rerank.k_reciprocal_rerank(features[split.queries], features[gallery], **RERANK)
+        valid = ~((cams[split.queries] == 3)[:, None] & (cams[gallery] == 2)[None, :])
+        expected = metrics.score_similarity(-distance, query_labels, labels[gallery], valid, identity_level=True)
+        for field in ("rank", "ap", "inp"):
+            np.testing.assert_array_equal(getattr(scores, field), getattr(expected, field))
+    summary = protocols.evaluate_features(features, labels, cams, image_index, protocol="sysu", sysu_shots=10,
+                                          trials=3, seed=2, rerank=RERANK)
+    assert summary == metrics.summarize(metrics.QueryScores.concatenate(trials))
+    assert summary != protocols.evaluate_features(features, labels, cams, image_index, protocol="sysu",
+                                                  sysu_shots=10, trials=3, seed=2)
+
+
+def test_rerank_with_lambda_one_keeps_the_cosine_ranking():
+    # The original distance is 2 - 2 cos scaled per query: the same order as the cosine.
+    rng = np.random.default_rng(13)
+    labels, cams, image_index = metadata(SMALL_COUNTS, rng)
+    features = rng.normal(size=(len(labels), 6))
+    for mode in protocols.SYSU_MODES:
+        plain = protocols.evaluate_sysu(features, labels, cams, image_index, mode=mode, trials=2)
+        assert protocols.evaluate_sysu(features, labels, cams, image_index, mode=mode, trials=2,
+                                       rerank={"lambda_value": 1.0}) == plain
+    regdb_labels, regdb_cams = np.tile(np.repeat(np.arange(5), 4), 2), np.repeat([1, 2], 20)
+    regdb_features = rng.normal(size=(40, 8))
+    for direction in protocols.REGDB_DIRECTIONS:
+        plain = protocols.evaluate_regdb(regdb_features, regdb_labels, regdb_cams, direction)
+        assert protocols.evaluate_regdb(regdb_features, regdb_labels, regdb_cams, direction,
+                                        rerank={"lambda_value": 1.0}) == plain
+
+
+def test_regdb_rerank():
+    rng = np.random.default_rng(14)
+    labels, cams = np.tile(np.repeat(np.arange(5), 4), 2), np.repeat([1, 2], 20)
+    features = rng.normal(size=(40, 8))
+    query, gallery = cams == 2, cams == 1
+    distance = rerank.k_reciprocal_rerank(features[query], features[gallery], **RERANK)
+    expected = metrics.summarize(metrics.score_similarity(-distance, labels[query], labels[gallery]))
+    assert protocols.evaluate_features(features, labels, cams, protocol="regdb", regdb_direction="t2v",
+                                       rerank=RERANK) == expected
+    test = ImageList.from_lists([f"{i}.bmp" for i in range(40)], labels, cams, np.ones(40))
+    assert protocols.evaluate_test_set(features, test, "regdb", rerank=RERANK) == {
+        f"regdb_{d}": protocols.evaluate_regdb(features, labels, cams, d, rerank=RERANK)
+        for d in protocols.REGDB_DIRECTIONS}
+    assert protocols.evaluate_test_set(features, test, "regdb", rerank=RERANK)["regdb_t2v"] == expected
+
+
+def test_sysu_test_set_rerank():
+    rng = np.random.default_rng(15)
+    labels, cams, image_index = metadata(SMALL_COUNTS, rng)
+    features = rng.normal(size=(len(labels), 6))
+    test = ImageList.from_lists([f"{i}.jpg" for i in range(len(labels))], labels, cams, image_index)
+    assert protocols.evaluate_test_set(features, test, "sysu", trials=2, rerank=RERANK) == {
+        f"sysu_{mode}_{shots}shot": protocols.evaluate_sysu(features, labels, cams, image_index, mode=mode,
+                                                            shots=shots, trials=2, rerank=RERANK)
+        for mode in protocols.SYSU_MODES for shots in protocols.SYSU_SHOTS}
+
+
+def test_rerank_errors_name_the_argument():
+    evaluate = lambda rerank_arguments: protocols.evaluate_regdb(  # noqa: E731
+        REGDB_FEATURES, REGDB_LABELS, REGDB_CAMS, rerank=rerank_arguments)
+    with pytest.raises(ValueError, match=r"rerank must be None or a dict with keys among \['k1', 'k2', "):
+        evaluate({"k3": 2})
+    with pytest.raises(ValueError, match="rerank must be None or a dict"):
+        evaluate(0.3)
+    with pytest.raises(ValueError, match="rerank: k1 must be a positive integer; got 0"):
+        evaluate({"k1": 0})
+    with pytest.raises(ValueError, match=r"rerank: lambda_value must be a number in \[0, 1\]"):
+        protocols.evaluate_sysu(np.ones((2, 2)), [1, 1], [1, 3], [1, 1], rerank={"lambda_value": -0.1})

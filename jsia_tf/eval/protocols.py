@@ -25,6 +25,14 @@ RegDB (the AGW protocol): visible->thermal (``v2t``) ranks all thermal test
 images for each visible test image, thermal->visible (``t2v``) the reverse;
 image-level CMC, mAP, mINP. One trial per call: each trial is its own model.
 
+Re-ranking (``rerank``): None ranks by cosine similarity; a dict of
+``jsia_tf.eval.rerank.k_reciprocal_rerank`` arguments (``k1``, ``k2``,
+``lambda_value``; missing ones take the paper's defaults) ranks by the
+k-reciprocal re-ranked distance instead, nearest first. Re-ranking uses the
+neighbourhoods of the whole query set and gallery, so each SYSU-MM01 trial is
+re-ranked on its own gallery; the same-place rule then removes images from the
+re-ranked order (it does not change the neighbourhoods).
+
 Every input problem raises ``ValueError`` (``DatasetError`` for the
 ``rand_perm_cam.mat`` file) with a message naming the array or file.
 """
@@ -44,6 +52,7 @@ from jsia_tf.data.records import (
     DatasetError,
 )
 from jsia_tf.eval import metrics
+from jsia_tf.eval import rerank as reranking
 
 PROTOCOLS = ("sysu", "regdb")
 
@@ -208,44 +217,56 @@ def _trial_gallery(images, orders, trial, shots, source):
 
 
 def sysu_trial_scores(features, labels, cams, image_index, *, mode="all", shots=1, rand_perm=None,
-                      trials=SYSU_TRIALS, seed=0):
-    """Per-query scores of each trial of a SYSU-MM01 setting (arguments: ``sysu_split``).
+                      trials=SYSU_TRIALS, seed=0, rerank=None):
+    """Per-query scores of each trial of a SYSU-MM01 setting (arguments: ``sysu_split``;
+    ``rerank``: the module docstring).
 
     Returns:
       list of ``metrics.QueryScores``, one per trial (``metrics.summarize`` one for
       that trial's numbers).
     """
+    _check_rerank(rerank)
     features = _check_features(features)
     labels, cams, image_index = _check_int_arrays(len(features), labels=labels, cams=cams, image_index=image_index)
     split = sysu_split(labels, cams, image_index, mode=mode, shots=shots, rand_perm=rand_perm, trials=trials,
                        seed=seed)
-    # Rank against the union of the trial galleries once; each trial takes its columns.
+    # Cosine similarity: rank against the union of the trial galleries once; each
+    # trial takes its columns. Re-ranking: each trial on its own gallery.
     columns = np.unique(np.concatenate(split.galleries))  # [C] feature rows
-    similarity = metrics.cosine_similarity(features[split.queries], features[columns])  # [Q, C]
+    query_features = features[split.queries]
+    if rerank is None:
+        similarity = metrics.cosine_similarity(query_features, features[columns])  # [Q, C]
     query_cams, column_cams = cams[split.queries], cams[columns]
-    allowed = np.ones(similarity.shape, dtype=bool)  # [Q, C], False: same room (SYSU_SAME_ROOM)
+    allowed = np.ones((len(split.queries), len(columns)), dtype=bool)  # [Q, C], False: same room (SYSU_SAME_ROOM)
     for ir_cam, rgb_cam in SYSU_SAME_ROOM.items():
         allowed &= ~((query_cams == ir_cam)[:, None] & (column_cams == rgb_cam)[None, :])
     scores = []
     for gallery in split.galleries:
         cols = np.searchsorted(columns, gallery)  # [G] columns of this trial
+        if rerank is None:
+            trial_similarity = np.take(similarity, cols, axis=1)  # [Q, G]
+        else:
+            trial_similarity = -reranking.k_reciprocal_rerank(query_features, features[gallery], **rerank)  # [Q, G]
         scores.append(metrics.score_similarity(
-            np.take(similarity, cols, axis=1), labels[split.queries], labels[gallery],
-            np.take(allowed, cols, axis=1), identity_level=True))
+            trial_similarity, labels[split.queries], labels[gallery], np.take(allowed, cols, axis=1),
+            identity_level=True))
     return scores
 
 
 def evaluate_sysu(features, labels, cams, image_index, *, mode="all", shots=1, rand_perm=None,
-                  trials=SYSU_TRIALS, seed=0):
-    """SYSU-MM01 CMC, mAP, mINP averaged over trials (arguments: ``sysu_split``)."""
+                  trials=SYSU_TRIALS, seed=0, rerank=None):
+    """SYSU-MM01 CMC, mAP, mINP averaged over trials (arguments: ``sysu_split``;
+    ``rerank``: the module docstring)."""
     scores = sysu_trial_scores(features, labels, cams, image_index, mode=mode, shots=shots, rand_perm=rand_perm,
-                               trials=trials, seed=seed)
+                               trials=trials, seed=seed, rerank=rerank)
     return metrics.summarize(metrics.QueryScores.concatenate(scores))
 
 
-def evaluate_regdb(features, labels, cams, direction="v2t"):
-    """RegDB CMC, mAP, mINP of one trial in ``direction`` ("v2t" or "t2v")."""
+def evaluate_regdb(features, labels, cams, direction="v2t", rerank=None):
+    """RegDB CMC, mAP, mINP of one trial in ``direction`` ("v2t" or "t2v");
+    ``rerank``: the module docstring."""
     _check_choice("regdb_direction", direction, tuple(REGDB_DIRECTIONS))
+    _check_rerank(rerank)
     features = _check_features(features)
     labels, cams = _check_int_arrays(len(features), labels=labels, cams=cams)
     _check_values("cams", cams, (REGDB_VISIBLE_CAM, REGDB_THERMAL_CAM))
@@ -254,15 +275,19 @@ def evaluate_regdb(features, labels, cams, direction="v2t"):
     for name, cam, mask in (("query", query_cam, query), ("gallery", gallery_cam, gallery)):
         if not mask.any():
             raise ValueError(f"RegDB {direction}: no {name} image (cams == {cam})")
-    return metrics.evaluate(features[query], features[gallery], labels[query], labels[gallery])
+    if rerank is None:
+        return metrics.evaluate(features[query], features[gallery], labels[query], labels[gallery])
+    distance = reranking.k_reciprocal_rerank(features[query], features[gallery], **rerank)
+    return metrics.summarize(metrics.score_similarity(-distance, labels[query], labels[gallery]))
 
 
 def evaluate_features(features, labels, cams, image_index=None, protocol="sysu", *, sysu_mode="all", sysu_shots=1,
-                      sysu_rand_perm=None, trials=SYSU_TRIALS, regdb_direction="v2t", seed=0):
+                      sysu_rand_perm=None, trials=SYSU_TRIALS, regdb_direction="v2t", seed=0, rerank=None):
     """Evaluates test features under ``protocol`` ("sysu" or "regdb").
 
     The SYSU-MM01 arguments (``image_index``, ``sysu_*``, ``trials``, ``seed``)
-    are described in ``sysu_split``; RegDB uses ``regdb_direction`` only.
+    are described in ``sysu_split``; RegDB uses ``regdb_direction`` only;
+    ``rerank``: the module docstring.
 
     Returns:
       ``{"cmc": {"1": r1, "5": r5, "10": r10, "20": r20}, "mAP": m, "mINP": i}``,
@@ -270,11 +295,23 @@ def evaluate_features(features, labels, cams, image_index=None, protocol="sysu",
     """
     _check_choice("protocol", protocol, PROTOCOLS)
     if protocol == "regdb":
-        return evaluate_regdb(features, labels, cams, regdb_direction)
+        return evaluate_regdb(features, labels, cams, regdb_direction, rerank=rerank)
     if image_index is None:
         raise ValueError("the SYSU-MM01 protocol needs image_index (the images' positions in camX/PPPP/)")
     return evaluate_sysu(features, labels, cams, image_index, mode=sysu_mode, shots=sysu_shots,
-                         rand_perm=sysu_rand_perm, trials=trials, seed=seed)
+                         rand_perm=sysu_rand_perm, trials=trials, seed=seed, rerank=rerank)
+
+
+def _check_rerank(rerank):
+    """``rerank`` must be None or a dict of valid k_reciprocal_rerank arguments."""
+    if rerank is None:
+        return
+    if not isinstance(rerank, dict) or not set(rerank) <= set(reranking.PARAMETERS):
+        raise ValueError(f"rerank must be None or a dict with keys among {list(reranking.PARAMETERS)}; got {rerank!r}")
+    try:
+        reranking.check_parameters(**rerank)
+    except ValueError as e:
+        raise ValueError(f"rerank: {e}") from e
 
 
 def _check_choice(name, value, choices):
@@ -310,21 +347,24 @@ def _check_values(name, array, allowed):
 
 
 def evaluate_test_set(features, test, dataset, *, sysu_modes=tuple(SYSU_MODES), sysu_shots=SYSU_SHOTS,
-                      sysu_rand_perm=None, trials=SYSU_TRIALS, regdb_directions=tuple(REGDB_DIRECTIONS), seed=0):
+                      sysu_rand_perm=None, trials=SYSU_TRIALS, regdb_directions=tuple(REGDB_DIRECTIONS), seed=0,
+                      rerank=None):
     """Every setting of ``dataset``'s protocol on the embedded test set.
 
     Args:
       features: float [N, D], row i embeds ``test.paths[i]``.
       test: the dataset's test ImageList (raw person ids, cameras, image indices).
       dataset: "sysu" or "regdb".
+      rerank: None, or the re-ranking arguments (module docstring).
     Returns:
       {setting: metrics dict}, settings named "regdb_v2t" / "regdb_t2v" or
       "sysu_{all,indoor}_{1,10}shot".
     """
     _check_choice("dataset", dataset, PROTOCOLS)
     if dataset == "regdb":
-        return {f"regdb_{direction}": evaluate_regdb(features, test.pids, test.cams, direction)
+        return {f"regdb_{direction}": evaluate_regdb(features, test.pids, test.cams, direction, rerank=rerank)
                 for direction in regdb_directions}
     return {f"sysu_{mode}_{shots}shot": evaluate_sysu(features, test.pids, test.cams, test.image_index, mode=mode,
-                                                      shots=shots, rand_perm=sysu_rand_perm, trials=trials, seed=seed)
+                                                      shots=shots, rand_perm=sysu_rand_perm, trials=trials, seed=seed,
+                                                      rerank=rerank)
             for mode in sysu_modes for shots in sysu_shots}
