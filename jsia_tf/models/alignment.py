@@ -110,6 +110,28 @@ def pool_stripes(feature_maps, num_regions):
     return tuple(tf.reduce_mean(feature_maps[:, start:end], axis=[1, 2]) for start, end in bounds)  # n x [B, D]
 
 
+def eq17_embedding(images, set_level_encoder, instance_level_encoder, batch_norm=None, gray_input=False):
+    """Eq. 17, V = E^il(E^sl(X)), in inference mode, from the parts that compute it.
+
+    Shared by :meth:`FeatureAlignment.embed` and the exported SavedModel
+    (``jsia_tf.export``), which holds only these parts.
+
+    Args:
+      images: caffe-normalised BGR [B, H, W, 3].
+      batch_norm: the classifier's BN layer for its output (official), None for V.
+      gray_input: convert to gray first, as :meth:`FeatureAlignment.set_level`.
+    Returns:
+      float32 [B, D], L2-normalised.
+    """
+    if gray_input:
+        images = to_gray(images)
+    feature_map = instance_level_encoder(set_level_encoder(images, training=False), training=False)
+    features = tf.reduce_mean(tf.cast(feature_map, tf.float32), axis=[1, 2])  # V, [B, D]
+    if batch_norm is not None:
+        features = tf.cast(batch_norm(tf.cast(features, batch_norm.compute_dtype), training=False), tf.float32)
+    return tf.math.l2_normalize(features, axis=-1)  # [B, D]
+
+
 @keras.saving.register_keras_serializable(package="jsia_tf")
 class IdentityClassifier(keras.layers.Layer):
     """The identity classifier C (and each C^k): BN + a fully connected layer (Sec. 4.2).
@@ -245,13 +267,10 @@ class FeatureAlignment(keras.Model):
 
         The classifier's BN output (``test_features="bn"``, official) or V ("pool"),
         each divided by its L2 norm so that dot products are the cosine similarities of
-        Sec. 3.4. The local classifiers are not run.
+        Sec. 3.4. The classifier's FC and the local classifiers are not run.
         """
-        feature_map = self.instance_level_encoder(self.set_level(images, training=False), training=False)
-        features = tf.reduce_mean(tf.cast(feature_map, tf.float32), axis=[1, 2])  # V, [B, D]
-        if self.test_features == "bn":
-            features, _ = self.classifier(features, training=False)  # [B, D]
-        return tf.math.l2_normalize(features, axis=-1)  # [B, D]
+        return eq17_embedding(images, self.set_level_encoder, self.instance_level_encoder,
+                              self.classifier.batch_norm if self.test_features == "bn" else None, self.gray_input)
 
     def get_config(self):
         raise NotImplementedError(
