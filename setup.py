@@ -29,6 +29,7 @@ setuptools.setup(
             "jsia-train=jsia_tf.train:run",
             "jsia-evaluate=jsia_tf.evaluate:run",
             "jsia-synthetic=jsia_tf.data.synthetic:run",
+            "jsia-export=jsia_tf.export:run",
         ]
     },
 )

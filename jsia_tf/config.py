@@ -9,13 +9,29 @@ import dataclasses
 import json
 import pathlib
 
+from jsia_tf import losses
 from jsia_tf.data import regdb
 from jsia_tf.eval import protocols
+from jsia_tf.models import alignment
+from jsia_tf.models import backbone as backbone_lib
 
 DATASETS = protocols.PROTOCOLS
 SYSU_MODES = tuple(protocols.SYSU_MODES)
 SYSU_SHOTS = protocols.SYSU_SHOTS
 REGDB_DIRECTIONS = tuple(protocols.REGDB_DIRECTIONS)
+BACKBONES = backbone_lib.BACKBONES
+SET_LEVEL_SHARING = ("shared", "separate")
+STRATEGIES = ("default", "mirrored")
+PRECISIONS = ("float32", "mixed_bfloat16")
+# The trainer's variable groups (STYLE 5), one Adam optimizer each; see jsia_tf.trainer.
+GROUPS = ("generation", "discriminators", "reid_set_level", "reid_instance_level", "variation")
+# Phase names of the paper's schedule (Sec. 4.2): G pre-trained, then joint training.
+PRETRAIN_PHASE, JOINT_PHASE = "pretrain_g", "joint"
+# Pre-training steps module G (generators + discriminators) and module V, which is
+# "joint trained with our generation module" (Sec. 3.2); the re-ID encoders are not
+# stepped, as in the official GAN warm-up.
+PRETRAIN_GROUPS = ("generation", "discriminators", "variation")
+_PHASE_FLAGS = {PRETRAIN_PHASE: "pretrain_epochs", JOINT_PHASE: "joint_epochs"}
 
 
 class ConfigError(ValueError):
@@ -111,6 +127,216 @@ class EvalConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """Sizes of modules F, G, V and the discriminators (paper Sec. 3, 4.2).
+
+    Attributes:
+      backbone: "resnet50" (paper) or "resnet18" (tiny CPU demos and tests).
+      backbone_weights: "imagenet", a weights file path, or "none".
+      backbone_widths: widths of the four ResNet stages (resnet18 only; ResNet-50
+        keeps the standard widths so that ImageNet weights load).
+      num_regions: n horizontal regions of Eq. 12 (0: no local-region classifiers).
+      gray_input: convert images to gray before E^sl (official code).
+      test_features: "bn" (official) or "pool" (paper Eq. 17) test vectors.
+      set_level: "shared": E^i = E^sl (the paper's SL); "separate": E^i is its own copy
+        of the stem, trained only by module G (the ablation without SL, Table 3).
+      style_dim, style_base_width, style_num_downsample, style_max_width: E^s_m.
+      mlp_hidden_dim: AdaIN MLP width.
+      num_res_blocks: AdaIN residual blocks of each decoder (paper 4, official 2).
+      disc_num_scales, disc_num_layers, disc_base_width: multi-scale discriminators.
+      variation_hidden_channels, variation_latent_channels,
+        variation_num_downsample: module V.
+    """
+
+    backbone: str = "resnet50"
+    backbone_weights: str = "imagenet"
+    backbone_widths: tuple = backbone_lib.DEFAULT_WIDTHS
+    num_regions: int = alignment.DEFAULT_NUM_REGIONS
+    gray_input: bool = False
+    test_features: str = "bn"
+    set_level: str = "shared"
+    style_dim: int = 128
+    style_base_width: int = 32
+    style_num_downsample: int = 2
+    style_max_width: int = 128
+    mlp_hidden_dim: int = 256
+    num_res_blocks: int = 4
+    disc_num_scales: int = 2
+    disc_num_layers: int = 4
+    disc_base_width: int = 32
+    variation_hidden_channels: int = 256
+    variation_latent_channels: int = 64
+    variation_num_downsample: int = 1
+
+    def __post_init__(self):
+        _require(self.backbone in BACKBONES, "backbone", self.backbone, f"one of {BACKBONES}")
+        _require(self.backbone == "resnet50" or self.backbone_weights == "none", "backbone_weights",
+                 self.backbone_weights, f"'none' for --backbone={self.backbone}")
+        _require(self.backbone_weights in ("imagenet", "none") or pathlib.Path(self.backbone_weights).is_file(),
+                 "backbone_weights", self.backbone_weights, "'imagenet', 'none' or an existing weights file")
+        _require(len(self.backbone_widths) == 4 and all(w > 0 for w in self.backbone_widths), "backbone_widths",
+                 self.backbone_widths, "4 positive integers")
+        _require(self.backbone == "resnet18" or tuple(self.backbone_widths) == backbone_lib.DEFAULT_WIDTHS,
+                 "backbone_widths", self.backbone_widths, f"{backbone_lib.DEFAULT_WIDTHS} for resnet50")
+        _require(self.num_regions >= 0, "num_regions", self.num_regions, ">= 0")
+        _require(self.test_features in alignment.TEST_FEATURES, "test_features", self.test_features,
+                 f"one of {alignment.TEST_FEATURES}")
+        _require(self.set_level in SET_LEVEL_SHARING, "sl", self.set_level, f"one of {SET_LEVEL_SHARING}")
+        for flag in ("style_dim", "style_base_width", "style_max_width", "mlp_hidden_dim", "disc_num_scales",
+                     "disc_num_layers", "disc_base_width", "variation_hidden_channels",
+                     "variation_latent_channels"):
+            _require(getattr(self, flag) > 0, flag, getattr(self, flag), "a positive integer")
+        for flag in ("style_num_downsample", "num_res_blocks", "variation_num_downsample"):
+            _require(getattr(self, flag) >= 0, flag, getattr(self, flag), ">= 0")
+
+    @property
+    def content_channels(self):
+        """Channels of E^sl's maps M^i (256 for ResNet-50's layer1)."""
+        return (4 if self.backbone == "resnet50" else 1) * self.backbone_widths[0]
+
+
+@dataclasses.dataclass(frozen=True)
+class LossConfig:
+    """Weights and options of the losses of Eqs. 8 and 16 (``jsia_tf.losses``).
+
+    Attributes:
+      lambda_cyc, lambda_gan: Eq. 8 (official 10 and 1; the paper writes lambda_cyc
+        on the GAN term too, a typo).
+      lambda_il, lambda_lr, lambda_ui: Eq. 16 (0 turns the term off: the IL / LR / UI
+        ablations of Table 3). The paper cross-validates them without giving values;
+        0.01 is the official instance-level alignment weight.
+      triplet_margin, label_smoothing: Eq. 13 (official 0.3, 0.1).
+      il_convention: Eqs. 11, 12, "paper" or "official" (``losses.instance_alignment_loss``).
+      variation_distribution: Eq. 10, "paper" or "kl".
+      ui_direction: Eq. 15, "paper" or "target_first".
+    """
+
+    lambda_cyc: float = 10.0
+    lambda_gan: float = 1.0
+    lambda_il: float = 0.01
+    lambda_lr: float = 0.01
+    lambda_ui: float = 0.01
+    triplet_margin: float = 0.3
+    label_smoothing: float = 0.1
+    il_convention: str = "paper"
+    variation_distribution: str = "paper"
+    ui_direction: str = "paper"
+
+    def __post_init__(self):
+        for flag in ("lambda_cyc", "lambda_gan", "lambda_il", "lambda_lr", "lambda_ui", "triplet_margin"):
+            _require(getattr(self, flag) >= 0, flag, getattr(self, flag), ">= 0")
+        _require(0.0 <= self.label_smoothing < 1.0, "label_smoothing", self.label_smoothing, "a value in [0, 1)")
+        _require(self.il_convention in losses.ALIGNMENT_CONVENTIONS, "il_convention", self.il_convention,
+                 f"one of {losses.ALIGNMENT_CONVENTIONS}")
+        _require(self.variation_distribution in losses.VARIATION_DISTRIBUTIONS, "variation_distribution",
+                 self.variation_distribution, f"one of {losses.VARIATION_DISTRIBUTIONS}")
+        _require(self.ui_direction in losses.UNSEEN_ID_DIRECTIONS, "ui_direction", self.ui_direction,
+                 f"one of {losses.UNSEEN_ID_DIRECTIONS}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Phase:
+    """One training phase (STYLE 6: the schedule is data).
+
+    Attributes:
+      name: e.g. "pretrain_g", "joint".
+      epochs: length in epochs (``TrainConfig.steps_per_epoch`` steps each).
+      groups: the variable groups stepped in this phase (a subset of ``GROUPS``); a loss
+        term is computed only when it updates one of them.
+      lr_decay_epochs: epochs into this phase at which the learning rate is multiplied
+        by ``TrainConfig.lr_decay_factor`` (paper: 30 epochs into joint training).
+    """
+
+    name: str
+    epochs: int
+    groups: tuple
+    lr_decay_epochs: tuple = ()
+
+    def __post_init__(self):
+        _require(self.epochs >= 0, _PHASE_FLAGS.get(self.name, "phases"), self.epochs, ">= 0")
+        _require(bool(self.groups) and set(self.groups) <= set(GROUPS), "phases", self.groups,
+                 f"a non-empty subset of {GROUPS}")
+        _require(all(0 < e for e in self.lr_decay_epochs), "lr_decay_epochs", self.lr_decay_epochs,
+                 "positive epochs")
+
+
+def paper_phases(pretrain_epochs=100, joint_epochs=50, lr_decay_epochs=(30,)):
+    """The paper's schedule (Sec. 4.2): G pre-trained, then everything jointly."""
+    return (Phase(PRETRAIN_PHASE, pretrain_epochs, PRETRAIN_GROUPS),
+            Phase(JOINT_PHASE, joint_epochs, GROUPS, tuple(lr_decay_epochs)))
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation, schedule, checkpoints and logging.
+
+    Attributes:
+      phases: the schedule, a tuple of :class:`Phase` run in order.
+      steps_per_epoch: steps per epoch (official: 200 iterations).
+      lr, beta1, beta2: Adam, one optimizer per variable group (paper: 2e-4, 0.5, 0.999).
+      lr_decay_factor: learning-rate multiplier at each ``Phase.lr_decay_epochs``.
+      checkpoint_every: steps between checkpoints (the last step is always saved).
+      keep_checkpoints: checkpoints kept in ``<run_dir>/checkpoints``.
+      log_every: steps between progress lines and scalar summaries.
+      image_every: steps between image summaries (0: never).
+      strategy: "default" (one device) or "mirrored" (tf.distribute.MirroredStrategy
+        over every GPU, or over ``cpu_replicas`` logical CPUs).
+      cpu_replicas: with "mirrored", split the CPU into this many logical devices
+        (0: use the visible GPUs); for testing the distributed path on a CPU.
+      mixed_precision: Keras dtype policy, "float32" or "mixed_bfloat16".
+    """
+
+    phases: tuple = paper_phases()
+    steps_per_epoch: int = 200
+    lr: float = 2e-4
+    beta1: float = 0.5
+    beta2: float = 0.999
+    lr_decay_factor: float = 0.1
+    checkpoint_every: int = 1000
+    keep_checkpoints: int = 3
+    log_every: int = 50
+    image_every: int = 1000
+    strategy: str = "default"
+    cpu_replicas: int = 0
+    mixed_precision: str = "float32"
+
+    def __post_init__(self):
+        _require(bool(self.phases), "phases", self.phases, "at least one phase")
+        _require(self.steps_per_epoch > 0, "steps_per_epoch", self.steps_per_epoch, "a positive integer")
+        _require(self.lr > 0, "lr", self.lr, "> 0")
+        _require(0 <= self.beta1 < 1, "beta1", self.beta1, "a value in [0, 1)")
+        _require(0 <= self.beta2 < 1, "beta2", self.beta2, "a value in [0, 1)")
+        _require(0 < self.lr_decay_factor <= 1, "lr_decay_factor", self.lr_decay_factor, "a value in (0, 1]")
+        for flag in ("checkpoint_every", "keep_checkpoints", "log_every"):
+            _require(getattr(self, flag) > 0, flag, getattr(self, flag), "a positive integer")
+        _require(self.image_every >= 0, "image_every", self.image_every, ">= 0")
+        _require(self.strategy in STRATEGIES, "strategy", self.strategy, f"one of {STRATEGIES}")
+        _require(self.cpu_replicas >= 0, "cpu_replicas", self.cpu_replicas, ">= 0")
+        _require(self.mixed_precision in PRECISIONS, "mixed_precision", self.mixed_precision,
+                 f"one of {PRECISIONS}")
+
+    @property
+    def total_steps(self):
+        return sum(phase.epochs for phase in self.phases) * self.steps_per_epoch
+
+    def phase_at(self, step):
+        """(phase, epoch within the phase) of global step ``step`` (0-based)."""
+        if not 0 <= step < self.total_steps:
+            raise ValueError(f"step {step} is outside the schedule's {self.total_steps} steps")
+        epoch = step // self.steps_per_epoch
+        for phase in self.phases:
+            if epoch < phase.epochs:
+                return phase, epoch
+            epoch -= phase.epochs
+        raise AssertionError("unreachable")
+
+    def learning_rate_at(self, step):
+        """lr, decayed by ``lr_decay_factor`` at each of its phase's ``lr_decay_epochs`` passed."""
+        phase, epoch = self.phase_at(step)
+        return self.lr * self.lr_decay_factor ** sum(epoch >= e for e in phase.lr_decay_epochs)
+
+
+@dataclasses.dataclass(frozen=True)
 class Config:
     """Everything one run needs.
 
@@ -118,23 +344,50 @@ class Config:
       run_dir: checkpoints, TensorBoard events, config.json and metrics go here.
       data: dataset and input pipeline.
       eval: evaluation protocol.
-      steps: training steps of this run.
-      log_every: steps between progress lines and scalar summaries.
+      model: network sizes.
+      loss: loss weights and conventions.
+      train: schedule, optimizers, checkpoints, logging.
     """
 
     run_dir: str
     data: DataConfig
     eval: EvalConfig = EvalConfig()
-    steps: int = 10
-    log_every: int = 5
+    model: ModelConfig = ModelConfig()
+    loss: LossConfig = LossConfig()
+    train: TrainConfig = TrainConfig()
 
     def __post_init__(self):
         _require(bool(self.run_dir), "run_dir", self.run_dir, "a run folder")
-        _require(self.steps >= 0, "steps", self.steps, ">= 0")
-        _require(self.log_every > 0, "log_every", self.log_every, "a positive integer")
+        # E^sl downsamples by 4 and the decoders upsample twice (x2): the generated
+        # images have the input size only if it is a multiple of 4.
+        for flag in ("height", "width"):
+            _require(getattr(self.data, flag) % 4 == 0, flag, getattr(self.data, flag), "a multiple of 4")
+        replicas = self.train.cpu_replicas
+        if self.train.strategy == "mirrored" and replicas:
+            # Each replica gets whole identities of both batches (pipeline.train_dataset).
+            for flag in ("num_ids", "gan_num_ids"):
+                _require(getattr(self.data, flag) % replicas == 0, flag, getattr(self.data, flag),
+                         f"a multiple of --cpu_replicas={replicas}")
 
     def to_json(self):
         return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
 
     def save(self, path):
         pathlib.Path(path).write_text(self.to_json() + "\n")
+
+    @classmethod
+    def load(cls, path):
+        """The Config that :meth:`save` wrote to ``path`` (a run's config.json)."""
+        try:
+            raw = json.loads(pathlib.Path(path).read_text())
+            train = dict(raw["train"], phases=tuple(Phase(**_tuples(phase)) for phase in raw["train"]["phases"]))
+            return cls(run_dir=raw["run_dir"], data=DataConfig(**_tuples(raw["data"])),
+                       eval=EvalConfig(**_tuples(raw["eval"])), model=ModelConfig(**_tuples(raw["model"])),
+                       loss=LossConfig(**_tuples(raw["loss"])), train=TrainConfig(**_tuples(train)))
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            raise ValueError(f"{path}: not a jsia_tf run config ({err})") from err
+
+
+def _tuples(fields):
+    """JSON lists back to the tuples the frozen dataclasses hold."""
+    return {name: tuple(value) if isinstance(value, list) else value for name, value in fields.items()}

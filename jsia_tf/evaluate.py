@@ -6,6 +6,8 @@
   python -m jsia_tf.evaluate --features=F.npz --protocol=regdb [--regdb_direction=v2t|t2v] \\
       --output_json=OUT.json
   Either with [--rerank [--rerank_k1=20] [--rerank_k2=6] [--rerank_lambda=0.3]].
+  Instead of --features: --saved_model=EXPORT/<version> --data_dir=DATASET [--trial=T]
+  embeds the dataset's test images with an exported model (``jsia_tf.export``) first.
 
 F.npz holds ``features`` [N, D] float, ``labels`` [N] int person ids, ``cams``
 [N] int and, for SYSU-MM01, ``image_index`` [N] int (see
@@ -49,9 +51,18 @@ _RERANK_K2 = flags.DEFINE_integer("rerank_k2", rerank.DEFAULT_K2, "Re-ranking k2
                                   lower_bound=1)
 _RERANK_LAMBDA = flags.DEFINE_float("rerank_lambda", rerank.DEFAULT_LAMBDA,
                                     "Re-ranking weight of the original distance.", lower_bound=0.0, upper_bound=1.0)
+_SAVED_MODEL = flags.DEFINE_string("saved_model", None, "Exported embedder version folder (instead of --features).")
+_DATA_DIR = flags.DEFINE_string("data_dir", None, "With --saved_model: the dataset root whose test set is embedded.")
+_TRIAL = flags.DEFINE_integer("trial", 1, "With --saved_model and RegDB: the split whose test set is embedded.")
+_BATCH_SIZE = flags.DEFINE_integer("batch_size", 64, "With --saved_model: images per embedding call.", lower_bound=1)
 _OUTPUT_JSON = flags.DEFINE_string("output_json", None, "Where to write the metrics as JSON.")
 
-flags.mark_flags_as_required(["features", "protocol", "output_json"])
+flags.mark_flags_as_required(["protocol", "output_json"])
+flags.register_multi_flags_validator(
+    ["features", "saved_model", "data_dir"],
+    lambda f: (f["features"] is None) != (f["saved_model"] is None) and (f["saved_model"] is None) == (
+        f["data_dir"] is None),
+    message="give either --features=F.npz or both --saved_model=DIR and --data_dir=DIR")
 
 # Flags named after one protocol: setting them under the other is a mistake.
 # (--trials and --seed only matter to SYSU-MM01; RegDB ignores them: one trial per call.)
@@ -79,6 +90,33 @@ def load_features(path, protocol):
         return {k: npz[k] for k in keys}
 
 
+def embed_test_set(saved_model, data_dir, protocol, trial=1, batch_size=64):
+    """The test set of the dataset at ``data_dir`` embedded by an exported model.
+
+    The files' bytes go through the SavedModel's ``embed_encoded`` signature, which
+    decodes and preprocesses them in its graph as training did.
+
+    Returns:
+      the arrays of a features .npz: features, labels, cams, image_index.
+    Raises:
+      ValueError: the model or the dataset folder is not what is expected.
+    """
+    import tensorflow as tf  # only this mode needs TensorFlow
+
+    from jsia_tf.data import pipeline
+
+    dataset = pipeline.load_dataset(protocol, data_dir, trial=trial)  # DatasetError is a ValueError
+    try:
+        embed = tf.saved_model.load(saved_model).signatures["embed_encoded"]
+    except (OSError, KeyError, tf.errors.OpError) as e:
+        raise ValueError(f"--saved_model={saved_model}: not a jsia_tf export with an 'embed_encoded' signature "
+                         f"({e})") from e
+    files = tf.data.Dataset.from_tensor_slices(dataset.test.paths).map(tf.io.read_file).batch(batch_size)
+    features = np.concatenate([embed(image_bytes=batch)["embedding"].numpy() for batch in files])
+    test = dataset.test
+    return {"features": features, "labels": test.pids, "cams": test.cams, "image_index": test.image_index}
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
@@ -92,7 +130,10 @@ def main(argv):
         raise app.UsageError(f"{', '.join(given)}: only used with --rerank")
     # Bad input data ends the run with its message, not a traceback.
     try:
-        arrays = load_features(_FEATURES.value, protocol)
+        if _SAVED_MODEL.value:
+            arrays = embed_test_set(_SAVED_MODEL.value, _DATA_DIR.value, protocol, _TRIAL.value, _BATCH_SIZE.value)
+        else:
+            arrays = load_features(_FEATURES.value, protocol)
     except ValueError as e:
         sys.exit(f"error: {e}")
     settings = dict(protocol=protocol, sysu_mode=_SYSU_MODE.value, sysu_shots=int(_SYSU_SHOTS.value),
@@ -103,7 +144,7 @@ def main(argv):
         metrics = protocols.evaluate_features(**arrays, **settings)
         reranked = protocols.evaluate_features(**arrays, **settings, rerank=parameters) if _RERANK.value else None
     except ValueError as e:
-        sys.exit(f"error: --features={_FEATURES.value}: {e}")
+        sys.exit(f"error: --features={_FEATURES.value or _SAVED_MODEL.value}: {e}")
     if reranked is not None:
         metrics["rerank"] = {**reranked, "parameters": parameters}
     output = pathlib.Path(_OUTPUT_JSON.value)

@@ -17,8 +17,14 @@ loads (the highest number wins), with three signatures and no training flag:
 
 A version folder appears complete or not at all: it is written under a temporary
 name TF Serving ignores, then renamed.
+
+Command line, from a training run (the training job calls :func:`export_trainer` at
+its end too)::
+
+  python -m jsia_tf.export --run_dir=RUN [--checkpoint=RUN/checkpoints/ckpt-N] --export_dir=models/jsia
 """
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -26,8 +32,12 @@ import re
 import shutil
 import tempfile
 
+from absl import app, flags
+import keras
 import tensorflow as tf
 
+from jsia_tf import config as config_lib
+from jsia_tf import trainer as trainer_lib
 from jsia_tf.data import pipeline
 from jsia_tf.models import alignment
 
@@ -184,3 +194,70 @@ def export_embedder(model, export_dir, height, width, metadata=None, version=Non
         if os.path.exists(staging):
             shutil.rmtree(staging)
     return version_dir
+
+
+def export_trainer(trainer, export_dir, checkpoint=None):
+    """Exports the embedder of a trainer's module F with its run's metadata.
+
+    Args:
+      trainer: a :class:`jsia_tf.trainer.Trainer` with its weights.
+      export_dir: the model's base path; a new version folder is written.
+      checkpoint: the checkpoint the weights come from, recorded in the metadata.
+    Returns:
+      The path of the version folder.
+    """
+    cfg = trainer.config
+    metadata = {"training_config_sha256": config_fingerprint(dataclasses.asdict(cfg)),
+                "num_classes": trainer.num_classes, "dataset": cfg.data.dataset, "checkpoint": checkpoint or ""}
+    return export_embedder(trainer.alignment, export_dir, cfg.data.height, cfg.data.width, metadata=metadata)
+
+
+def export_run(run_dir, export_dir, checkpoint=None):
+    """Rebuilds a training run's networks from ``run_dir`` and exports its embedder.
+
+    Args:
+      run_dir: a ``python -m jsia_tf.train`` run folder (config.json, dataset.json,
+        checkpoints/).
+      checkpoint: a checkpoint prefix; default the newest in ``run_dir/checkpoints``.
+    Raises:
+      ValueError: the run folder or checkpoint is missing or not a jsia_tf run.
+    """
+    cfg = config_lib.Config.load(os.path.join(run_dir, "config.json"))
+    summary_path = os.path.join(run_dir, "dataset.json")
+    try:
+        with open(summary_path) as f:
+            num_classes = int(json.load(f)["num_classes"])
+    except (OSError, ValueError, KeyError) as err:
+        raise ValueError(f"{summary_path}: expected the run's dataset summary with num_classes ({err})") from err
+    checkpoint = checkpoint or tf.train.latest_checkpoint(os.path.join(run_dir, "checkpoints"))
+    if not checkpoint or not tf.io.gfile.exists(checkpoint + ".index"):
+        raise ValueError(f"--checkpoint={checkpoint!r}: no checkpoint of {run_dir} to export")
+    keras.mixed_precision.set_global_policy(cfg.train.mixed_precision)
+    trainer = trainer_lib.Trainer(cfg, num_classes)
+    trainer.checkpoint().restore(checkpoint).assert_existing_objects_matched()
+    return export_trainer(trainer, export_dir, checkpoint)
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    flag_values = flags.FLAGS
+    try:
+        version_dir = export_run(flag_values.run_dir, flag_values.export_dir, flag_values.checkpoint or None)
+    except (ValueError, FileExistsError) as err:
+        raise app.UsageError(str(err)) from None
+    print(f"exported {version_dir}")
+
+
+def run():
+    """Console-script entry point (``jsia-export``)."""
+    # Flags are defined only when run as a program: importers (train.py) own flags too.
+    flags.DEFINE_string("run_dir", None, "Training run folder (config.json, dataset.json, checkpoints/).")
+    flags.DEFINE_string("checkpoint", None, "Checkpoint prefix; default the newest of the run.")
+    flags.DEFINE_string("export_dir", None, "TF Serving base path; a new version folder is written in it.")
+    flags.mark_flags_as_required(["run_dir", "export_dir"])
+    app.run(main)
+
+
+if __name__ == "__main__":
+    run()

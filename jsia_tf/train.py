@@ -1,12 +1,16 @@
 """``python -m jsia_tf.train --flagfile=configs/demo.flags``: the main job.
 
-Flags are defined here and turned into one frozen :class:`jsia_tf.config.Config`.
-The JSIA networks (modules G, V and F of Sec. 3) and their joint training steps
-land with the model issue; until then a run exercises everything around them on
-the configured dataset: it generates the synthetic dataset when the preset asks
-for it, streams the cross-modal P x K training batches, and evaluates a
-training-free pixel baseline with the dataset's official protocol, with
-TensorBoard scalars and image grids in ``--run_dir``.
+Flags are defined here and turned into one frozen :class:`jsia_tf.config.Config`
+(written to ``<run_dir>/config.json``). The run generates the synthetic dataset when
+the preset asks for it, builds the :class:`jsia_tf.trainer.Trainer` (modules F, G, V
+and the discriminators of Sec. 3), resumes from the newest checkpoint in
+``<run_dir>/checkpoints`` if there is one (the step counter and the data streams
+continue where they stopped), trains through the schedule's phases (G pre-training,
+then joint training, Sec. 4.2), then evaluates module F's Eq. 17 features with the
+dataset's protocol (``metrics.json``) and exports the embedder as a SavedModel
+for TF Serving (``<run_dir>/export/<version>/``, :mod:`jsia_tf.export`). TensorBoard scalars, images and histograms go to
+``--run_dir``. A non-finite loss stops the run; the last checkpoint written before it
+is kept.
 """
 
 import json
@@ -15,10 +19,13 @@ import sys
 import time
 
 from absl import app, flags, logging
+import keras
 import numpy as np
 import tensorflow as tf
 
 from jsia_tf import config as config_lib
+from jsia_tf import export
+from jsia_tf import trainer as trainer_lib
 from jsia_tf.data import pipeline, records, synthetic
 from jsia_tf.eval import metrics as metrics_lib
 from jsia_tf.eval import protocols
@@ -47,8 +54,55 @@ _TRIALS = flags.DEFINE_integer("trials", 10, "SYSU-MM01 gallery draws averaged."
 _REGDB_DIRECTIONS = flags.DEFINE_list(
     "regdb_directions", list(config_lib.REGDB_DIRECTIONS), "RegDB directions: v2t (visible query), t2v.")
 _EVAL_BATCH_SIZE = flags.DEFINE_integer("eval_batch_size", 64, "Images per embedding batch.")
-_STEPS = flags.DEFINE_integer("steps", 10, "Training steps of this run.")
-_LOG_EVERY = flags.DEFINE_integer("log_every", 5, "Steps between progress lines and scalar summaries.")
+# Model (Sec. 3, 4.2).
+_BACKBONE = flags.DEFINE_enum("backbone", "resnet50", config_lib.BACKBONES, "Re-ID backbone (paper: resnet50).")
+_BACKBONE_WEIGHTS = flags.DEFINE_string(
+    "backbone_weights", "imagenet", "'imagenet', 'none' or a keras.applications ResNet50 weights file.")
+_BACKBONE_WIDTHS = flags.DEFINE_list("backbone_widths", ["64", "128", "256", "512"], "Stage widths (resnet18 only).")
+_NUM_REGIONS = flags.DEFINE_integer("num_regions", 6, "Horizontal regions n of Eq. 12 (0: no local classifiers).")
+_GRAY_INPUT = flags.DEFINE_bool("gray_input", False, "Gray images into E^sl (official code).")
+_TEST_FEATURES = flags.DEFINE_enum("test_features", "bn", ("bn", "pool"), "Eq. 17 vector: BN output or pooled.")
+_SL = flags.DEFINE_enum("sl", "shared", config_lib.SET_LEVEL_SHARING,
+                        "E^i = E^sl (shared, the paper) or a separate copy (the ablation without SL).")
+_STYLE_DIM = flags.DEFINE_integer("style_dim", 128, "Style code length.")
+_STYLE_BASE_WIDTH = flags.DEFINE_integer("style_base_width", 32, "Style encoder first width.")
+_STYLE_NUM_DOWNSAMPLE = flags.DEFINE_integer("style_num_downsample", 2, "Style encoder strided convs (paper 2).")
+_STYLE_MAX_WIDTH = flags.DEFINE_integer("style_max_width", 128, "Style encoder maximum width.")
+_MLP_HIDDEN_DIM = flags.DEFINE_integer("mlp_hidden_dim", 256, "AdaIN MLP width.")
+_NUM_RES_BLOCKS = flags.DEFINE_integer("num_res_blocks", 4, "AdaIN residual blocks per decoder (paper 4).")
+_DISC_NUM_SCALES = flags.DEFINE_integer("disc_num_scales", 2, "Discriminator scales.")
+_DISC_NUM_LAYERS = flags.DEFINE_integer("disc_num_layers", 4, "Strided convs per discriminator scale.")
+_DISC_BASE_WIDTH = flags.DEFINE_integer("disc_base_width", 32, "Discriminator first width.")
+_VARIATION_HIDDEN = flags.DEFINE_integer("variation_hidden_channels", 256, "Module V width.")
+_VARIATION_LATENT = flags.DEFINE_integer("variation_latent_channels", 64, "Module V latent channels.")
+_VARIATION_DOWNSAMPLE = flags.DEFINE_integer("variation_num_downsample", 1, "Module V strided convs.")
+# Losses (Eqs. 8, 16).
+_LAMBDA_CYC = flags.DEFINE_float("lambda_cyc", 10.0, "Eq. 8 cycle weight (official 10).")
+_LAMBDA_GAN = flags.DEFINE_float("lambda_gan", 1.0, "Eq. 8 GAN weight (official 1).")
+_LAMBDA_IL = flags.DEFINE_float("lambda_il", 0.01, "Eq. 16 instance-level alignment weight (official 0.01; 0: no IL).")
+_LAMBDA_LR = flags.DEFINE_float("lambda_lr", 0.01, "Eq. 16 local-region alignment weight (0: no LR).")
+_LAMBDA_UI = flags.DEFINE_float("lambda_ui", 0.01, "Eq. 16 unseen-identity weight (0: no UI).")
+_TRIPLET_MARGIN = flags.DEFINE_float("triplet_margin", 0.3, "Eq. 13 triplet margin.")
+_LABEL_SMOOTHING = flags.DEFINE_float("label_smoothing", 0.1, "Eq. 13 label smoothing (0: the paper's CE).")
+_IL_CONVENTION = flags.DEFINE_enum("il_convention", "paper", ("paper", "official"), "Eqs. 11, 12 convention.")
+_VARIATION_DISTRIBUTION = flags.DEFINE_enum("variation_distribution", "paper", ("paper", "kl"), "Eq. 10 term.")
+_UI_DIRECTION = flags.DEFINE_enum("ui_direction", "paper", ("paper", "target_first"), "Eq. 15 KL direction.")
+# Schedule and optimisation (Sec. 4.2).
+_PRETRAIN_EPOCHS = flags.DEFINE_integer("pretrain_epochs", 100, "Epochs of G pre-training (paper 100).")
+_JOINT_EPOCHS = flags.DEFINE_integer("joint_epochs", 50, "Epochs of joint training (paper 50).")
+_LR_DECAY_EPOCHS = flags.DEFINE_list("lr_decay_epochs", ["30"], "Joint epochs at which lr x 0.1 (paper 30).")
+_STEPS_PER_EPOCH = flags.DEFINE_integer("steps_per_epoch", 200, "Steps per epoch (official 200).")
+_LR = flags.DEFINE_float("lr", 2e-4, "Adam learning rate, every group (paper 2e-4).")
+_BETA1 = flags.DEFINE_float("beta1", 0.5, "Adam beta1 (paper 0.5).")
+_BETA2 = flags.DEFINE_float("beta2", 0.999, "Adam beta2 (paper 0.999).")
+_CHECKPOINT_EVERY = flags.DEFINE_integer("checkpoint_every", 1000, "Steps between checkpoints.")
+_KEEP_CHECKPOINTS = flags.DEFINE_integer("keep_checkpoints", 3, "Checkpoints kept.")
+_LOG_EVERY = flags.DEFINE_integer("log_every", 50, "Steps between progress lines and scalar summaries.")
+_IMAGE_EVERY = flags.DEFINE_integer("image_every", 1000, "Steps between image summaries (0: never).")
+_STRATEGY = flags.DEFINE_enum("strategy", "default", config_lib.STRATEGIES,
+                              "default: one device; mirrored: tf.distribute.MirroredStrategy.")
+_CPU_REPLICAS = flags.DEFINE_integer("cpu_replicas", 0, "With --strategy=mirrored: logical CPU replicas (tests).")
+_MIXED_PRECISION = flags.DEFINE_enum("mixed_precision", "float32", config_lib.PRECISIONS, "Keras dtype policy.")
 
 
 def _int_list(flag, values):
@@ -71,8 +125,30 @@ def config_from_flags():
         sysu_modes=tuple(_SYSU_MODES.value), sysu_shots=_int_list("sysu_shots", _SYSU_SHOTS.value),
         sysu_rand_perm=_SYSU_RAND_PERM.value, trials=_TRIALS.value,
         regdb_directions=tuple(_REGDB_DIRECTIONS.value), batch_size=_EVAL_BATCH_SIZE.value)
-    return config_lib.Config(run_dir=_RUN_DIR.value or "", data=data, eval=eval_cfg,
-                             steps=_STEPS.value, log_every=_LOG_EVERY.value)
+    model = config_lib.ModelConfig(
+        backbone=_BACKBONE.value, backbone_weights=_BACKBONE_WEIGHTS.value,
+        backbone_widths=_int_list("backbone_widths", _BACKBONE_WIDTHS.value), num_regions=_NUM_REGIONS.value,
+        gray_input=_GRAY_INPUT.value, test_features=_TEST_FEATURES.value, set_level=_SL.value,
+        style_dim=_STYLE_DIM.value, style_base_width=_STYLE_BASE_WIDTH.value,
+        style_num_downsample=_STYLE_NUM_DOWNSAMPLE.value, style_max_width=_STYLE_MAX_WIDTH.value,
+        mlp_hidden_dim=_MLP_HIDDEN_DIM.value, num_res_blocks=_NUM_RES_BLOCKS.value,
+        disc_num_scales=_DISC_NUM_SCALES.value, disc_num_layers=_DISC_NUM_LAYERS.value,
+        disc_base_width=_DISC_BASE_WIDTH.value, variation_hidden_channels=_VARIATION_HIDDEN.value,
+        variation_latent_channels=_VARIATION_LATENT.value, variation_num_downsample=_VARIATION_DOWNSAMPLE.value)
+    loss = config_lib.LossConfig(
+        lambda_cyc=_LAMBDA_CYC.value, lambda_gan=_LAMBDA_GAN.value, lambda_il=_LAMBDA_IL.value,
+        lambda_lr=_LAMBDA_LR.value, lambda_ui=_LAMBDA_UI.value, triplet_margin=_TRIPLET_MARGIN.value,
+        label_smoothing=_LABEL_SMOOTHING.value, il_convention=_IL_CONVENTION.value,
+        variation_distribution=_VARIATION_DISTRIBUTION.value, ui_direction=_UI_DIRECTION.value)
+    phases = config_lib.paper_phases(_PRETRAIN_EPOCHS.value, _JOINT_EPOCHS.value,
+                                     _int_list("lr_decay_epochs", _LR_DECAY_EPOCHS.value))
+    train = config_lib.TrainConfig(
+        phases=phases, steps_per_epoch=_STEPS_PER_EPOCH.value, lr=_LR.value, beta1=_BETA1.value,
+        beta2=_BETA2.value, checkpoint_every=_CHECKPOINT_EVERY.value, keep_checkpoints=_KEEP_CHECKPOINTS.value,
+        log_every=_LOG_EVERY.value, image_every=_IMAGE_EVERY.value, strategy=_STRATEGY.value,
+        cpu_replicas=_CPU_REPLICAS.value, mixed_precision=_MIXED_PRECISION.value)
+    return config_lib.Config(run_dir=_RUN_DIR.value or "", data=data, eval=eval_cfg, model=model, loss=loss,
+                             train=train)
 
 
 def prepare_dataset(data_cfg):
@@ -91,41 +167,138 @@ def prepare_dataset(data_cfg):
     return pipeline.load_dataset(data_cfg.dataset, root, trial=data_cfg.trial)
 
 
-def pixel_baseline_features(images, cfg):
-    """A training-free floor: gray 16 x 8 thumbnails, mean-free, as [N, 128] features.
+def make_strategy(train_cfg):
+    """The run's tf.distribute strategy; call before any TensorFlow op."""
+    if train_cfg.strategy == "default":
+        return tf.distribute.get_strategy()
+    if train_cfg.cpu_replicas:
+        cpus = tf.config.list_physical_devices("CPU")
+        tf.config.set_logical_device_configuration(
+            cpus[0], [tf.config.LogicalDeviceConfiguration()] * train_cfg.cpu_replicas)
+        return tf.distribute.MirroredStrategy([f"/cpu:{i}" for i in range(train_cfg.cpu_replicas)])
+    return tf.distribute.MirroredStrategy()
 
-    Colour is dropped (it does not exist in IR), so what remains is silhouette and
-    intensity layout, the information a hand-crafted cross-modal baseline has.
+
+def training_batches(dataset, cfg, strategy, start_step):
+    """Iterator of distributed (re-ID batch, generation batch) pairs from step ``start_step`` on.
+
+    Two seeded streams (STYLE 7): P x K re-ID batches (seed) and the generation
+    module's smaller batches (seed + 1); resuming skips ``start_step`` batches of each.
     """
-    features = []
-    for batch in pipeline.eval_dataset(images, cfg.data.height, cfg.data.width, cfg.eval.batch_size):
-        gray = tf.reduce_mean(batch, axis=-1, keepdims=True)  # [B, H, W, 1]
-        thumb = tf.image.resize(gray, (16, 8), method="area")  # [B, 16, 8, 1]
-        flat = tf.reshape(thumb, (tf.shape(thumb)[0], -1))
-        features.append((flat - tf.reduce_mean(flat, axis=1, keepdims=True)).numpy())
-    return np.concatenate(features)
-
-
-def run_training_stream(dataset, cfg, writer):
-    """Streams cfg.steps P x K batches; logs images/s and writes an image grid."""
     data = cfg.data
     augment = pipeline.AugmentConfig(flip=data.flip, pad=data.pad, random_erasing=data.random_erasing,
                                      channel_aug=data.channel_aug)
-    stream = pipeline.train_dataset(dataset, data.num_ids, data.num_instances, data.height, data.width,
-                                    seed=data.seed, augment=augment)
-    images_per_step = 2 * data.num_ids * data.num_instances
-    start = time.perf_counter()
-    for step, batch in enumerate(stream.take(cfg.steps), start=1):
-        with writer.as_default(step=step):
-            if step == 1:
-                for modality in ("rgb", "ir"):
-                    tf.summary.image(f"batch/{modality}", pipeline.denormalize(batch[modality]),
-                                     max_outputs=data.num_instances * 2)
-            if step % cfg.log_every == 0 or step == cfg.steps:
-                rate = step * images_per_step / (time.perf_counter() - start)
-                tf.summary.scalar("input/images_per_second", rate)
-                eta = (cfg.steps - step) * images_per_step / rate
-                logging.info("step %d/%d  input %.1f images/s  ETA %.0f s", step, cfg.steps, rate, eta)
+    reid = pipeline.train_dataset(dataset, data.num_ids, data.num_instances, data.height, data.width,
+                                  seed=data.seed, augment=augment, start_batch=start_step)
+    gan = pipeline.train_dataset(dataset, data.gan_num_ids, data.gan_num_instances, data.height, data.width,
+                                 seed=data.seed + 1, augment=augment, start_batch=start_step)
+    return iter(strategy.experimental_distribute_dataset(tf.data.Dataset.zip((reid, gan))))
+
+
+def restore_or_start(trainer, manager):
+    """Restores the newest checkpoint of ``manager`` if any; returns the step to continue from."""
+    if manager.latest_checkpoint:
+        manager.checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
+        logging.info("Resumed from %s (step %d)", manager.latest_checkpoint, int(trainer.step.numpy()))
+    return int(trainer.step.numpy())
+
+
+def images_per_step(phase, data_cfg):
+    """Images a step of ``phase`` trains on: the generation batch, plus the re-ID batch
+    when the phase steps the re-ID encoders (both modalities)."""
+    images = 2 * data_cfg.gan_num_ids * data_cfg.gan_num_instances
+    if "reid_instance_level" in phase.groups:
+        images += 2 * data_cfg.num_ids * data_cfg.num_instances
+    return images
+
+
+def run_training(trainer, batches, train_cfg, manager, writer, data_cfg):
+    """Steps ``trainer`` from its step counter to the end of the schedule.
+
+    Every step's scalars are checked (:func:`jsia_tf.trainer.check_finite`) before
+    anything is written: a non-finite one raises NonFiniteLossError and the newest
+    checkpoint on disk stays the last good one. Checkpoints every
+    ``checkpoint_every`` steps and at the end; progress lines and scalars every
+    ``log_every``; images every ``image_every``.
+    """
+    total = train_cfg.total_steps
+    step = int(trainer.step.numpy())
+    lr = None
+    window_start, window_steps, window_images = time.perf_counter(), 0, 0
+    while step < total:
+        phase, _ = train_cfg.phase_at(step)
+        if train_cfg.learning_rate_at(step) != lr:
+            lr = train_cfg.learning_rate_at(step)
+            trainer.set_learning_rate(lr)
+        reid_batch, gan_batch = next(batches)
+        scalars = {name: float(value) for name, value in trainer.train_step(phase, reid_batch, gan_batch).items()}
+        step += 1
+        window_steps += 1
+        window_images += images_per_step(phase, data_cfg)
+        trainer_lib.check_finite(scalars, step)
+        if step % train_cfg.log_every == 0 or step == total:
+            seconds = time.perf_counter() - window_start
+            rate = window_images / seconds
+            with writer.as_default(step=step):
+                for name, value in scalars.items():
+                    tf.summary.scalar(name, value)
+                tf.summary.scalar("train/learning_rate", lr)
+                tf.summary.scalar("train/images_per_second", rate)
+            main = " ".join(f"{name.split('/')[-1]} {scalars[name]:.4f}" for name in (
+                "loss/total", "loss/generator_total", "loss/id_cls", "loss/id_triplet") if name in scalars)
+            logging.info("step %d/%d [%s] %s  %.1f images/s  ETA %.0f s", step, total, phase.name, main, rate,
+                         (total - step) * seconds / window_steps)
+            window_start, window_steps, window_images = time.perf_counter(), 0, 0
+        if train_cfg.image_every and step % train_cfg.image_every == 0:
+            with writer.as_default(step=step):
+                write_generation_images(trainer, gan_batch)
+        if step % train_cfg.checkpoint_every == 0 or step == total:
+            manager.save(checkpoint_number=step)
+    writer.flush()
+
+
+def write_generation_images(trainer, gan_batch):
+    """Fig. 6 grids (real | generated pair | reconstruction | cycle) and Fig. 7 mixing strips."""
+    local_batch = trainer.strategy.experimental_local_results(gan_batch)[0]
+    for name, images in trainer.sample_images(local_batch).items():
+        tf.summary.image(f"generation/{name}", images, max_outputs=images.shape[0])
+
+
+# Inter-person pairs kept for the similarity histogram (a random sample beyond this).
+_MAX_HISTOGRAM_PAIRS = 1_000_000
+
+
+def write_similarity_histograms(features, test, dataset_name):
+    """Fig. 4: cosine similarities of cross-modality (IR x RGB) test pairs, intra- vs inter-person."""
+    rgb_cams = (records.REGDB_VISIBLE_CAM,) if dataset_name == "regdb" else records.SYSU_RGB_CAMS
+    is_rgb = np.isin(test.cams, rgb_cams)
+    similarity = features[~is_rgb] @ features[is_rgb].T  # [N_ir, N_rgb]; features are L2-normalised
+    same = test.pids[~is_rgb][:, None] == test.pids[is_rgb][None, :]
+    inter = similarity[~same]
+    if inter.size > _MAX_HISTOGRAM_PAIRS:
+        inter = np.random.default_rng(0).choice(inter, _MAX_HISTOGRAM_PAIRS, replace=False)
+    tf.summary.histogram("eval/similarity_intra_person", similarity[same])
+    tf.summary.histogram("eval/similarity_inter_person", inter)
+
+
+def evaluate(trainer, dataset, cfg, writer):
+    """The dataset's protocol on module F's Eq. 17 features, as TensorBoard scalars and histograms."""
+    ev = cfg.eval
+    features = trainer.embed_images(pipeline.eval_dataset(dataset.test, cfg.data.height, cfg.data.width,
+                                                          ev.batch_size))
+    metrics = protocols.evaluate_test_set(
+        features, dataset.test, dataset.name, sysu_modes=ev.sysu_modes, sysu_shots=ev.sysu_shots,
+        sysu_rand_perm=ev.sysu_rand_perm or None, trials=ev.trials, regdb_directions=ev.regdb_directions,
+        seed=cfg.data.seed)
+    with writer.as_default(step=int(trainer.step.numpy())):
+        for setting, values in metrics.items():
+            tf.summary.scalar(f"eval/{setting}/rank1", values["cmc"]["1"])
+            tf.summary.scalar(f"eval/{setting}/mAP", values["mAP"])
+            tf.summary.scalar(f"eval/{setting}/mINP", values["mINP"])
+            logging.info("%s: %s", setting, metrics_lib.format_summary(values))
+        write_similarity_histograms(features, dataset.test, dataset.name)
+    writer.flush()
+    return metrics
 
 
 def main(argv):
@@ -134,6 +307,8 @@ def main(argv):
         cfg = config_from_flags()
     except config_lib.ConfigError as err:
         raise app.UsageError(str(err)) from None
+    strategy = make_strategy(cfg.train)
+    keras.mixed_precision.set_global_policy(cfg.train.mixed_precision)
     run_dir = pathlib.Path(cfg.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     cfg.save(run_dir / "config.json")
@@ -148,22 +323,28 @@ def main(argv):
     logging.info("%s: %d training ids, %d RGB + %d IR training images, %d test images",
                  dataset.name, dataset.num_classes, len(dataset.train_rgb), len(dataset.train_ir),
                  len(dataset.test))
+    logging.info("%d replica(s), %s", strategy.num_replicas_in_sync, cfg.train.mixed_precision)
+    # Weight initialisation is seeded too: a run is reproducible from its config (STYLE 7).
+    keras.utils.set_random_seed(cfg.data.seed)
+    # What `python -m jsia_tf.export` needs besides config.json to rebuild the networks.
+    (run_dir / "dataset.json").write_text(json.dumps(
+        {"name": dataset.name, "num_classes": dataset.num_classes, "train_rgb": len(dataset.train_rgb),
+         "train_ir": len(dataset.train_ir), "test": len(dataset.test)}, indent=2) + "\n")
+    trainer = trainer_lib.Trainer(cfg, dataset.num_classes, strategy)
+    manager = tf.train.CheckpointManager(trainer.checkpoint(), str(run_dir / "checkpoints"),
+                                         max_to_keep=cfg.train.keep_checkpoints)
+    start = restore_or_start(trainer, manager)
     writer = tf.summary.create_file_writer(str(run_dir))
-    logging.info("The JSIA model lands with the model issue: streaming the input pipeline only.")
-    run_training_stream(dataset, cfg, writer)
-    features = pixel_baseline_features(dataset.test, cfg)
-    ev = cfg.eval
-    metrics = protocols.evaluate_test_set(
-        features, dataset.test, dataset.name, sysu_modes=ev.sysu_modes, sysu_shots=ev.sysu_shots,
-        sysu_rand_perm=ev.sysu_rand_perm or None, trials=ev.trials, regdb_directions=ev.regdb_directions,
-        seed=cfg.data.seed)
-    with writer.as_default(step=cfg.steps):
-        for setting, values in metrics.items():
-            tf.summary.scalar(f"eval_pixel_baseline/{setting}/rank1", values["cmc"]["1"])
-            tf.summary.scalar(f"eval_pixel_baseline/{setting}/mAP", values["mAP"])
-            logging.info("pixel baseline %s: %s", setting, metrics_lib.format_summary(values))
-    (run_dir / "metrics_pixel_baseline.json").write_text(json.dumps(metrics, indent=2) + "\n")
-    writer.flush()
+    logging.info("Training steps %d..%d of %d", start, cfg.train.total_steps, cfg.train.total_steps)
+    try:
+        run_training(trainer, training_batches(dataset, cfg, strategy, start), cfg.train, manager, writer,
+                     cfg.data)
+    except trainer_lib.NonFiniteLossError as err:
+        sys.exit(f"error: {err}: {manager.latest_checkpoint or 'no checkpoint was written yet'}")
+    metrics = evaluate(trainer, dataset, cfg, writer)
+    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    logging.info("Exported the embedder to %s",
+                 export.export_trainer(trainer, str(run_dir / "export"), manager.latest_checkpoint))
     logging.info("TensorBoard: tensorboard --logdir %s", run_dir)
 
 

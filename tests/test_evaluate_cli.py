@@ -118,6 +118,12 @@ def test_errors_name_the_file_or_flag(tmp_path, sysu_npz):
             "--rerank_k1, --rerank_lambda: only used with --rerank",
         (f"--features={path}", "--protocol=sysu", "--rerank", "--rerank_lambda=1.5"): "--rerank_lambda",
         (f"--features={path}", "--protocol=sysu", "--rerank", "--rerank_k2=0"): "--rerank_k2",
+        ("--protocol=regdb",): "give either --features=F.npz or both --saved_model=DIR and --data_dir=DIR",
+        (f"--saved_model={tmp_path}", "--protocol=regdb"): "both --saved_model=DIR and --data_dir=DIR",
+        (f"--features={path}", f"--saved_model={tmp_path}", f"--data_dir={tmp_path}", "--protocol=regdb"):
+            "give either --features=F.npz",
+        (f"--saved_model={tmp_path}", f"--data_dir={tmp_path / 'no_dataset'}", "--protocol=regdb"):
+            "missing directory; expected the RegDB root",
     }
     for args, message in cases.items():
         result = run_cli(*args, out)

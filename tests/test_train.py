@@ -5,6 +5,7 @@ import pathlib
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import tensorflow as tf
 from tensorboard.backend.event_processing import event_accumulator
@@ -20,49 +21,104 @@ def _train(*args):
 
 @pytest.fixture(scope="module")
 def smoke_run(tmp_path_factory):
+    """The smoke preset in two invocations on one run folder: G pre-training only
+    (--joint_epochs=0), then the whole schedule, which resumes from the checkpoint."""
     root = tmp_path_factory.mktemp("smoke")
     data_dir, run_dir = root / "data", root / "run"
-    result = _train(f"--data_dir={data_dir}", f"--run_dir={run_dir}")
-    assert result.returncode == 0, result.stderr[-3000:]
-    return data_dir, run_dir
+    first = _train(f"--data_dir={data_dir}", f"--run_dir={run_dir}", "--joint_epochs=0")
+    assert first.returncode == 0, first.stderr[-3000:]
+    first_metrics = json.loads((run_dir / "metrics.json").read_text())
+    before = {p: p.stat().st_mtime_ns for p in data_dir.rglob("*") if p.is_file()}
+    second = _train(f"--data_dir={data_dir}", f"--run_dir={run_dir}")
+    assert second.returncode == 0, second.stderr[-3000:]
+    after = {p: p.stat().st_mtime_ns for p in data_dir.rglob("*") if p.is_file()}
+    return data_dir, run_dir, first, second, first_metrics, before == after
 
 
-def test_smoke_run_writes_config_metrics_and_summaries(smoke_run):
-    data_dir, run_dir = smoke_run
+def _scalars(run_dir, tag):
+    events = event_accumulator.EventAccumulator(str(run_dir), size_guidance={"tensors": 0})
+    events.Reload()
+    return {event.step: float(tf.make_ndarray(event.tensor_proto)) for event in events.Tensors(tag)}
+
+
+def test_smoke_run_writes_config_metrics_checkpoints_and_the_embedder(smoke_run):
+    data_dir, run_dir, _, _, _, _ = smoke_run
     config = json.loads((run_dir / "config.json").read_text())
     assert config["data"]["data_dir"] == str(data_dir)
     assert (config["data"]["height"], config["data"]["width"]) == (32, 16)
-    assert config["steps"] == 2
+    assert [(p["name"], p["epochs"]) for p in config["train"]["phases"]] == [("pretrain_g", 1), ("joint", 1)]
+    assert config["train"]["steps_per_epoch"] == 2
     # The preset generated its synthetic RegDB dataset: 8 ids, 10 images per modality.
     assert len(list((data_dir / "Visible").glob("*/*.bmp"))) == 80
     assert len(list((data_dir / "idx").glob("*.txt"))) == 40
 
-    metrics = json.loads((run_dir / "metrics_pixel_baseline.json").read_text())
+    metrics = json.loads((run_dir / "metrics.json").read_text())
     assert set(metrics) == {"regdb_v2t", "regdb_t2v"}
     for values in metrics.values():
         assert set(values["cmc"]) == {"1", "5", "10", "20"}
         cmc = [values["cmc"][k] for k in ("1", "5", "10", "20")]
         assert cmc == sorted(cmc) and 0.0 <= cmc[0] and cmc[-1] <= 1.0  # CMC is non-decreasing
         assert 0.0 < values["mAP"] <= 1.0
+    # Each invocation ended by exporting the embedder: versions 1 (step 2) and 2 (step 4).
+    assert sorted(p.name for p in (run_dir / "export").iterdir()) == ["1", "2"]
+    metadata = json.loads((run_dir / "export" / "2" / "assets" / "jsia_metadata.json").read_text())
+    assert metadata["checkpoint"].endswith("ckpt-4") and metadata["num_classes"] == 4
+    checkpoints = tf.train.get_checkpoint_state(str(run_dir / "checkpoints"))
+    assert checkpoints.model_checkpoint_path.endswith("ckpt-4")
+    assert tf.train.load_variable(checkpoints.model_checkpoint_path, "step/.ATTRIBUTES/VARIABLE_VALUE") == 4
 
+
+def test_second_invocation_resumes_the_step_counter_and_reuses_the_dataset(smoke_run):
+    _, run_dir, first, second, first_metrics, data_unchanged = smoke_run
+    assert "Training steps 0..2 of 2" in first.stderr
+    assert "Resumed from" in second.stderr and "ckpt-2" in second.stderr
+    assert "Training steps 2..4 of 4" in second.stderr
+    assert "step 3/4 [joint]" in second.stderr and "step 1/" not in second.stderr
+    assert data_unchanged and "Generating a synthetic" not in second.stderr
+    # The joint phase trained the re-ID encoders: the features, hence the metrics, changed.
+    assert json.loads((run_dir / "metrics.json").read_text()) != first_metrics
+
+
+def test_summaries_hold_losses_gradient_norms_images_and_evaluation(smoke_run):
+    _, run_dir, _, _, _, _ = smoke_run
     events = event_accumulator.EventAccumulator(str(run_dir), size_guidance={"tensors": 0})
     events.Reload()
     tags = set(events.Tags()["tensors"])
-    assert {"batch/rgb", "batch/ir", "input/images_per_second", "eval_pixel_baseline/regdb_v2t/rank1"} <= tags
-    rank1 = events.Tensors("eval_pixel_baseline/regdb_v2t/rank1")[-1]
-    assert float(tf.make_ndarray(rank1.tensor_proto)) == pytest.approx(metrics["regdb_v2t"]["cmc"]["1"], abs=1e-6)
-    # Image summaries: [width, height, png, ...] strings; the grid is of 32x16 images.
-    image = events.Tensors("batch/rgb")[0].tensor_proto.string_val
-    assert (int(image[0]), int(image[1])) == (16, 32)
+    expected = {"loss/recon", "loss/cycle", "loss/gan", "loss/discriminator", "loss/variation", "loss/id_cls",
+                "loss/id_triplet", "loss/il", "loss/lr", "loss/ui", "loss/total", "grad_norm/generation",
+                "grad_norm/reid_set_level", "train/learning_rate", "train/images_per_second",
+                "eval/regdb_v2t/rank1", "eval/regdb_v2t/mAP", "generation/rgb", "generation/ir",
+                "generation/mixing_rgb", "eval/similarity_intra_person", "eval/similarity_inter_person"}
+    assert expected <= tags
+    assert sorted(_scalars(run_dir, "loss/id_cls")) == [3, 4]  # joint steps only
+    assert sorted(_scalars(run_dir, "loss/recon")) == [1, 2, 3, 4]
+    # lr x 0.1 one epoch (2 steps) into joint training: steps 3, 4 are epoch 0 of it.
+    assert _scalars(run_dir, "train/learning_rate")[4] == pytest.approx(1e-3)
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert _scalars(run_dir, "eval/regdb_v2t/rank1")[4] == pytest.approx(metrics["regdb_v2t"]["cmc"]["1"], abs=1e-6)
+    # Fig. 6 grid: real | generated pair | reconstruction | cycle, 32x16 images side by side;
+    # Fig. 7 strip: 2 real images + 5 mixtures.
+    grid = events.Tensors("generation/rgb")[-1].tensor_proto.string_val
+    assert (int(grid[0]), int(grid[1])) == (4 * 16, 32)
+    strip = events.Tensors("generation/mixing_ir")[-1].tensor_proto.string_val
+    assert (int(strip[0]), int(strip[1])) == (7 * 16, 32)
 
 
-def test_second_run_reuses_the_generated_dataset(smoke_run, tmp_path):
-    data_dir, _ = smoke_run
-    before = {p: p.stat().st_mtime_ns for p in data_dir.rglob("*") if p.is_file()}
-    result = _train(f"--data_dir={data_dir}", f"--run_dir={tmp_path / 'run2'}")
+def test_mirrored_strategy_over_two_logical_cpus_trains_and_evaluates(smoke_run, tmp_path):
+    """tf.distribute path: 2 replicas (logical CPUs), synchronised batch norm, global-batch
+    losses; G pre-training steps, a checkpoint, evaluation. A one-device run restores
+    that checkpoint (checkpoints do not depend on the strategy)."""
+    data_dir = smoke_run[0]
+    run_dir = tmp_path / "mirrored"
+    result = _train(f"--data_dir={data_dir}", f"--run_dir={run_dir}", "--strategy=mirrored", "--cpu_replicas=2",
+                    "--joint_epochs=0")
     assert result.returncode == 0, result.stderr[-3000:]
-    assert {p: p.stat().st_mtime_ns for p in data_dir.rglob("*") if p.is_file()} == before
-    assert "Generating a synthetic" not in result.stderr
+    assert "2 replica(s)" in result.stderr and "step 2/2 [pretrain_g]" in result.stderr
+    assert set(json.loads((run_dir / "metrics.json").read_text())) == {"regdb_v2t", "regdb_t2v"}
+    assert sorted(_scalars(run_dir, "loss/variation")) == [1, 2]
+    single = _train(f"--data_dir={data_dir}", f"--run_dir={run_dir}", "--joint_epochs=0")
+    assert single.returncode == 0, single.stderr[-3000:]
+    assert "1 replica(s)" in single.stderr and "Resumed from" in single.stderr and "(step 2)" in single.stderr
 
 
 @pytest.mark.parametrize("flag, expected", [
@@ -70,6 +126,7 @@ def test_second_run_reuses_the_generated_dataset(smoke_run, tmp_path):
     ("--random_erasing=1.5", "--random_erasing=1.5: expected a probability in [0, 1]"),
     ("--sysu_shots=1,3", "--sysu_shots=(1, 3): expected a non-empty subset of (1, 10)"),
     ("--synthetic_ids=1", "--synthetic_ids=1"),
+    ("--height=30", "--height=30: expected a multiple of 4"),
 ])
 def test_bad_flags_name_the_flag(tmp_path, flag, expected):
     result = _train(f"--data_dir={tmp_path / 'data'}", f"--run_dir={tmp_path / 'run'}", flag)
@@ -84,6 +141,27 @@ def test_missing_dataset_is_a_clear_error(tmp_path):
     assert result.returncode == 1
     assert "Traceback" not in result.stderr
     assert f"--data_dir={missing}" in result.stderr
+
+
+@pytest.mark.parametrize("flag, expected", [
+    ("--backbone_weights=imagenet", "--backbone_weights='imagenet': expected 'none' for --backbone=resnet18"),
+    ("--lr=0", "--lr=0.0: expected > 0"),
+    ("--num_regions=-1", "--num_regions=-1: expected >= 0"),
+    ("--pretrain_epochs=-1", "--pretrain_epochs=-1: expected >= 0"),
+    ("--backbone_widths=8,16", "--backbone_widths=(8, 16): expected 4 positive integers"),
+])
+def test_bad_model_and_schedule_flags_name_the_flag(flag, expected):
+    from absl import flags
+    from jsia_tf import config as config_lib
+    from jsia_tf import train
+
+    try:
+        flags.FLAGS(["train", f"--flagfile={REPO / 'configs' / 'smoke.flags'}", "--data_dir=d", "--run_dir=r", flag])
+        with pytest.raises(config_lib.ConfigError) as error:
+            train.config_from_flags()
+    finally:
+        flags.FLAGS.unparse_flags()
+    assert expected in str(error.value)
 
 
 @pytest.mark.parametrize("preset", ["demo", "smoke", "regdb", "sysu"])
@@ -101,7 +179,56 @@ def test_presets_parse_into_valid_configs(preset):
         flags.FLAGS.unparse_flags()
     assert cfg.data.dataset == ("sysu" if preset == "sysu" else "regdb")
     if preset in ("regdb", "sysu"):
-        # Paper Sec. 4.2: 256x128 inputs, 16 persons x (4 RGB + 4 IR), flip only.
-        data = cfg.data
+        # Paper Sec. 4.2: 256x128 inputs, 16 persons x (4 RGB + 4 IR), flip only; ImageNet
+        # ResNet-50; Adam 2e-4, betas (0.5, 0.999); G pre-trained 100 epochs, then 50 joint
+        # epochs with lr x 0.1 at 30.
+        data, model, train = cfg.data, cfg.model, cfg.train
         assert (data.height, data.width, data.num_ids, data.num_instances) == (256, 128, 16, 4)
         assert (data.flip, data.pad, data.random_erasing, data.channel_aug) == (True, 0, 0.0, 0.0)
+        assert (model.backbone, model.backbone_weights, model.num_res_blocks) == ("resnet50", "imagenet", 4)
+        assert (train.lr, train.beta1, train.beta2) == (2e-4, 0.5, 0.999)
+        assert [(p.name, p.epochs, p.lr_decay_epochs) for p in train.phases] == [
+            ("pretrain_g", 100, ()), ("joint", 50, (30,))]
+    else:  # CPU presets: the tiny ResNet-18
+        assert cfg.model.backbone == "resnet18" and cfg.model.backbone_weights == "none"
+
+
+def test_export_cli_rebuilds_the_run_and_matches_its_own_export(smoke_run, tmp_path):
+    _, run_dir, _, _, _, _ = smoke_run
+    result = subprocess.run(
+        [sys.executable, "-m", "jsia_tf.export", f"--run_dir={run_dir}", f"--export_dir={tmp_path / 'jsia'}"],
+        cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    images = np.random.default_rng(0).integers(0, 256, size=(3, 32, 16, 3), dtype=np.uint8)
+    rebuilt = tf.saved_model.load(str(tmp_path / "jsia" / "1")).signatures["serving_default"]
+    trained = tf.saved_model.load(str(run_dir / "export" / "2")).signatures["serving_default"]
+    np.testing.assert_allclose(rebuilt(images=tf.constant(images))["embedding"].numpy(),
+                               trained(images=tf.constant(images))["embedding"].numpy(), atol=1e-5)
+
+
+def test_export_cli_without_a_checkpoint_is_a_clear_error(smoke_run, tmp_path):
+    _, run_dir, _, _, _, _ = smoke_run
+    empty_run = tmp_path / "run"
+    empty_run.mkdir()
+    for name in ("config.json", "dataset.json"):
+        (empty_run / name).write_text((run_dir / name).read_text())
+    result = subprocess.run(
+        [sys.executable, "-m", "jsia_tf.export", f"--run_dir={empty_run}", f"--export_dir={tmp_path / 'jsia'}"],
+        cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode != 0
+    assert "no checkpoint" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_evaluate_cli_embeds_the_dataset_with_the_exported_model(smoke_run, tmp_path):
+    data_dir, run_dir, _, _, _, _ = smoke_run
+    output = tmp_path / "out.json"
+    result = subprocess.run(
+        [sys.executable, "-m", "jsia_tf.evaluate", f"--saved_model={run_dir / 'export' / '2'}",
+         f"--data_dir={data_dir}", "--trial=1", "--protocol=regdb", "--regdb_direction=v2t",
+         f"--output_json={output}"], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    # The export holds the preprocessing and the weights of the run's final evaluation.
+    served = json.loads(output.read_text())
+    trained = json.loads((run_dir / "metrics.json").read_text())["regdb_v2t"]
+    assert served["mAP"] == pytest.approx(trained["mAP"], abs=1e-6)
+    assert served["cmc"] == pytest.approx(trained["cmc"], abs=1e-6)

@@ -1,0 +1,564 @@
+"""The JSIA-ReID trainer: modules F, G, V and the discriminators trained jointly (paper Sec. 3, 4.2).
+
+:class:`Trainer` owns the networks, one Adam optimizer per variable group (STYLE 5)
+and one ``tf.function`` step per training phase (STYLE 6). Each step consumes one
+re-ID batch (P x K images per modality, Sec. 4.2) and one generation batch (the
+official code's smaller P x K batch for module G), both id-major so that ``rgb[i]``
+and ``ir[i]`` show the same person.
+
+Which loss updates which variable group (:data:`TERM_ROUTES`):
+
+=================  =========================================  ===============================
+term               what it is                                 groups it updates
+=================  =========================================  ===============================
+recon              Eq. 4, L1 self-reconstruction              generation, reid_set_level
+cycle              Eq. 5/6, L1 cycle reconstruction           generation, reid_set_level
+gan                Eq. 7, LSGAN generator side                generation, reid_set_level
+discriminator      Eq. 7, LSGAN on DETACHED fakes             discriminators
+variation          Eq. 10 on stop_gradient(M^i)               variation
+id_cls, id_triplet Eq. 13 on real re-ID images                reid_set_level, reid_instance_level
+il, lr             Eqs. 11, 12 on (real, DETACHED generated)  reid_set_level, reid_instance_level
+ui                 Eq. 15 on DETACHED mixed images            reid_set_level, reid_instance_level
+=================  =========================================  ===============================
+
+E^i = E^sl (the set-level alignment, Sec. 3.3): module G's terms reach the re-ID stem,
+which is how E^sl learns modality-invariant maps. A phase steps only its own groups
+(``Phase.groups``) and computes only the terms that update one of them: in the
+pre-training phase (``pretrain_g``: generation, discriminators, variation) the re-ID
+stem is not stepped, as in the official GAN warm-up. The generator's LSGAN term
+reads the discriminators (its gradient reaches their weights) but the
+discriminators' objective never contains it: each group's gradient is taken only of
+the terms routed to it.
+
+Data flow of a joint step (caffe-normalised inputs; module G works on [-1, 1] images):
+
+- generation batch: M^i_m = E^i(X_m) (``FeatureAlignment.set_level``), style codes
+  E^s_m, reconstructions G_m.decode(M^i_m, s_m), cross-modality pairs
+  X_rgb2ir = G_ir.decode(M^i_rgb, s_ir) and X_ir2rgb = G_rgb.decode(M^i_ir, s_rgb) with
+  the style of the paired same-identity image ("we only exchange features
+  intra-person", Sec. 3.1), cycle images re-encoding the generated images' content
+  and style (Eq. 6);
+- module V on the stopped maps of both modalities; Eq. 14 mixes the latent and style
+  codes of each image and the image K positions further in its batch (another
+  identity), alpha ~ U[0, 1] per example from a stateless seed (data seed, step,
+  replica);
+- re-ID batch: Eq. 13 on the real images of both modalities;
+- alignment: Eqs. 11, 12 between the generation batch's real images and their
+  generated pairs (the official code aligns on the GAN batch as well).
+
+Every loss is a per-example value averaged over the GLOBAL batch
+(``losses.mean_over_global_batch``); a step returns named scalars (every term, the
+Eq. 8 and Eq. 16 totals, per-group gradient norms) reduced over replicas.
+"""
+
+import functools
+import math
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from jsia_tf import config as config_lib
+from jsia_tf import losses
+from jsia_tf.data import pipeline
+from jsia_tf.models import alignment as alignment_lib
+from jsia_tf.models import backbone as backbone_lib
+from jsia_tf.models.discriminator import MultiScaleDiscriminator
+from jsia_tf.models.generation import Generator, from_unit_range, to_unit_range
+from jsia_tf.models.variation import VariationModule, mix
+
+GROUPS = config_lib.GROUPS
+_GENERATION_ROUTE = ("generation", "reid_set_level")
+_REID_ROUTE = ("reid_set_level", "reid_instance_level")
+# Loss term -> the variable groups its gradient updates (see the module docstring).
+TERM_ROUTES = {
+    "recon": _GENERATION_ROUTE,
+    "cycle": _GENERATION_ROUTE,
+    "gan": _GENERATION_ROUTE,
+    "discriminator": ("discriminators",),
+    "variation": ("variation",),
+    "id_cls": _REID_ROUTE,
+    "id_triplet": _REID_ROUTE,
+    "il": _REID_ROUTE,
+    "lr": _REID_ROUTE,
+    "ui": _REID_ROUTE,
+}
+# Terms of module G's objective L^G (Eq. 8).
+GENERATOR_TERMS = ("recon", "cycle", "gan")
+# Adam's epsilon: PyTorch's default, which the official code ran with (Keras: 1e-7).
+ADAM_EPSILON = 1e-8
+MODALITIES = ("rgb", "ir")
+
+
+class NonFiniteLossError(FloatingPointError):
+    """A training step produced a NaN or infinite loss or gradient norm."""
+
+    def __init__(self, step, names):
+        super().__init__(f"step {step}: non-finite {', '.join(names)}; training stopped, the last checkpoint "
+                         "written before this step is kept")
+        self.step = step
+        self.names = tuple(names)
+
+
+def check_finite(scalars, step):
+    """Raises :class:`NonFiniteLossError` naming every non-finite scalar of a step's output."""
+    bad = sorted(name for name, value in scalars.items() if not math.isfinite(float(value)))
+    if bad:
+        raise NonFiniteLossError(step, bad)
+
+
+def check_variable_groups(groups, variables):
+    """Asserts the groups are disjoint and cover ``variables`` exactly (STYLE 5).
+
+    Args:
+      groups: name -> list of variables.
+      variables: every trainable variable of the trainer's networks.
+    Raises:
+      ValueError: naming the variables in two groups, in none, or in a group but not
+        among ``variables``.
+    """
+    owner = {}
+    shared = []
+    for name, group in groups.items():
+        for variable in group:
+            if id(variable) in owner:
+                shared.append(f"{variable.path} ({owner[id(variable)]}, {name})")
+            owner[id(variable)] = name
+    everything = {id(v): v for v in variables}
+    missing = [v.path for key, v in everything.items() if key not in owner]
+    foreign = [v.path for group in groups.values() for v in group if id(v) not in everything]
+    if shared or missing or foreign:
+        raise ValueError(f"variable groups must be disjoint and cover every trainable variable: in two groups "
+                         f"{shared}; in no group {missing}; not a trainable network variable {foreign}")
+
+
+def _replica_id():
+    context = tf.distribute.get_replica_context()
+    return 0 if context is None else context.replica_id_in_sync_group
+
+
+class Trainer:
+    """Networks, optimizers and training steps of JSIA-ReID.
+
+    Attributes:
+      alignment: module F (:class:`~jsia_tf.models.alignment.FeatureAlignment`), the
+        embedder; its ``set_level_encoder`` is E^sl = E^i.
+      content_encoder: E^i, module G's modality-invariant encoder: F's E^sl when
+        ``model.set_level == "shared"`` (the paper), its own copy of the stem otherwise.
+      generator_rgb, generator_ir: module G's generators (style encoder, MLP, decoder).
+      discriminator_rgb, discriminator_ir: multi-scale LSGAN discriminators.
+      variation: module V.
+      groups: group name -> trainable variables (:data:`GROUPS`).
+      optimizers: group name -> Adam.
+      step: int64 variable, the number of steps taken (checkpointed).
+
+    Args:
+      config: the run's :class:`jsia_tf.config.Config`.
+      num_classes: training identities (from the dataset).
+      strategy: a tf.distribute strategy (default: the current one). Networks,
+        variables and optimizers are created in its scope; with more than one replica
+        the batch norms are synchronised.
+    """
+
+    def __init__(self, config, num_classes, strategy=None):
+        self.config = config
+        self.num_classes = num_classes
+        self.strategy = strategy or tf.distribute.get_strategy()
+        model, train = config.model, config.train
+        self.reid_batch_size = config.data.num_ids * config.data.num_instances  # per modality, global
+        self.gan_batch_size = config.data.gan_num_ids * config.data.gan_num_instances
+        synchronized = self.strategy.num_replicas_in_sync > 1
+        with self.strategy.scope():
+            backbone = self._build_backbone(synchronized)
+            self.alignment = alignment_lib.FeatureAlignment(
+                backbone.set_level_encoder, backbone.instance_level_encoder, num_classes,
+                num_regions=model.num_regions, gray_input=model.gray_input, test_features=model.test_features,
+                synchronized_bn=synchronized, name="alignment")
+            if model.set_level == "shared":
+                self.content_encoder = self.alignment.set_level_encoder
+            else:  # Table 3 without SL: E^i is not E^sl.
+                self.content_encoder = self._build_backbone(synchronized).set_level_encoder
+            self.generator_rgb, self.generator_ir = (self._build_generator(backbone.out_channels, name)
+                                                     for name in ("generator_rgb", "generator_ir"))
+            self.discriminator_rgb, self.discriminator_ir = (
+                MultiScaleDiscriminator(num_scales=model.disc_num_scales, num_layers=model.disc_num_layers,
+                                        base_width=model.disc_base_width, name=name)
+                for name in ("discriminator_rgb", "discriminator_ir"))
+            self.variation = VariationModule(
+                feature_channels=backbone.out_channels, hidden_channels=model.variation_hidden_channels,
+                latent_channels=model.variation_latent_channels, num_downsample=model.variation_num_downsample,
+                seed=config.data.seed, name="variation")
+            self._build_variables()
+            self.groups = self._variable_groups()
+            self.optimizers = {}
+            for name in GROUPS:
+                optimizer = keras.optimizers.Adam(learning_rate=train.lr, beta_1=train.beta1, beta_2=train.beta2,
+                                                  epsilon=ADAM_EPSILON, name=f"adam_{name}")
+                optimizer.build(self.groups[name])
+                self.optimizers[name] = optimizer
+            self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
+        self._step_functions = {}
+        self._embed = tf.function(self.alignment.embed, reduce_retracing=True)
+
+    # -- construction -------------------------------------------------------------------
+
+    def _build_backbone(self, synchronized):
+        model = self.config.model
+        widths = model.backbone_widths if model.backbone == "resnet18" else backbone_lib.DEFAULT_WIDTHS
+        return backbone_lib.build_backbone(model.backbone, model.backbone_weights, widths=tuple(widths),
+                                           synchronized_bn=synchronized)
+
+    def _build_generator(self, content_channels, name):
+        model = self.config.model
+        # E^sl downsamples by 4: two x2 upsamplings give back the input size (Sec. 4.2).
+        return Generator(content_channels=content_channels, style_dim=model.style_dim,
+                         style_base_width=model.style_base_width, style_num_downsample=model.style_num_downsample,
+                         style_max_width=model.style_max_width, mlp_hidden_dim=model.mlp_hidden_dim,
+                         num_res_blocks=model.num_res_blocks, num_upsample=2, name=name)
+
+    @property
+    def models(self):
+        """Name -> every network the trainer owns (the checkpoint's names)."""
+        models = {"alignment": self.alignment, "generator_rgb": self.generator_rgb,
+                  "generator_ir": self.generator_ir, "discriminator_rgb": self.discriminator_rgb,
+                  "discriminator_ir": self.discriminator_ir, "variation": self.variation}
+        if self.content_encoder is not self.alignment.set_level_encoder:
+            models["content_encoder"] = self.content_encoder
+        return models
+
+    def _build_variables(self):
+        """Creates every variable with one inference-mode call on a dummy batch."""
+        data = self.config.data
+        images = tf.zeros([2, data.height, data.width, 3])
+        self.alignment(images, training=False)
+        maps = self.content(images, training=False)
+        for generator in (self.generator_rgb, self.generator_ir):
+            generator(maps, to_unit_range(images))
+        for discriminator in (self.discriminator_rgb, self.discriminator_ir):
+            discriminator(to_unit_range(images))
+        self.variation(maps, training=False)
+
+    def _variable_groups(self):
+        alignment = self.alignment
+        generation = self.generator_rgb.trainable_variables + self.generator_ir.trainable_variables
+        if "content_encoder" in self.models:
+            generation += self.content_encoder.trainable_variables
+        instance_level = alignment.instance_level_encoder.trainable_variables + alignment.classifier.trainable_variables
+        for classifier in alignment.local_classifiers:
+            instance_level += classifier.trainable_variables
+        groups = {
+            "generation": generation,
+            "discriminators": self.discriminator_rgb.trainable_variables + self.discriminator_ir.trainable_variables,
+            "reid_set_level": alignment.set_level_encoder.trainable_variables,
+            "reid_instance_level": instance_level,
+            "variation": self.variation.trainable_variables,
+        }
+        everything = [v for model in self.models.values() for v in model.trainable_variables]
+        check_variable_groups(groups, list({id(v): v for v in everything}.values()))
+        return groups
+
+    def checkpoint(self):
+        """A ``tf.train.Checkpoint`` of every network, optimizer, the step and V's noise state, by name."""
+        optimizers = {f"optimizer_{name}": optimizer for name, optimizer in self.optimizers.items()}
+        return tf.train.Checkpoint(step=self.step, variation_seed=self.variation.seed_generator.state,
+                                   **self.models, **optimizers)
+
+    # -- the losses -----------------------------------------------------------------------
+
+    @property
+    def term_weights(self):
+        """Term -> weight in Eqs. 8 and 16."""
+        loss = self.config.loss
+        return {"recon": 1.0, "cycle": loss.lambda_cyc, "gan": loss.lambda_gan, "discriminator": 1.0,
+                "variation": 1.0, "id_cls": 1.0, "id_triplet": 1.0, "il": loss.lambda_il, "lr": loss.lambda_lr,
+                "ui": loss.lambda_ui}
+
+    def terms_for(self, groups):
+        """The terms a phase stepping ``groups`` computes: those updating one of them, weight > 0."""
+        weights = self.term_weights
+        terms = [term for term, route in TERM_ROUTES.items() if set(route) & set(groups) and weights[term] > 0]
+        if not self.alignment.num_regions and "lr" in terms:
+            terms.remove("lr")
+        return tuple(terms)
+
+    def content(self, images, training=None):
+        """M^i = E^i(X) (Eq. 2): caffe-normalised [B, H, W, 3] -> [B, H/4, W/4, C]."""
+        if self.content_encoder is self.alignment.set_level_encoder:
+            return self.alignment.set_level(images, training=training)
+        if self.alignment.gray_input:
+            images = alignment_lib.to_gray(images)
+        return self.content_encoder(images, training=training)
+
+    def generate(self, rgb, ir, training=True):
+        """Module G on an id-aligned pair of batches (Eqs. 1-6).
+
+        Args:
+          rgb, ir: caffe-normalised [B, H, W, 3]; rgb[i] and ir[i] show the same person.
+        Returns:
+          a dict of per-modality dicts ("rgb"/"ir" keys) of unit-range images or codes:
+          "real" [B, H, W, 3], "content" M^i [B, H/4, W/4, C], "style" [B, style_dim],
+          "recon" (Eq. 4's decodings), "cross" ({"rgb": X_ir2rgb, "ir": X_rgb2ir}: the
+          generated image OF that modality), "cycle" (Eq. 6).
+        """
+        g = {"rgb": self.generator_rgb, "ir": self.generator_ir}
+        out = {"real": {"rgb": to_unit_range(rgb), "ir": to_unit_range(ir)},
+               "content": {"rgb": self.content(rgb, training), "ir": self.content(ir, training)}}
+        out["style"] = {m: g[m].encode_style(out["real"][m]) for m in MODALITIES}
+        out["recon"] = {m: g[m].decode(out["content"][m], out["style"][m]) for m in MODALITIES}
+        # X_rgb2ir = D_ir(M^i_rgb, s_ir), X_ir2rgb = D_rgb(M^i_ir, s_rgb): styles of the paired person.
+        out["cross"] = {"ir": g["ir"].decode(out["content"]["rgb"], out["style"]["ir"]),
+                        "rgb": g["rgb"].decode(out["content"]["ir"], out["style"]["rgb"])}
+        # Eq. 6: X_rgb2ir2rgb = D_rgb(E^i(X_rgb2ir), E^s_rgb(X_ir2rgb)), and symmetrically.
+        out["cycle"] = {
+            "rgb": g["rgb"].decode(self.content(from_unit_range(out["cross"]["ir"]), training),
+                                   g["rgb"].encode_style(out["cross"]["rgb"])),
+            "ir": g["ir"].decode(self.content(from_unit_range(out["cross"]["rgb"]), training),
+                                 g["ir"].encode_style(out["cross"]["ir"])),
+        }
+        return out
+
+    def mixing_ratios(self, batch_size):
+        """alpha ~ U[0, 1] per example (Eq. 14), stateless from (data seed, step, replica)."""
+        seed = tf.stack([tf.constant(self.config.data.seed, tf.int64), tf.convert_to_tensor(self.step)])
+        seed = tf.random.experimental.stateless_fold_in(seed, _replica_id())
+        return tf.random.stateless_uniform([batch_size], seed)
+
+    def mix_images(self, generated, z, alpha, modality):
+        """Eq. 14 then Eq. 9 and Eq. 3: images mixing each example with the one K further.
+
+        Args:
+          generated: :meth:`generate`'s output; z: {modality: latent codes [B, h', w', Z]}.
+          alpha: [B] ratios; modality: "rgb" or "ir".
+        Returns:
+          unit-range images [B, H, W, 3] of unseen identities.
+        """
+        shift = self.config.data.gan_num_instances  # the next identity in an id-major batch
+        z1, s1 = z[modality], generated["style"][modality]
+        z_mix = mix(z1, tf.roll(z1, shift, axis=0), alpha)  # [B, h', w', Z]
+        s_mix = mix(s1, tf.roll(s1, shift, axis=0), alpha)  # [B, style_dim]
+        generator = self.generator_rgb if modality == "rgb" else self.generator_ir
+        return generator.decode(self.variation.decode(z_mix), s_mix)  # [B, H, W, 3]
+
+    def compute_losses(self, reid_batch, gan_batch, terms=tuple(TERM_ROUTES), training=True):
+        """Every requested loss term, each averaged over the global batch (one replica's share).
+
+        Args:
+          reid_batch, gan_batch: pipeline batches (dicts "rgb", "ir", "rgb_labels",
+            "ir_labels"), this replica's slice.
+          terms: names from :data:`TERM_ROUTES` to compute.
+        Returns:
+          {term: float32 scalar}; summed over replicas it is the global-batch mean.
+        """
+        terms = set(terms)
+        unknown = terms - set(TERM_ROUTES)
+        if unknown:
+            raise ValueError(f"unknown loss terms {sorted(unknown)}; expected names from {sorted(TERM_ROUTES)}")
+        cfg = self.config.loss
+        out = {}
+        gan_size, reid_size = self.gan_batch_size, self.reid_batch_size
+        align_terms = terms & {"il", "lr", "ui"}
+        if terms - {"id_cls", "id_triplet"}:
+            gen = self.generate(gan_batch["rgb"], gan_batch["ir"], training=training)
+            real, fake = gen["real"], gen["cross"]
+            discriminators = {"rgb": self.discriminator_rgb, "ir": self.discriminator_ir}
+            if "recon" in terms:
+                out["recon"] = losses.mean_over_global_batch(
+                    sum(losses.l1_per_example(gen["recon"][m], real[m]) for m in MODALITIES), gan_size)
+            if "cycle" in terms:
+                out["cycle"] = losses.mean_over_global_batch(
+                    sum(losses.l1_per_example(gen["cycle"][m], real[m]) for m in MODALITIES), gan_size)
+            if "gan" in terms:
+                out["gan"] = losses.mean_over_global_batch(
+                    sum(losses.lsgan_generator_loss(discriminators[m](fake[m])) for m in MODALITIES), gan_size)
+            if "discriminator" in terms:
+                out["discriminator"] = losses.mean_over_global_batch(
+                    sum(losses.lsgan_discriminator_loss(discriminators[m](real[m]),
+                                                        discriminators[m](tf.stop_gradient(fake[m])))
+                        for m in MODALITIES), gan_size)
+            z = {}
+            if terms & {"variation", "ui"}:
+                maps = tf.stop_gradient(tf.concat([gen["content"]["rgb"], gen["content"]["ir"]], 0))  # [2B, h, w, C]
+                z_both, mu, tau = self.variation(maps, training=training)
+                z["rgb"], z["ir"] = tf.split(z_both, 2, axis=0)
+                if "variation" in terms:
+                    per_map = losses.variation_loss(maps, self.variation.decode(z_both), mu, tau,
+                                                    cfg.variation_distribution)  # [2B]
+                    out["variation"] = losses.mean_over_global_batch(per_map, 2 * gan_size)
+            if align_terms:
+                self._alignment_losses(gen, z, gan_batch, align_terms, training, out)
+        if terms & {"id_cls", "id_triplet"}:
+            rgb = self.alignment(reid_batch["rgb"], training=training)
+            ir = self.alignment(reid_batch["ir"], training=training)
+            if "id_cls" in terms:
+                per_image = tf.concat([
+                    losses.label_smoothed_cross_entropy(reid_batch["rgb_labels"], rgb["logits"], cfg.label_smoothing),
+                    losses.label_smoothed_cross_entropy(reid_batch["ir_labels"], ir["logits"], cfg.label_smoothing)],
+                    axis=0)  # [2B]: the official mean of the RGB and IR means
+                out["id_cls"] = losses.mean_over_global_batch(per_image, 2 * reid_size)
+            if "id_triplet" in terms:
+                per_anchor = losses.cross_modal_triplet_loss(rgb["features"], ir["features"], reid_batch["rgb_labels"],
+                                                             reid_batch["ir_labels"], cfg.triplet_margin)  # [2B]
+                out["id_triplet"] = losses.mean_over_global_batch(per_anchor, 2 * reid_size)
+        return out
+
+    def _alignment_losses(self, gen, z, gan_batch, terms, training, out):
+        """Eqs. 11, 12 (real vs detached generated pair) and 15 (detached mixed images)."""
+        cfg = self.config.loss
+        gan_size = self.gan_batch_size
+        alignment = self.alignment
+        if self.content_encoder is alignment.set_level_encoder:  # M = E^sl(X) is already there
+            real = {m: alignment.instance_level(gen["content"][m], training=training) for m in MODALITIES}
+        else:
+            real = {m: alignment(gan_batch[m], training=training) for m in MODALITIES}
+        if terms & {"il", "lr"}:
+            # The generated images are inputs here: the alignment trains F only.
+            fake = {m: alignment(from_unit_range(tf.stop_gradient(gen["cross"][m])), training=training)
+                    for m in MODALITIES}
+            if "il" in terms:
+                out["il"] = losses.mean_over_global_batch(losses.instance_alignment_loss(
+                    real["ir"]["logits"], fake["rgb"]["logits"], real["rgb"]["logits"], fake["ir"]["logits"],
+                    cfg.il_convention), gan_size)
+            if "lr" in terms:
+                out["lr"] = losses.mean_over_global_batch(losses.local_alignment_loss(
+                    real["ir"]["local_logits"], fake["rgb"]["local_logits"], real["rgb"]["local_logits"],
+                    fake["ir"]["local_logits"], cfg.il_convention), gan_size)
+        if "ui" in terms:
+            shift = self.config.data.gan_num_instances
+            alpha = self.mixing_ratios(tf.shape(gan_batch["rgb"])[0])  # [B]
+            per_image = []
+            for m in MODALITIES:
+                mixed = tf.stop_gradient(from_unit_range(self.mix_images(gen, z, alpha, m)))
+                mix_logits = alignment(mixed, training=training)["logits"]
+                logits = real[m]["logits"]
+                per_image.append(losses.unseen_identity_loss(mix_logits, logits, tf.roll(logits, shift, axis=0),
+                                                             alpha, cfg.ui_direction))
+            out["ui"] = losses.mean_over_global_batch(tf.concat(per_image, 0), 2 * gan_size)  # [2B]
+
+    # -- gradients and steps --------------------------------------------------------------
+
+    def objectives(self, values, groups):
+        """The objectives to differentiate, one per route: {stepped groups: weighted sum of terms}.
+
+        Terms with the same route (:data:`TERM_ROUTES`) restricted to the stepped
+        ``groups`` share one objective, differentiated once. Call inside the tape.
+        """
+        weights = self.term_weights
+        routes = {}
+        for term in values:
+            stepped = tuple(g for g in TERM_ROUTES[term] if g in groups)
+            if stepped:
+                routes.setdefault(stepped, []).append(term)
+        return {stepped: losses.weighted_sum({t: values[t] for t in terms}, {t: weights[t] for t in terms})
+                for stepped, terms in routes.items()}
+
+    def gradients(self, tape, objectives, groups):
+        """Per stepped group, the gradient of the terms routed to it (:meth:`objectives`).
+
+        A group's gradient is the sum over the objectives whose route holds it;
+        variables no computed term reaches get zeros.
+        """
+        grads = {name: [None] * len(self.groups[name]) for name in groups}
+        for stepped, objective in objectives.items():
+            variables = [v for name in stepped for v in self.groups[name]]
+            flat = tape.gradient(objective, variables)
+            start = 0
+            for name in stepped:
+                part = flat[start:start + len(self.groups[name])]
+                start += len(self.groups[name])
+                grads[name] = [b if a is None else (a if b is None else a + b) for a, b in zip(grads[name], part)]
+        return {name: [tf.zeros_like(v) if g is None else g for g, v in zip(grads[name], self.groups[name])]
+                for name in groups}
+
+    def _replica_step(self, groups, terms, reid_batch, gan_batch):
+        with tf.GradientTape(persistent=True) as tape:
+            values = self.compute_losses(reid_batch, gan_batch, terms)
+            objectives = self.objectives(values, groups)
+        grads = self.gradients(tape, objectives, groups)
+        del tape
+        for name in groups:
+            self.optimizers[name].apply_gradients(zip(grads[name], self.groups[name]))
+        weights = self.term_weights
+        scalars = {f"loss/{term}": value for term, value in values.items()}
+        generator_terms = {t: values[t] for t in GENERATOR_TERMS if t in values}
+        if generator_terms:
+            scalars["loss/generator_total"] = losses.weighted_sum(generator_terms,
+                                                                  {t: weights[t] for t in generator_terms})
+        scalars["loss/total"] = losses.weighted_sum(values, {t: weights[t] for t in values})
+        norms = {f"grad_norm/{name}": tf.linalg.global_norm(grads[name]) for name in groups}
+        return scalars, norms
+
+    def _make_step(self, groups):
+        terms = self.terms_for(groups)
+
+        @tf.function
+        def step(reid_batch, gan_batch):
+            replica_step = functools.partial(self._replica_step, groups, terms)
+            scalars, norms = self.strategy.run(replica_step, args=(reid_batch, gan_batch))
+            out = {k: self.strategy.reduce(tf.distribute.ReduceOp.SUM, v, axis=None) for k, v in scalars.items()}
+            # Per-replica gradient norms, averaged (the global norm with one replica).
+            out.update({k: self.strategy.reduce(tf.distribute.ReduceOp.MEAN, v, axis=None)
+                        for k, v in norms.items()})
+            self.step.assign_add(1)
+            return out
+
+        return step
+
+    def train_step(self, phase, reid_batch, gan_batch):
+        """One optimisation step of ``phase`` (a :class:`jsia_tf.config.Phase`) on distributed batches.
+
+        Returns {name: float32 scalar tensor}: "loss/<term>", "loss/generator_total",
+        "loss/total", "grad_norm/<group>".
+        """
+        groups = tuple(g for g in GROUPS if g in phase.groups)
+        if groups not in self._step_functions:
+            self._step_functions[groups] = self._make_step(groups)
+        return self._step_functions[groups](reid_batch, gan_batch)
+
+    def set_learning_rate(self, value):
+        for optimizer in self.optimizers.values():
+            optimizer.learning_rate = value
+
+    # -- images for summaries -------------------------------------------------------------
+
+    def sample_images(self, gan_batch, max_images=4, alphas=(1.0, 0.75, 0.5, 0.25, 0.0)):
+        """uint8 RGB images for TensorBoard, networks in inference mode.
+
+        Returns:
+          "rgb", "ir": Fig. 6 grids [n, H, 4W, 3], per row real | its generated pair in
+            the other modality | reconstruction | cycle reconstruction;
+          "mixing_rgb", "mixing_ir": Fig. 7 strips [1, H, (2 + len(alphas)) W, 3]: x_1,
+            the Eq. 14 mixtures for ``alphas`` (weight of x_1), x_2 (the next identity).
+        """
+        rgb, ir = gan_batch["rgb"], gan_batch["ir"]
+        gen = self.generate(rgb, ir, training=False)
+
+        def pixels(unit):
+            return pipeline.denormalize(from_unit_range(unit))
+
+        n = min(max_images, int(rgb.shape[0]))
+        out = {}
+        for m, other in (("rgb", "ir"), ("ir", "rgb")):
+            row = [gen["real"][m], gen["cross"][other], gen["recon"][m], gen["cycle"][m]]
+            out[m] = pixels(tf.concat([x[:n] for x in row], axis=2))  # [n, H, 4W, 3]
+        second = self.config.data.gan_num_instances % int(rgb.shape[0])  # first image of the next identity
+        for m in MODALITIES:
+            z, _, _ = self.variation(gen["content"][m], training=False)
+            pick = tf.constant([0] * len(alphas))
+            z1, z2 = tf.gather(z, pick), tf.gather(z, pick + second)
+            s1, s2 = tf.gather(gen["style"][m], pick), tf.gather(gen["style"][m], pick + second)
+            alpha = tf.constant(alphas, tf.float32)
+            generator = self.generator_rgb if m == "rgb" else self.generator_ir
+            mixed = generator.decode(self.variation.decode(mix(z1, z2, alpha)), mix(s1, s2, alpha))
+            strip = [gen["real"][m][:1], *tf.split(mixed, len(alphas)), gen["real"][m][second:second + 1]]
+            out[f"mixing_{m}"] = pixels(tf.concat(strip, axis=2))  # [1, H, (2 + len(alphas)) W, 3]
+        return out
+
+    # -- inference --------------------------------------------------------------------------
+
+    def embed(self, images):
+        """Eq. 17: L2-normalised test features [B, D] (numpy) of caffe-normalised images."""
+        return self._embed(tf.convert_to_tensor(images)).numpy()
+
+    def embed_images(self, batches):
+        """Features [N, D] of every batch of ``batches`` (e.g. ``pipeline.eval_dataset``)."""
+        return np.concatenate([self.embed(batch) for batch in batches])
