@@ -212,13 +212,19 @@ def export_trainer(trainer, export_dir, checkpoint=None):
     return export_embedder(trainer.alignment, export_dir, cfg.data.height, cfg.data.width, metadata=metadata)
 
 
-def export_run(run_dir, export_dir, checkpoint=None):
-    """Rebuilds a training run's networks from ``run_dir`` and exports its embedder.
+def load_run(run_dir, checkpoint=None):
+    """Rebuilds a training run's networks from ``run_dir`` with a checkpoint's weights.
+
+    The one way to load a trained run: ``export_run`` and ``jsia_tf.analyze`` use it.
+    Sets the run's mixed-precision policy (globally) before building the networks.
 
     Args:
       run_dir: a ``python -m jsia_tf.train`` run folder (config.json, dataset.json,
         checkpoints/).
       checkpoint: a checkpoint prefix; default the newest in ``run_dir/checkpoints``.
+    Returns:
+      ``(trainer, checkpoint)``: a :class:`jsia_tf.trainer.Trainer` with the restored
+      weights, and the checkpoint prefix they come from.
     Raises:
       ValueError: the run folder or checkpoint is missing or not a jsia_tf run.
     """
@@ -231,10 +237,16 @@ def export_run(run_dir, export_dir, checkpoint=None):
         raise ValueError(f"{summary_path}: expected the run's dataset summary with num_classes ({err})") from err
     checkpoint = checkpoint or tf.train.latest_checkpoint(os.path.join(run_dir, "checkpoints"))
     if not checkpoint or not tf.io.gfile.exists(checkpoint + ".index"):
-        raise ValueError(f"--checkpoint={checkpoint!r}: no checkpoint of {run_dir} to export")
+        raise ValueError(f"--checkpoint={checkpoint!r}: no checkpoint of {run_dir} to load")
     keras.mixed_precision.set_global_policy(cfg.train.mixed_precision)
     trainer = trainer_lib.Trainer(cfg, num_classes)
     trainer.checkpoint().restore(checkpoint).assert_existing_objects_matched()
+    return trainer, checkpoint
+
+
+def export_run(run_dir, export_dir, checkpoint=None):
+    """Exports the embedder of a training run (:func:`load_run`'s arguments and errors)."""
+    trainer, checkpoint = load_run(run_dir, checkpoint)
     return export_trainer(trainer, export_dir, checkpoint)
 
 

@@ -1,8 +1,11 @@
-"""FID and MD arithmetic: closed forms of Gaussian cases and hand-computed distances."""
+"""FID and MD arithmetic: closed forms of Gaussian cases and hand-computed distances; the
+InceptionV3 feature extractor with a randomly initialised weights file."""
 
+import keras
 import numpy as np
 import pytest
 import scipy.stats
+import tensorflow as tf
 
 from jsia_tf.eval import quality
 
@@ -128,3 +131,59 @@ def test_errors_name_the_argument():
         quality.feature_statistics(np.full((3, 2), np.nan))
     with pytest.raises(ValueError, match=r"a and b must have the same shape"):
         quality.mean_pair_distance(np.zeros((3, 2)), np.zeros((2, 2)))
+
+
+def test_low_rank_fid_equals_the_square_root_form():
+    # Fewer images than dimensions: fid takes the nuclear-norm route; frechet_distance takes sqrtm.
+    rng = np.random.default_rng(6)
+    features_a, features_b = rng.normal(size=(5, 12)), rng.normal(1.0, 2.0, size=(7, 12))
+    statistics = quality.feature_statistics(features_a) + quality.feature_statistics(features_b)
+    expected = quality.frechet_distance(*statistics)
+    assert quality.fid(features_a, features_b) == pytest.approx(expected, rel=1e-6)
+    assert quality.fid(features_a, features_a) == pytest.approx(0.0, abs=1e-9)
+    assert quality.fid(features_a, features_a + 2.0) == pytest.approx(12 * 2.0 ** 2, rel=1e-9)  # a mean shift
+
+
+def test_identity_distance_is_the_rms_gray_difference():
+    black, white = np.zeros((2, 4, 2, 3), np.uint8), np.full((2, 4, 2, 3), 255, np.uint8)
+    assert quality.identity_distance(black, white) == pytest.approx(1.0, rel=1e-3)  # luma weights sum to 0.9999
+    assert quality.identity_distance(white, white) == 0.0
+    # Pure colour (no luminance change) is no identity difference: an RGB image and its gray IR rendering.
+    rgb = np.random.default_rng(7).integers(0, 256, (3, 8, 4, 3)).astype(np.uint8)
+    gray = np.repeat(np.round(rgb @ np.array(quality.LUMA_RGB))[..., None], 3, axis=-1).astype(np.uint8)
+    assert quality.identity_distance(rgb, gray) < 0.6 / 255  # rounding of the gray image only
+    # Half of the pixels differ by 0.5 in gray: sqrt(0.5 * 0.25); independent of the image size.
+    for height, width in ((4, 2), (40, 20)):
+        a = np.zeros((1, height, width, 3), np.uint8)
+        b = a.copy()
+        b[:, : height // 2] = 255
+        b = (b // 2).astype(np.uint8)  # 127: gray 127 / 255
+        assert quality.identity_distance(a, b) == pytest.approx(np.sqrt(0.5) * 127 * 0.9999 / 255, rel=1e-6)
+    with pytest.raises(ValueError, match=r"images must be RGB \[N, H, W, 3\]"):
+        quality.identity_distance(np.zeros((2, 4, 3)), np.zeros((2, 4, 3)))
+
+
+def test_inception_weights_errors_name_the_argument(tmp_path):
+    with pytest.raises(ValueError, match=r"inception_weights='/no/such.weights.h5': no such file"):
+        quality.inception_model("/no/such.weights.h5")
+    wrong = tmp_path / "notes.weights.h5"
+    wrong.write_text("not an HDF5 file")
+    with pytest.raises(ValueError, match=r"inception_weights=.*notes.weights.h5.*expected InceptionV3"):
+        quality.inception_model(str(wrong))
+
+
+def test_inception_features_from_a_weights_file(tmp_path):
+    keras.utils.set_random_seed(1)
+    path = tmp_path / "inception.weights.h5"
+    saved = keras.applications.InceptionV3(include_top=False, pooling="avg", weights=None)
+    saved.save_weights(path)
+    model = quality.inception_model(str(path))
+    for loaded, expected in zip(model.get_weights(), saved.get_weights()):
+        np.testing.assert_array_equal(loaded, expected)
+    images = np.random.default_rng(8).integers(0, 256, (3, 32, 16, 3)).astype(np.uint8)
+    features = quality.inception_features(model, images, batch_size=2)
+    assert features.shape == (3, quality.INCEPTION_DIM) and features.dtype == np.float64
+    # Resized to 299x299 and scaled to [-1, 1]; batches do not matter.
+    resized = keras.applications.inception_v3.preprocess_input(tf.image.resize(images.astype(np.float32), (299, 299)))
+    np.testing.assert_allclose(features, saved(resized).numpy(), rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(features[2:], quality.inception_features(model, images[2:]), rtol=1e-4, atol=1e-6)

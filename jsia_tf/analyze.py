@@ -1,0 +1,499 @@
+"""``python -m jsia_tf.analyze``: looking at a trained model (paper Figs. 4, 6, 7, Table 4).
+
+  python -m jsia_tf.analyze --run_dir=RUN [--data_dir=DIR] [--dataset=regdb|sysu] [--trial=T] \\
+      [--what=paired,mixing,similarity,ranked,quality] [--out=RUN/analysis] [--checkpoint=CKPT] \\
+      [--num_identities=4] [--num_queries=4] [--top_k=10] [--regdb_direction=v2t] [--seed=0] \\
+      [--batch_size=32] [--inception_weights=imagenet|PATH] [--fid_images=500]
+
+``--data_dir``, ``--dataset`` and ``--trial`` default to the run's config. The
+networks are in inference mode (module V returns its mean, u). Each kind in
+``--what`` writes ``OUT/<kind>.png`` and the same image to TensorBoard under the tag
+``analysis/<kind>`` (event files in OUT, the run's checkpoint step; ``tensorboard
+--logdir=RUN`` shows them as the run ``analysis``):
+
+- ``paired`` (Fig. 6): for ``num_identities`` test persons, one row each: real RGB |
+  X_rgb2ir, the IR image generated from it | real IR | X_ir2rgb (Eq. 3; each
+  generated image takes the style of the same person's real image in its modality).
+- ``mixing`` (Fig. 7, Eqs. 14, 9, 3): for pairs of those persons (x_1, x_2), a row per
+  modality: x_1 | the images decoded from the mixed latent and style codes at
+  alpha (the weight of x_1) = 1, 0.75, 0.5, 0.25, 0 | x_2.
+- ``similarity`` (Fig. 4): histograms of the cosine similarity of the Eq. 17
+  features of every cross-modality (IR x RGB) test pair, intra-person (green) and
+  inter-person (red); the overlap area of the two densities is printed.
+- ``ranked``: ``num_queries`` random queries of the protocol (RegDB: the
+  ``regdb_direction`` query camera against the other; SYSU-MM01: IR queries against
+  the all-search single-shot gallery of the first trial, same-room images excluded),
+  each followed by its ``top_k`` gallery images: blue border for the query, green
+  for the right person, red for another.
+- ``quality`` (Table 4, Sec. 4.5): MD and FID of images generated from real images
+  (FRI) and from the latent space (FLS), also written to ``OUT/quality.json``. On
+  the test persons with images in both modalities, each person's i-th RGB and i-th
+  IR image form a real pair (at most ``fid_images`` pairs, drawn with ``seed``):
+  FRI images are X_rgb2ir and X_ir2rgb; FLS images decode, per modality, the mixed
+  codes of the pair and another person's pair (Eq. 14, alpha ~ U[0, 1]), as the
+  training step does. MD (``jsia_tf.eval.quality.identity_distance``: root-mean-square
+  gray difference in [0, 1]) is averaged over the paper's generated pairs: FRI
+  (X_rgb, X_rgb2ir) and (X_ir, X_ir2rgb); FLS (x_mix_rgb, x_mix_ir). FID is that of
+  the Inception pool features of the real test images of a modality and the
+  generated images of that modality, averaged over RGB and IR.
+"""
+
+import dataclasses
+import json
+import os
+import sys
+
+from absl import app, flags
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+import tensorflow as tf
+
+from jsia_tf import config as config_lib
+from jsia_tf import export
+from jsia_tf.data import pipeline, records
+from jsia_tf.eval import metrics, protocols, quality
+from jsia_tf.models.generation import from_unit_range, to_unit_range
+from jsia_tf.models.variation import mix
+
+KINDS = ("paired", "mixing", "similarity", "ranked", "quality")
+MODALITIES = ("rgb", "ir")
+RGB_CAMS = {"regdb": (records.REGDB_VISIBLE_CAM,), "sysu": records.SYSU_RGB_CAMS}
+ALPHAS = (1.0, 0.75, 0.5, 0.25, 0.0)  # Fig. 7, weights of x_1
+# Pixels around each image of a grid; their colour tells the role of the image.
+BORDER = 3
+WHITE, BLUE, GREEN, RED = (255, 255, 255), (40, 90, 220), (0, 170, 0), (220, 0, 0)
+# Fig. 4 histograms: bins of width 0.04 over the cosine range; the figure's size.
+HISTOGRAM_BINS = 50
+SIMILARITY_RANGE = (-1.0, 1.0)
+FIGURE_SIZE = (560, 360)  # width, height
+TABLE_SIZE = (380, 110)
+
+
+@dataclasses.dataclass(frozen=True)
+class Options:
+    """What to draw and how many (the flags of the module docstring)."""
+
+    what: tuple = KINDS
+    num_identities: int = 4
+    num_queries: int = 4
+    top_k: int = 10
+    regdb_direction: str = "v2t"
+    seed: int = 0
+    batch_size: int = 32
+    inception_weights: str = "imagenet"
+    fid_images: int = 500
+
+    def __post_init__(self):
+        unknown = [kind for kind in self.what if kind not in KINDS]
+        if unknown or not self.what:
+            raise ValueError(f"--what={','.join(self.what)}: unknown {unknown}; expected a comma list of "
+                             f"{','.join(KINDS)}")
+        # mixing pairs two persons; FID fits a covariance: at least 2 images.
+        for name, lowest in (("num_identities", 2), ("num_queries", 1), ("top_k", 1), ("batch_size", 1),
+                             ("fid_images", 2)):
+            if getattr(self, name) < lowest:
+                raise ValueError(f"--{name}={getattr(self, name)}: expected an integer >= {lowest}")
+        if self.regdb_direction not in protocols.REGDB_DIRECTIONS:
+            raise ValueError(f"--regdb_direction={self.regdb_direction}: expected one of "
+                             f"{list(protocols.REGDB_DIRECTIONS)}")
+
+
+# -- pure parts: similarities, overlap, grids, figures ---------------------------------------------
+
+
+def cross_modality_similarities(features, test, dataset_name, max_inter=None, seed=0):
+    """Fig. 4's two samples: cosine similarities of every (IR, RGB) test pair.
+
+    Args:
+      features: L2-normalised Eq. 17 features [N, D], row i embeds ``test.paths[i]``.
+      test: the test ImageList; dataset_name: "regdb" or "sysu" (which cameras are RGB).
+      max_inter: keep a random sample (``seed``) of at most this many inter-person values.
+    Returns:
+      (intra-person similarities [P], inter-person similarities [Q]).
+    """
+    is_rgb = np.isin(test.cams, RGB_CAMS[dataset_name])
+    similarity = features[~is_rgb] @ features[is_rgb].T  # [N_ir, N_rgb]
+    same = test.pids[~is_rgb][:, None] == test.pids[is_rgb][None, :]  # [N_ir, N_rgb]
+    inter = similarity[~same]
+    if max_inter is not None and inter.size > max_inter:
+        inter = np.random.default_rng(seed).choice(inter, max_inter, replace=False)
+    return similarity[same], inter
+
+
+def overlap_area(a, b, bins=HISTOGRAM_BINS, value_range=SIMILARITY_RANGE):
+    """Area shared by the histogram densities of ``a`` and ``b``: sum over bins of min(p_a, p_b) * width.
+
+    1 for identically distributed samples (same bins), 0 when no bin holds both.
+    """
+    p_a, edges = np.histogram(a, bins=bins, range=value_range, density=True)
+    p_b, _ = np.histogram(b, bins=edges, density=True)
+    return float(np.sum(np.minimum(p_a, p_b) * np.diff(edges)))
+
+
+def tile(cells, colors, border=BORDER):
+    """One image of a grid of images, each framed in its colour.
+
+    Args:
+      cells: uint8 [R, C, H, W, 3]; colors: [R, C, 3] (or broadcastable) frame colours.
+    Returns:
+      uint8 [R (H + 2 border), C (W + 2 border), 3].
+    """
+    rows, cols, height, width, _ = cells.shape
+    framed = np.empty((rows, cols, height + 2 * border, width + 2 * border, 3), np.uint8)
+    framed[:] = np.broadcast_to(np.asarray(colors, np.uint8), (rows, cols, 3))[:, :, None, None, :]
+    framed[:, :, border:border + height, border:border + width] = cells
+    return framed.transpose(0, 2, 1, 3, 4).reshape(rows * framed.shape[2], cols * framed.shape[3], 3)
+
+
+def histogram_figure(intra, inter, overlap, size=FIGURE_SIZE):
+    """Fig. 4 as uint8 [height, width, 3]: the two densities overlaid, green intra, red inter."""
+    width, height = size
+    left, right, top, bottom = 50, 20, 50, 35
+    edges = np.linspace(*SIMILARITY_RANGE, HISTOGRAM_BINS + 1)
+    densities = [np.histogram(x, bins=edges, density=True)[0] for x in (intra, inter)]
+    y_max = max(float(d.max()) for d in densities) * 1.05 or 1.0
+
+    def to_x(value):
+        return left + (value - edges[0]) / (edges[-1] - edges[0]) * (width - left - right)
+
+    def to_y(density):
+        return height - bottom - density / y_max * (height - top - bottom)
+
+    figure = Image.new("RGBA", size, WHITE + (255,))
+    for density, color in zip(densities, (GREEN, RED)):
+        layer = Image.new("RGBA", size, (0, 0, 0, 0))
+        bars = ImageDraw.Draw(layer)
+        for low, high, d in zip(edges[:-1], edges[1:], density):
+            if d > 0:
+                bars.rectangle([to_x(low), to_y(d), to_x(high) - 1, to_y(0)], fill=color + (120,))
+        figure = Image.alpha_composite(figure, layer)
+    draw, font = ImageDraw.Draw(figure), ImageFont.load_default()
+    draw.line([(left, to_y(0)), (width - right, to_y(0))], fill=(0, 0, 0))
+    draw.line([(left, to_y(0)), (left, top)], fill=(0, 0, 0))
+    for tick in np.linspace(*SIMILARITY_RANGE, 5):
+        draw.line([(to_x(tick), to_y(0)), (to_x(tick), to_y(0) + 4)], fill=(0, 0, 0))
+        draw.text((to_x(tick), to_y(0) + 6), f"{tick:g}", fill=(0, 0, 0), font=font, anchor="ma")
+    draw.text((left - 4, top), f"{y_max:.2g}", fill=(0, 0, 0), font=font, anchor="rm")
+    draw.text((left - 4, to_y(0)), "0", fill=(0, 0, 0), font=font, anchor="rm")
+    draw.text((width // 2, height - 4), "cross-modality cosine similarity (density)", fill=(0, 0, 0), font=font,
+              anchor="md")
+    draw.text((left, 6), f"Fig. 4: intra-person (green, {len(intra)} pairs) vs inter-person (red, {len(inter)})",
+              fill=(0, 0, 0), font=font)
+    draw.text((left, 24), f"overlap area {overlap:.3f}", fill=(0, 0, 0), font=font)
+    return np.asarray(figure.convert("RGB"))
+
+
+def table_figure(values, size=TABLE_SIZE):
+    """Table 4 for one model as uint8 [height, width, 3]: ``values`` is :func:`quality_numbers`' dict."""
+    figure = Image.new("RGB", size, WHITE)
+    draw, font = ImageDraw.Draw(figure), ImageFont.load_default()
+    draw.text((10, 8), f"Table 4 for this model ({values['pairs']} test pairs)", fill=(0, 0, 0), font=font)
+    rows = [("", "FRI", "FLS"), ("MD (identity)", f"{values['MD_FRI']:.4f}", f"{values['MD_FLS']:.4f}"),
+            ("FID (distribution)", f"{values['FID_FRI']:.4g}", f"{values['FID_FLS']:.4g}")]
+    for i, row in enumerate(rows):
+        for x, text in zip((10, 170, 270), row):
+            draw.text((x, 36 + 22 * i), text, fill=(0, 0, 0), font=font)
+    return np.asarray(figure)
+
+
+# -- test images ----------------------------------------------------------------------------------
+
+
+def paired_rows(test, dataset_name):
+    """Real cross-modality pairs of the test set: each person's i-th RGB and i-th IR image.
+
+    Returns:
+      (rgb rows [P], ir rows [P], person ids [P]), by person id then i.
+    """
+    is_rgb = np.isin(test.cams, RGB_CAMS[dataset_name])
+    rgb, ir, pids = [], [], []
+    for pid in np.intersect1d(test.pids[is_rgb], test.pids[~is_rgb]):
+        rgb_rows = np.flatnonzero(is_rgb & (test.pids == pid))
+        ir_rows = np.flatnonzero(~is_rgb & (test.pids == pid))
+        n = min(len(rgb_rows), len(ir_rows))
+        rgb.append(rgb_rows[:n])
+        ir.append(ir_rows[:n])
+        pids.append(np.full(n, pid))
+    if len(pids) < 2:
+        raise ValueError(f"the test set has {len(pids)} persons with images in both modalities; at least 2 needed")
+    return np.concatenate(rgb), np.concatenate(ir), np.concatenate(pids)
+
+
+def pick_persons(test, dataset_name, count, rng):
+    """Rows (rgb [n], ir [n]) of one random real pair of each of ``count`` random persons (all if fewer)."""
+    rgb, ir, pids = paired_rows(test, dataset_name)
+    persons = np.unique(pids)
+    persons = np.sort(rng.choice(persons, min(count, len(persons)), replace=False))
+    picks = np.array([rng.choice(np.flatnonzero(pids == pid)) for pid in persons])
+    return rgb[picks], ir[picks]
+
+
+def load_batches(test, rows, height, width, batch_size):
+    """Caffe-normalised float32 batches [<=batch_size, height, width, 3] of ``test``'s ``rows``."""
+    subset = records.ImageList(paths=test.paths[rows], pids=test.pids[rows], cams=test.cams[rows],
+                               image_index=test.image_index[rows])
+    return pipeline.eval_dataset(subset, height, width, batch_size)
+
+
+def load_images(test, rows, height, width):
+    """Caffe-normalised float32 [len(rows), height, width, 3] (for a few images)."""
+    return tf.concat(list(load_batches(test, rows, height, width, max(len(rows), 1))), axis=0)
+
+
+def to_pixels(images, unit_range=True):
+    """uint8 RGB [..., 3] of unit-range (module G) or caffe-normalised images."""
+    images = tf.cast(images, tf.float32)
+    return pipeline.denormalize(from_unit_range(images) if unit_range else images).numpy()
+
+
+# -- the model ------------------------------------------------------------------------------------
+
+
+def latent_codes(trainer, gen, modality):
+    """(z = u [B, h', w', Z], style [B, style_dim]) of :meth:`Trainer.generate`'s real images of ``modality``."""
+    z, _, _ = trainer.variation(gen["content"][modality], training=False)
+    return z, gen["style"][modality]
+
+
+def decode_mixture(trainer, modality, codes_1, codes_2, alpha):
+    """Eq. 14, then D^v (Eq. 9) and the modality's decoder (Eq. 3): unit-range [B, H, W, 3].
+
+    ``codes_1``, ``codes_2``: (z, style) pairs of [B, ...] codes; alpha [B], the weight of codes_1.
+    """
+    generator = trainer.generator_rgb if modality == "rgb" else trainer.generator_ir
+    (z_1, s_1), (z_2, s_2) = codes_1, codes_2
+    return generator.decode(trainer.variation.decode(mix(z_1, z_2, alpha)), mix(s_1, s_2, alpha))
+
+
+def paired_figure(trainer, test, dataset_name, options):
+    """Fig. 6 grid [n (H + 2b), 4 (W + 2b), 3]: real RGB | X_rgb2ir | real IR | X_ir2rgb per person."""
+    data = trainer.config.data
+    rgb_rows, ir_rows = pick_persons(test, dataset_name, options.num_identities, np.random.default_rng(options.seed))
+    gen = trainer.generate(load_images(test, rgb_rows, data.height, data.width),
+                           load_images(test, ir_rows, data.height, data.width), training=False)
+    columns = [gen["real"]["rgb"], gen["cross"]["ir"], gen["real"]["ir"], gen["cross"]["rgb"]]
+    return tile(np.stack([to_pixels(c) for c in columns], axis=1), WHITE)  # cells [n, 4, H, W, 3]
+
+
+def mixing_figure(trainer, test, dataset_name, options):
+    """Fig. 7 grid [2n (H + 2b), (2 + 5)(W + 2b), 3]: per pair (x_1, x_2) and modality, x_1 | mixtures | x_2."""
+    data = trainer.config.data
+    rgb_rows, ir_rows = pick_persons(test, dataset_name, options.num_identities, np.random.default_rng(options.seed))
+    gen = trainer.generate(load_images(test, rgb_rows, data.height, data.width),
+                           load_images(test, ir_rows, data.height, data.width), training=False)
+    n, steps = len(rgb_rows), len(ALPHAS)
+    first = np.repeat(np.arange(n), steps)  # [n * steps]: x_1 of each mixture
+    second = (first + 1) % n  # x_2: the next person
+    alpha = tf.constant(np.tile(ALPHAS, n), tf.float32)  # [n * steps]
+    rows = []
+    for modality in MODALITIES:
+        z, style = latent_codes(trainer, gen, modality)
+        mixed = decode_mixture(trainer, modality, (tf.gather(z, first), tf.gather(style, first)),
+                               (tf.gather(z, second), tf.gather(style, second)), alpha)
+        real = to_pixels(gen["real"][modality])  # [n, H, W, 3]
+        mixed = to_pixels(mixed).reshape(n, steps, *real.shape[1:])  # [n, steps, H, W, 3]
+        rows.append(np.concatenate([real[:, None], mixed, np.roll(real, -1, axis=0)[:, None]], axis=1))
+    return tile(np.stack(rows, axis=1).reshape(2 * n, steps + 2, *rows[0].shape[2:]), WHITE)  # RGB, IR rows
+
+
+def embed_test_images(trainer, test, batch_size):
+    """Eq. 17 features [N, D] of every test image."""
+    data = trainer.config.data
+    return trainer.embed_images(pipeline.eval_dataset(test, data.height, data.width, batch_size))
+
+
+def similarity_figure(features, test, dataset_name):
+    """Fig. 4 figure and the overlap area of its two densities."""
+    intra, inter = cross_modality_similarities(features, test, dataset_name)
+    overlap = overlap_area(intra, inter)
+    return histogram_figure(intra, inter, overlap), overlap
+
+
+def query_gallery(test, dataset_name, direction, seed):
+    """Rows of the protocol's queries [Q] and gallery [G], and allowed [Q, G] (False: SYSU same room)."""
+    if dataset_name == "regdb":
+        query_cam, gallery_cam = protocols.REGDB_DIRECTIONS[direction]
+        queries, gallery = np.flatnonzero(test.cams == query_cam), np.flatnonzero(test.cams == gallery_cam)
+    else:
+        split = protocols.sysu_split(test.pids, test.cams, test.image_index, mode="all", shots=1, trials=1,
+                                     seed=seed)
+        queries, gallery = split.queries, split.galleries[0]
+    allowed = np.ones((len(queries), len(gallery)), bool)
+    if dataset_name == "sysu":
+        for ir_cam, rgb_cam in protocols.SYSU_SAME_ROOM.items():
+            allowed &= ~((test.cams[queries] == ir_cam)[:, None] & (test.cams[gallery] == rgb_cam)[None, :])
+    return queries, gallery, allowed
+
+
+def ranked_figure(trainer, features, test, dataset_name, options):
+    """Ranking grid [q (H + 2b), (1 + top_k)(W + 2b), 3]: query (blue) | top_k gallery images (green / red)."""
+    data = trainer.config.data
+    queries, gallery, allowed = query_gallery(test, dataset_name, options.regdb_direction, options.seed)
+    if allowed.sum(axis=1).min() < options.top_k:
+        raise ValueError(f"--top_k={options.top_k}: a query can be ranked against only "
+                         f"{allowed.sum(axis=1).min()} gallery images")
+    rng = np.random.default_rng(options.seed)
+    picked = np.sort(rng.choice(len(queries), min(options.num_queries, len(queries)), replace=False))
+    similarity = metrics.cosine_similarity(features[queries[picked]], features[gallery])  # [q, G]
+    similarity[~allowed[picked]] = -np.inf
+    top = gallery[np.argsort(-similarity, axis=1, kind="stable")[:, :options.top_k]]  # [q, top_k] rows
+    rows = np.concatenate([queries[picked][:, None], top], axis=1)  # [q, 1 + top_k]
+    pixels = to_pixels(load_images(test, rows.ravel(), data.height, data.width), unit_range=False)
+    correct = test.pids[top] == test.pids[queries[picked]][:, None]  # [q, top_k]
+    colors = np.concatenate([np.broadcast_to(BLUE, (len(picked), 1, 3)),
+                             np.where(correct[..., None], GREEN, RED)], axis=1)  # [q, 1 + top_k, 3]
+    return tile(pixels.reshape(*rows.shape, *pixels.shape[1:]), colors)  # cells [q, 1 + top_k, H, W, 3]
+
+
+def generated_sets(trainer, test, dataset_name, options):
+    """uint8 RGB images of the quality pairs: {"real" | "fri" | "fls": {modality: [P, H, W, 3]}}.
+
+    "fri"[m] holds the generated images OF modality m (X_ir2rgb for "rgb"), row i
+    made from real pair i; "fls"[m] the mixture of pair i and a random pair of
+    another person, alpha ~ U[0, 1] (seeded), decoded in modality m.
+    """
+    data = trainer.config.data
+    rng = np.random.default_rng(options.seed)
+    rgb, ir, pids = paired_rows(test, dataset_name)
+    keep = np.sort(rng.choice(len(pids), min(options.fid_images, len(pids)), replace=False))
+    rgb, ir, pids = rgb[keep], ir[keep], pids[keep]
+    partner = np.array([rng.choice(np.flatnonzero(pids != pid)) for pid in pids])
+    alphas = rng.uniform(size=len(pids)).astype(np.float32)
+    batches = [load_batches(test, rows, data.height, data.width, options.batch_size)
+               for rows in (rgb, ir, rgb[partner], ir[partner])]
+    out = {name: {m: [] for m in MODALITIES} for name in ("real", "fri", "fls")}
+    for start, (rgb_1, ir_1, rgb_2, ir_2) in zip(range(0, len(pids), options.batch_size), zip(*batches)):
+        gen = trainer.generate(rgb_1, ir_1, training=False)
+        alpha = alphas[start:start + len(rgb_1)]
+        for m, images_2 in (("rgb", rgb_2), ("ir", ir_2)):
+            generator = trainer.generator_rgb if m == "rgb" else trainer.generator_ir
+            z_2, _, _ = trainer.variation(trainer.content(images_2, training=False), training=False)
+            codes_2 = (z_2, generator.encode_style(to_unit_range(images_2)))
+            out["real"][m].append(to_pixels(gen["real"][m]))
+            out["fri"][m].append(to_pixels(gen["cross"][m]))
+            out["fls"][m].append(to_pixels(decode_mixture(trainer, m, latent_codes(trainer, gen, m), codes_2, alpha)))
+    return {name: {m: np.concatenate(images) for m, images in sets.items()} for name, sets in out.items()}
+
+
+def quality_numbers(images, inception):
+    """Table 4 for one model from :func:`generated_sets`' images and an :func:`quality.inception_model`."""
+    features = {name: {m: quality.inception_features(inception, x) for m, x in sets.items()}
+                for name, sets in images.items()}
+    fid = {name: float(np.mean([quality.fid(features["real"][m], features[name][m]) for m in MODALITIES]))
+           for name in ("fri", "fls")}
+    md_fri = np.mean([quality.identity_distance(images["real"]["rgb"], images["fri"]["ir"]),  # (X_rgb, X_rgb2ir)
+                      quality.identity_distance(images["real"]["ir"], images["fri"]["rgb"])])  # (X_ir, X_ir2rgb)
+    md_fls = quality.identity_distance(images["fls"]["rgb"], images["fls"]["ir"])
+    return {"MD_FRI": float(md_fri), "MD_FLS": float(md_fls), "FID_FRI": fid["fri"], "FID_FLS": fid["fls"],
+            "pairs": len(images["real"]["rgb"])}
+
+
+# -- the command ----------------------------------------------------------------------------------
+
+
+def analyze(run_dir, out=None, options=Options(), data_dir=None, dataset=None, trial=None, checkpoint=None):
+    """Writes ``out/<kind>.png`` (and ``quality.json``) for each kind of ``options.what``, and TensorBoard images.
+
+    Args:
+      run_dir: a training run folder (``export.load_run``); out: default ``run_dir/analysis``.
+      data_dir, dataset, trial: the test set; default the run's config.
+      checkpoint: default the newest of the run.
+    Returns:
+      {kind: uint8 image [H, W, 3]}, plus "quality_numbers" and "overlap" entries
+      when those kinds were drawn.
+    Raises:
+      ValueError: a bad run folder, dataset folder, weights file or option; the
+        message names the flag or file.
+    """
+    out = out or os.path.join(run_dir, "analysis")
+    # Bad input fails before the networks are built: the test set, then the FID network.
+    data = config_lib.Config.load(os.path.join(run_dir, "config.json")).data
+    dataset, data_dir = dataset or data.dataset, data_dir or data.data_dir
+    try:
+        test = pipeline.load_dataset(dataset, data_dir, trial=trial or data.trial).test
+    except ValueError as err:
+        raise ValueError(f"--data_dir={data_dir}: not a {dataset} dataset ({err})") from err
+    inception = quality.inception_model(options.inception_weights) if "quality" in options.what else None
+    trainer, checkpoint = export.load_run(run_dir, checkpoint)
+    results = {}
+    features = None
+    for kind in options.what:
+        if kind in ("similarity", "ranked") and features is None:
+            features = embed_test_images(trainer, test, options.batch_size)
+        if kind == "paired":
+            results[kind] = paired_figure(trainer, test, dataset, options)
+        elif kind == "mixing":
+            results[kind] = mixing_figure(trainer, test, dataset, options)
+        elif kind == "similarity":
+            results[kind], results["overlap"] = similarity_figure(features, test, dataset)
+            print(f"Fig. 4: overlap area of intra- and inter-person similarity densities {results['overlap']:.4f}")
+        elif kind == "ranked":
+            results[kind] = ranked_figure(trainer, features, test, dataset, options)
+        else:
+            numbers = quality_numbers(generated_sets(trainer, test, dataset, options), inception)
+            numbers.update(inception_weights=options.inception_weights, checkpoint=checkpoint)
+            results[kind], results["quality_numbers"] = table_figure(numbers), numbers
+            print(f"Table 4 ({numbers['pairs']} test pairs): MD FRI {numbers['MD_FRI']:.4f} FLS "
+                  f"{numbers['MD_FLS']:.4f} | FID FRI {numbers['FID_FRI']:.4g} FLS {numbers['FID_FLS']:.4g}")
+    write(results, out, options.what, int(trainer.step.numpy()))
+    return results
+
+
+def write(results, out, kinds, step):
+    """PNG files, quality.json and TensorBoard images (tags ``analysis/<kind>``) in ``out``."""
+    os.makedirs(out, exist_ok=True)
+    writer = tf.summary.create_file_writer(out)
+    with writer.as_default(step=step):
+        for kind in kinds:
+            Image.fromarray(results[kind]).save(os.path.join(out, f"{kind}.png"), optimize=True)
+            tf.summary.image(f"analysis/{kind}", results[kind][None])
+        if "quality_numbers" in results:
+            for name in ("MD_FRI", "MD_FLS", "FID_FRI", "FID_FLS"):
+                tf.summary.scalar(f"analysis/{name}", results["quality_numbers"][name])
+            with open(os.path.join(out, "quality.json"), "w") as f:
+                json.dump(results["quality_numbers"], f, indent=2)
+                f.write("\n")
+    writer.close()
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    values = flags.FLAGS
+    try:
+        options = Options(what=tuple(values.what), num_identities=values.num_identities,
+                          num_queries=values.num_queries, top_k=values.top_k,
+                          regdb_direction=values.regdb_direction, seed=values.seed, batch_size=values.batch_size,
+                          inception_weights=values.inception_weights, fid_images=values.fid_images)
+        out = values.out or os.path.join(values.run_dir, "analysis")
+        analyze(values.run_dir, out, options, data_dir=values.data_dir, dataset=values.dataset, trial=values.trial,
+                checkpoint=values.checkpoint)
+    except ValueError as err:
+        sys.exit(f"error: {err}")
+    print(f"wrote {', '.join(f'{kind}.png' for kind in options.what)} to {out}")
+
+
+def run():
+    """Console-script entry point (``jsia-analyze``)."""
+    # Flags are defined only when run as a program: importers (train.py, tests) own flags too.
+    flags.DEFINE_string("run_dir", None, "Training run folder (config.json, dataset.json, checkpoints/).")
+    flags.DEFINE_string("checkpoint", None, "Checkpoint prefix; default the newest of the run.")
+    flags.DEFINE_string("data_dir", None, "Dataset root; default the run's.")
+    flags.DEFINE_enum("dataset", None, list(protocols.PROTOCOLS), "Dataset layout; default the run's.")
+    flags.DEFINE_integer("trial", None, "RegDB split; default the run's.")
+    flags.DEFINE_list("what", list(KINDS), "Comma list of what to draw: " + ",".join(KINDS) + ".")
+    flags.DEFINE_string("out", None, "Output folder (PNGs, quality.json, TensorBoard events); default RUN/analysis.")
+    flags.DEFINE_integer("num_identities", 4, "Persons in the paired figure; pairs of them in the mixing figure.")
+    flags.DEFINE_integer("num_queries", 4, "Queries in the ranked figure.")
+    flags.DEFINE_integer("top_k", 10, "Gallery images shown per query.")
+    flags.DEFINE_enum("regdb_direction", "v2t", list(protocols.REGDB_DIRECTIONS), "RegDB query -> gallery.")
+    flags.DEFINE_integer("seed", 0, "Seeds the choice of persons, queries, quality pairs and mixing ratios.")
+    flags.DEFINE_integer("batch_size", 32, "Images per network call.")
+    flags.DEFINE_string("inception_weights", "imagenet", "FID network: 'imagenet' or an InceptionV3 weights file.")
+    flags.DEFINE_integer("fid_images", 500, "At most this many test pairs for MD and FID.")
+    flags.mark_flags_as_required(["run_dir"])
+    app.run(main)
+
+
+if __name__ == "__main__":
+    run()
