@@ -30,6 +30,8 @@ setuptools.setup(
             "jsia-evaluate=jsia_tf.evaluate:run",
             "jsia-synthetic=jsia_tf.data.synthetic:run",
             "jsia-export=jsia_tf.export:run",
+            "jsia-analyze=jsia_tf.analyze:run",
+            "jsia-launch-local=jsia_tf.launch_local:run",
         ]
     },
 )

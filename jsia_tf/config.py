@@ -20,9 +20,15 @@ SYSU_MODES = tuple(protocols.SYSU_MODES)
 SYSU_SHOTS = protocols.SYSU_SHOTS
 REGDB_DIRECTIONS = tuple(protocols.REGDB_DIRECTIONS)
 BACKBONES = backbone_lib.BACKBONES
-SET_LEVEL_SHARING = ("shared", "separate")
-STRATEGIES = ("default", "mirrored")
-PRECISIONS = ("float32", "mixed_bfloat16")
+# Set-level alignment (Table 3): E^i = E^sl (the paper's SL), a separate E^i (no SL), or
+# a separate E^i with E^sl trained by a modality-adversarial loss (the degraded SL).
+SET_LEVEL_SHARING = ("shared", "separate", "gan")
+# Local-region alignment (Table 3): on generated pairs (the paper), on the original
+# unpaired images of the same identity (the degraded LR), or off.
+LOCAL_ALIGNMENTS = ("paired", "unpaired", "off")
+STRATEGIES = ("default", "mirrored", "multi_worker")
+PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
+OPTIMIZERS = ("adam", "sgd")
 # The trainer's variable groups (STYLE 5), one Adam optimizer each; see jsia_tf.trainer.
 GROUPS = ("generation", "discriminators", "reid_set_level", "reid_instance_level", "variation")
 # Phase names of the paper's schedule (Sec. 4.2): G pre-trained, then joint training.
@@ -139,7 +145,9 @@ class ModelConfig:
       gray_input: convert images to gray before E^sl (official code).
       test_features: "bn" (official) or "pool" (paper Eq. 17) test vectors.
       set_level: "shared": E^i = E^sl (the paper's SL); "separate": E^i is its own copy
-        of the stem, trained only by module G (the ablation without SL, Table 3).
+        of the stem, trained only by module G (the ablation without SL, Table 3);
+        "gan": separate, and E^sl trained with a modality-adversarial loss as in Dai
+        et al. 2018 (the degraded SL of Table 3, index 7).
       style_dim, style_base_width, style_num_downsample, style_max_width: E^s_m.
       mlp_hidden_dim: AdaIN MLP width.
       num_res_blocks: AdaIN residual blocks of each decoder (paper 4, official 2).
@@ -209,6 +217,15 @@ class LossConfig:
       il_convention: Eqs. 11, 12, "paper" or "official" (``losses.instance_alignment_loss``).
       variation_distribution: Eq. 10, "paper" or "kl".
       ui_direction: Eq. 15, "paper" or "target_first".
+      instance_alignment: Eq. 11 on (--il); off, the term is not computed at all,
+        which trains like lambda_il = 0 (Table 3's "without IL").
+      local_alignment: Eq. 12 on generated pairs ("paired", the paper), on the real
+        unpaired RGB / IR images of the same identity ("unpaired", Table 3 index 8,
+        ``losses.unpaired_local_alignment_loss``) or not computed ("off").
+      unseen_identity: Eq. 15 on (--ui); off, not computed (like lambda_ui = 0).
+      lambda_modality: weight of the modality-adversarial term of E^sl
+        (``losses.lsgan_modality_confusion_loss``; ``ModelConfig.set_level == "gan"``
+        only).
     """
 
     lambda_cyc: float = 10.0
@@ -221,9 +238,14 @@ class LossConfig:
     il_convention: str = "paper"
     variation_distribution: str = "paper"
     ui_direction: str = "paper"
+    instance_alignment: bool = True
+    local_alignment: str = "paired"
+    unseen_identity: bool = True
+    lambda_modality: float = 1.0
 
     def __post_init__(self):
-        for flag in ("lambda_cyc", "lambda_gan", "lambda_il", "lambda_lr", "lambda_ui", "triplet_margin"):
+        for flag in ("lambda_cyc", "lambda_gan", "lambda_il", "lambda_lr", "lambda_ui", "triplet_margin",
+                     "lambda_modality"):
             _require(getattr(self, flag) >= 0, flag, getattr(self, flag), ">= 0")
         _require(0.0 <= self.label_smoothing < 1.0, "label_smoothing", self.label_smoothing, "a value in [0, 1)")
         _require(self.il_convention in losses.ALIGNMENT_CONVENTIONS, "il_convention", self.il_convention,
@@ -232,6 +254,8 @@ class LossConfig:
                  self.variation_distribution, f"one of {losses.VARIATION_DISTRIBUTIONS}")
         _require(self.ui_direction in losses.UNSEEN_ID_DIRECTIONS, "ui_direction", self.ui_direction,
                  f"one of {losses.UNSEEN_ID_DIRECTIONS}")
+        _require(self.local_alignment in LOCAL_ALIGNMENTS, "lr_align", self.local_alignment,
+                 f"one of {LOCAL_ALIGNMENTS}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -279,11 +303,19 @@ class TrainConfig:
       keep_checkpoints: checkpoints kept in ``<run_dir>/checkpoints``.
       log_every: steps between progress lines and scalar summaries.
       image_every: steps between image summaries (0: never).
-      strategy: "default" (one device) or "mirrored" (tf.distribute.MirroredStrategy
-        over every GPU, or over ``cpu_replicas`` logical CPUs).
+      strategy: "default" (one device), "mirrored" (tf.distribute.MirroredStrategy
+        over every GPU, or over ``cpu_replicas`` logical CPUs) or "multi_worker"
+        (tf.distribute.MultiWorkerMirroredStrategy configured from TF_CONFIG).
       cpu_replicas: with "mirrored", split the CPU into this many logical devices
         (0: use the visible GPUs); for testing the distributed path on a CPU.
-      mixed_precision: Keras dtype policy, "float32" or "mixed_bfloat16".
+      mixed_precision: Keras dtype policy, "float32", "mixed_bfloat16" or
+        "mixed_float16" (dynamic loss scaling per variable group, see
+        ``jsia_tf.trainer``).
+      optimizer: "adam" (paper) or "sgd" (plain SGD at ``lr``: for testing that
+        distributed gradients are scaled right, which Adam would hide).
+      jit_compile: compile the step functions with XLA.
+      profile_steps: (first, last) global steps traced by the TensorFlow profiler
+        into ``<run_dir>/plugins/profile`` (empty: no profiling).
     """
 
     phases: tuple = paper_phases()
@@ -299,6 +331,9 @@ class TrainConfig:
     strategy: str = "default"
     cpu_replicas: int = 0
     mixed_precision: str = "float32"
+    optimizer: str = "adam"
+    jit_compile: bool = False
+    profile_steps: tuple = ()
 
     def __post_init__(self):
         _require(bool(self.phases), "phases", self.phases, "at least one phase")
@@ -314,6 +349,10 @@ class TrainConfig:
         _require(self.cpu_replicas >= 0, "cpu_replicas", self.cpu_replicas, ">= 0")
         _require(self.mixed_precision in PRECISIONS, "mixed_precision", self.mixed_precision,
                  f"one of {PRECISIONS}")
+        _require(self.optimizer in OPTIMIZERS, "optimizer", self.optimizer, f"one of {OPTIMIZERS}")
+        _require(not self.profile_steps or (len(self.profile_steps) == 2 and
+                                            0 < self.profile_steps[0] <= self.profile_steps[1]),
+                 "profile_steps", self.profile_steps, "two steps FIRST,LAST with 0 < FIRST <= LAST (or empty)")
 
     @property
     def total_steps(self):

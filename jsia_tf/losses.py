@@ -1,4 +1,4 @@
-"""The JSIA-ReID losses (paper Sec. 3, Eqs. 4-16), as pure functions of tensors.
+"""The JSIA-ReID losses (paper Sec. 3, Eqs. 4-16; Table 3 ablations), as pure functions of tensors.
 
 Conventions shared by every function:
 - Inputs may be bfloat16/float16 (mixed precision); they are cast to float32 first
@@ -226,6 +226,71 @@ def local_alignment_loss(ir_logits, ir2rgb_logits, rgb_logits, rgb2ir_logits, co
                          f"{[len(ir_logits), len(ir2rgb_logits), len(rgb_logits), len(rgb2ir_logits)]}")
     parts = zip(ir_logits, ir2rgb_logits, rgb_logits, rgb2ir_logits)
     return tf.add_n([instance_alignment_loss(*part, convention=convention) for part in parts]) / len(ir_logits)
+
+
+def unpaired_local_alignment_loss(ir_logits, rgb_logits, convention="paper"):
+    """Eq. 12 on real unpaired images: the degraded LR of Table 3 (index 8).
+
+    Sec. 4.4 replaces the generated paired-images of Eq. 12 by "original
+    unpaired-images". In each of Eq. 12's pairs the generated image is replaced by the
+    REAL image of the other modality showing the same person (a different image,
+    another pose and view): X_ir2rgb -> X_rgb and X_rgb2ir -> X_ir, i.e.
+    ``local_alignment_loss(ir, rgb, rgb, ir)``. Per region k:
+
+      convention="paper": KL(p^k(X_ir) || p^k(X_rgb)) + KL(p^k(X_ir) || p^k(X_rgb)), Eq. 12's
+        two terms, which now coincide: 2 KL(p^k_ir || p^k_rgb), gradients into both sides;
+      convention="official": the symmetric KL with the IR prediction as the stopped
+        target, plus the symmetric KL with the RGB prediction as the stopped target.
+
+    The value keeps Eq. 12's scale (two divergences per region, averaged over regions),
+    so ``lambda_lr`` means the same with paired and unpaired images.
+
+    Args:
+      ir_logits, rgb_logits: lists of n [B, C] logits of the k-th region's classifier
+        C^k; ir[i] and rgb[i] show the same person.
+      convention: as in `instance_alignment_loss`.
+    Returns:
+      [B]: the mean over regions of the two divergences of each id-aligned pair.
+    """
+    return local_alignment_loss(ir_logits, rgb_logits, rgb_logits, ir_logits, convention)
+
+
+def lsgan_modality_discriminator_loss(rgb_scores, ir_scores):
+    """The modality discriminator's side of the degraded set-level alignment (Table 3, index 7).
+
+    Least squares (Mao et al. 2017), like Eq. 7's discriminators: RGB features are
+    labelled 1, IR features 0 (Dai et al. 2018's modality discriminator):
+    (D(M_rgb) - 1)^2 per RGB example, D(M_ir)^2 per IR example. The features must
+    enter D already stopped, so that this trains D only. Minimised by the LSGAN
+    optimum D*(M) = p_rgb(M) / (p_rgb(M) + p_ir(M)), which is 1/2 everywhere once the
+    two feature distributions coincide (the loss is then 1/4 per example).
+
+    Args:
+      rgb_scores: [B_rgb] scores of RGB images' set-level features; ir_scores: [B_ir].
+    Returns:
+      [B_rgb + B_ir]: RGB examples first.
+    """
+    return tf.concat([tf.square(_f32(rgb_scores) - 1.0), tf.square(_f32(ir_scores))], axis=0)
+
+
+def lsgan_modality_confusion_loss(scores):
+    """The set-level encoder's adversarial side of Table 3's index 7: (D(M) - 1/2)^2.
+
+    Dai et al. 2018 (cmGAN) train the feature extractor to fool a modality
+    discriminator. In least-squares form the target is 1/2 for BOTH modalities, the
+    value of the optimal discriminator (`lsgan_modality_discriminator_loss`) when RGB
+    and IR features are indistinguishable: the term is 0 exactly at that
+    equilibrium, and it treats the modalities symmetrically (flipped labels would
+    reward RGB features that look like IR ones rather than features of neither
+    modality). Gradients reach the features (E^sl) and D's weights; only E^sl is
+    stepped with it.
+
+    Args:
+      scores: [N] scores of set-level features of both modalities.
+    Returns:
+      [N] squared distance of each score from 1/2.
+    """
+    return tf.square(_f32(scores) - 0.5)
 
 
 def label_smoothed_cross_entropy(labels, logits, epsilon=0.1):

@@ -11,11 +11,22 @@ dataset's protocol (``metrics.json``) and exports the embedder as a SavedModel
 for TF Serving (``<run_dir>/export/<version>/``, :mod:`jsia_tf.export`). TensorBoard scalars, images and histograms go to
 ``--run_dir``. A non-finite loss stops the run; the last checkpoint written before it
 is kept.
+
+``--strategy=mirrored`` trains on every local GPU, ``--strategy=multi_worker`` on
+several hosts (``TF_CONFIG``, one process per host); only the chief writes to the run
+folder. See docs/DISTRIBUTED.md; :mod:`jsia_tf.launch_local` starts a local cluster.
+``--profile_steps=FIRST,LAST`` traces those steps with the TensorFlow profiler
+(TensorBoard's Profile tab).
 """
 
+import fcntl
+import hashlib
 import json
+import os
 import pathlib
+import shutil
 import sys
+import tempfile
 import time
 
 from absl import app, flags, logging
@@ -23,6 +34,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from jsia_tf import analyze
 from jsia_tf import config as config_lib
 from jsia_tf import export
 from jsia_tf import trainer as trainer_lib
@@ -63,7 +75,8 @@ _NUM_REGIONS = flags.DEFINE_integer("num_regions", 6, "Horizontal regions n of E
 _GRAY_INPUT = flags.DEFINE_bool("gray_input", False, "Gray images into E^sl (official code).")
 _TEST_FEATURES = flags.DEFINE_enum("test_features", "bn", ("bn", "pool"), "Eq. 17 vector: BN output or pooled.")
 _SL = flags.DEFINE_enum("sl", "shared", config_lib.SET_LEVEL_SHARING,
-                        "E^i = E^sl (shared, the paper) or a separate copy (the ablation without SL).")
+                        "Set-level alignment (Table 3): E^i = E^sl (shared, the paper), a separate E^i (no SL), "
+                        "or a separate E^i with E^sl trained modality-adversarially (gan, the degraded SL).")
 _STYLE_DIM = flags.DEFINE_integer("style_dim", 128, "Style code length.")
 _STYLE_BASE_WIDTH = flags.DEFINE_integer("style_base_width", 32, "Style encoder first width.")
 _STYLE_NUM_DOWNSAMPLE = flags.DEFINE_integer("style_num_downsample", 2, "Style encoder strided convs (paper 2).")
@@ -87,6 +100,11 @@ _LABEL_SMOOTHING = flags.DEFINE_float("label_smoothing", 0.1, "Eq. 13 label smoo
 _IL_CONVENTION = flags.DEFINE_enum("il_convention", "paper", ("paper", "official"), "Eqs. 11, 12 convention.")
 _VARIATION_DISTRIBUTION = flags.DEFINE_enum("variation_distribution", "paper", ("paper", "kl"), "Eq. 10 term.")
 _UI_DIRECTION = flags.DEFINE_enum("ui_direction", "paper", ("paper", "target_first"), "Eq. 15 KL direction.")
+_IL = flags.DEFINE_bool("il", True, "Eq. 11 instance-level alignment (Table 3 IL).")
+_LR_ALIGN = flags.DEFINE_enum("lr_align", "paired", config_lib.LOCAL_ALIGNMENTS,
+                              "Eq. 12 local regions on generated pairs, on real unpaired images, or off (Table 3 LR).")
+_UI = flags.DEFINE_bool("ui", True, "Eq. 15 paired images of unseen identities (Table 3 UI).")
+_LAMBDA_MODALITY = flags.DEFINE_float("lambda_modality", 1.0, "Modality-adversarial set-level weight (--sl=gan).")
 # Schedule and optimisation (Sec. 4.2).
 _PRETRAIN_EPOCHS = flags.DEFINE_integer("pretrain_epochs", 100, "Epochs of G pre-training (paper 100).")
 _JOINT_EPOCHS = flags.DEFINE_integer("joint_epochs", 50, "Epochs of joint training (paper 50).")
@@ -100,9 +118,14 @@ _KEEP_CHECKPOINTS = flags.DEFINE_integer("keep_checkpoints", 3, "Checkpoints kep
 _LOG_EVERY = flags.DEFINE_integer("log_every", 50, "Steps between progress lines and scalar summaries.")
 _IMAGE_EVERY = flags.DEFINE_integer("image_every", 1000, "Steps between image summaries (0: never).")
 _STRATEGY = flags.DEFINE_enum("strategy", "default", config_lib.STRATEGIES,
-                              "default: one device; mirrored: tf.distribute.MirroredStrategy.")
+                              "default: one device; mirrored: tf.distribute.MirroredStrategy (local GPUs); "
+                              "multi_worker: MultiWorkerMirroredStrategy from TF_CONFIG.")
 _CPU_REPLICAS = flags.DEFINE_integer("cpu_replicas", 0, "With --strategy=mirrored: logical CPU replicas (tests).")
 _MIXED_PRECISION = flags.DEFINE_enum("mixed_precision", "float32", config_lib.PRECISIONS, "Keras dtype policy.")
+_OPTIMIZER = flags.DEFINE_enum("optimizer", "adam", config_lib.OPTIMIZERS,
+                               "adam (paper) or plain sgd (tests of distributed gradient scaling).")
+_JIT_COMPILE = flags.DEFINE_bool("jit_compile", False, "Compile the training steps with XLA.")
+_PROFILE_STEPS = flags.DEFINE_list("profile_steps", [], "FIRST,LAST global steps to trace with the profiler.")
 
 
 def _int_list(flag, values):
@@ -139,38 +162,118 @@ def config_from_flags():
         lambda_cyc=_LAMBDA_CYC.value, lambda_gan=_LAMBDA_GAN.value, lambda_il=_LAMBDA_IL.value,
         lambda_lr=_LAMBDA_LR.value, lambda_ui=_LAMBDA_UI.value, triplet_margin=_TRIPLET_MARGIN.value,
         label_smoothing=_LABEL_SMOOTHING.value, il_convention=_IL_CONVENTION.value,
-        variation_distribution=_VARIATION_DISTRIBUTION.value, ui_direction=_UI_DIRECTION.value)
+        variation_distribution=_VARIATION_DISTRIBUTION.value, ui_direction=_UI_DIRECTION.value,
+        instance_alignment=_IL.value, local_alignment=_LR_ALIGN.value, unseen_identity=_UI.value,
+        lambda_modality=_LAMBDA_MODALITY.value)
     phases = config_lib.paper_phases(_PRETRAIN_EPOCHS.value, _JOINT_EPOCHS.value,
                                      _int_list("lr_decay_epochs", _LR_DECAY_EPOCHS.value))
     train = config_lib.TrainConfig(
         phases=phases, steps_per_epoch=_STEPS_PER_EPOCH.value, lr=_LR.value, beta1=_BETA1.value,
         beta2=_BETA2.value, checkpoint_every=_CHECKPOINT_EVERY.value, keep_checkpoints=_KEEP_CHECKPOINTS.value,
         log_every=_LOG_EVERY.value, image_every=_IMAGE_EVERY.value, strategy=_STRATEGY.value,
-        cpu_replicas=_CPU_REPLICAS.value, mixed_precision=_MIXED_PRECISION.value)
+        cpu_replicas=_CPU_REPLICAS.value, mixed_precision=_MIXED_PRECISION.value, optimizer=_OPTIMIZER.value,
+        jit_compile=_JIT_COMPILE.value, profile_steps=_int_list("profile_steps", _PROFILE_STEPS.value))
     return config_lib.Config(run_dir=_RUN_DIR.value or "", data=data, eval=eval_cfg, model=model, loss=loss,
                              train=train)
 
 
 def prepare_dataset(data_cfg):
-    """Generates the synthetic dataset if the preset asks for it, then reads it."""
+    """Generates the synthetic dataset if the preset asks for it, then reads it.
+
+    Workers that share ``--data_dir`` (one host, or a shared filesystem) take turns
+    through an exclusive lock on ``.<data_dir name>.lock`` beside it: the first one
+    generates, the others then find the dataset. Workers on separate disks each
+    generate the same files (generation is seeded).
+    """
     root = pathlib.Path(data_cfg.data_dir)
-    if data_cfg.synthetic_ids and not (root.exists() and any(root.iterdir())):
-        logging.info("Generating a synthetic %s dataset (%d ids) in %s", data_cfg.dataset,
-                     data_cfg.synthetic_ids, root)
-        # Rendered at twice the network input so that, as with real data, the
-        # pipeline resizes what it reads.
-        try:
-            synthetic.generate(root, data_cfg.dataset, data_cfg.synthetic_ids, data_cfg.seed,
-                               height=2 * data_cfg.height, width=2 * data_cfg.width)
-        except ValueError as err:
-            raise config_lib.ConfigError("synthetic_ids", data_cfg.synthetic_ids, str(err)) from None
+    if data_cfg.synthetic_ids:
+        root.parent.mkdir(parents=True, exist_ok=True)
+        with open(root.parent / f".{root.name}.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file is closed
+            if not (root.exists() and any(root.iterdir())):
+                logging.info("Generating a synthetic %s dataset (%d ids) in %s", data_cfg.dataset,
+                             data_cfg.synthetic_ids, root)
+                # Rendered at twice the network input so that, as with real data, the
+                # pipeline resizes what it reads.
+                try:
+                    synthetic.generate(root, data_cfg.dataset, data_cfg.synthetic_ids, data_cfg.seed,
+                                       height=2 * data_cfg.height, width=2 * data_cfg.width)
+                except ValueError as err:
+                    raise config_lib.ConfigError("synthetic_ids", data_cfg.synthetic_ids, str(err)) from None
     return pipeline.load_dataset(data_cfg.dataset, root, trial=data_cfg.trial)
 
 
+# What --strategy=multi_worker expects in TF_CONFIG (docs/DISTRIBUTED.md has a 2-host example).
+_TF_CONFIG_EXAMPLE = ('{"cluster": {"worker": ["host0:2222", "host1:2222"]}, '
+                      '"task": {"type": "worker", "index": 0}}')
+
+
+class ClusterError(ValueError):
+    """TF_CONFIG does not describe a cluster and this process's task in it."""
+
+
+def read_tf_config(raw):
+    """(task type, task index, cluster) of a TF_CONFIG value, validated for MultiWorkerMirroredStrategy.
+
+    Raises:
+      ClusterError: naming TF_CONFIG, what is wrong and what was expected.
+    """
+    def fail(problem):
+        raise ClusterError(f"TF_CONFIG={raw!r}: {problem}; --strategy=multi_worker expects JSON like "
+                           f"{_TF_CONFIG_EXAMPLE}, the same cluster on every worker and its own task")
+
+    if not raw:
+        fail("not set")
+    try:
+        spec = json.loads(raw)
+    except json.JSONDecodeError as err:
+        fail(f"not JSON ({err})")
+    cluster = spec.get("cluster") if isinstance(spec, dict) else None
+    task = spec.get("task") if isinstance(spec, dict) else None
+    if not isinstance(cluster, dict) or not cluster:
+        fail('no "cluster" object')
+    for role, addresses in cluster.items():
+        if role not in ("chief", "worker"):
+            fail(f'cluster role "{role}" (MultiWorkerMirroredStrategy runs "chief" and "worker" tasks)')
+        if (not isinstance(addresses, list) or not addresses
+                or not all(isinstance(a, str) and a.rpartition(":")[2].isdigit() for a in addresses)):
+            fail(f'cluster "{role}" is not a list of "host:port" addresses')
+    if not isinstance(task, dict) or task.get("type") not in cluster:
+        fail(f'"task" has no "type" among the cluster\'s roles {sorted(cluster)}')
+    index = task.get("index")
+    if not isinstance(index, int) or not 0 <= index < len(cluster[task["type"]]):
+        fail(f'"task" "index" {index!r} is not in 0..{len(cluster[task["type"]]) - 1}')
+    return task["type"], index, cluster
+
+
+def is_chief(strategy):
+    """Whether this process writes the run folder: always, except on the non-chief workers of
+    a multi-worker run (the chief is task "chief", or worker 0 when there is none)."""
+    if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        return True
+    task_type, index, cluster = read_tf_config(os.environ.get("TF_CONFIG"))
+    return task_type == "chief" or (task_type == "worker" and index == 0 and "chief" not in cluster)
+
+
 def make_strategy(train_cfg):
-    """The run's tf.distribute strategy; call before any TensorFlow op."""
+    """The run's tf.distribute strategy; call before any TensorFlow op.
+
+    Raises:
+      ConfigError: --cpu_replicas with --strategy=multi_worker.
+      ClusterError: --strategy=multi_worker without a valid TF_CONFIG.
+    """
     if train_cfg.strategy == "default":
         return tf.distribute.get_strategy()
+    if train_cfg.strategy == "multi_worker":
+        if train_cfg.cpu_replicas:
+            raise config_lib.ConfigError("cpu_replicas", train_cfg.cpu_replicas,
+                                         "0 with --strategy=multi_worker (a worker uses its GPUs or its CPU; "
+                                         "start more workers instead)")
+        read_tf_config(os.environ.get("TF_CONFIG"))
+        # AUTO: NCCL all-reduce between GPUs, RING (gRPC) between CPUs.
+        communication = tf.distribute.experimental.CommunicationOptions(
+            implementation=tf.distribute.experimental.CommunicationImplementation.AUTO)
+        return tf.distribute.MultiWorkerMirroredStrategy(communication_options=communication)
     if train_cfg.cpu_replicas:
         cpus = tf.config.list_physical_devices("CPU")
         tf.config.set_logical_device_configuration(
@@ -179,28 +282,78 @@ def make_strategy(train_cfg):
     return tf.distribute.MirroredStrategy()
 
 
+def check_replica_split(data_cfg, num_replicas):
+    """Raises ConfigError unless both batches split into whole identities over ``num_replicas``."""
+    for flag in ("num_ids", "gan_num_ids"):
+        if getattr(data_cfg, flag) % num_replicas:
+            raise config_lib.ConfigError(flag, getattr(data_cfg, flag),
+                                         f"a multiple of the {num_replicas} replicas: each replica trains on "
+                                         "whole identities of the global batch")
+
+
 def training_batches(dataset, cfg, strategy, start_step):
     """Iterator of distributed (re-ID batch, generation batch) pairs from step ``start_step`` on.
 
     Two seeded streams (STYLE 7): P x K re-ID batches (seed) and the generation
-    module's smaller batches (seed + 1); resuming skips ``start_step`` batches of each.
+    module's smaller batches (seed + 1), global sizes; resuming skips ``start_step``
+    batches of each. Each input pipeline (one per worker) draws the same global batches
+    and reads only its own replicas' identities (``pipeline.train_dataset``); its
+    per-replica batches go to its local replicas in turn.
     """
     data = cfg.data
     augment = pipeline.AugmentConfig(flip=data.flip, pad=data.pad, random_erasing=data.random_erasing,
                                      channel_aug=data.channel_aug)
-    reid = pipeline.train_dataset(dataset, data.num_ids, data.num_instances, data.height, data.width,
-                                  seed=data.seed, augment=augment, start_batch=start_step)
-    gan = pipeline.train_dataset(dataset, data.gan_num_ids, data.gan_num_instances, data.height, data.width,
-                                 seed=data.seed + 1, augment=augment, start_batch=start_step)
-    return iter(strategy.experimental_distribute_dataset(tf.data.Dataset.zip((reid, gan))))
+
+    def worker_batches(context):
+        local = context.num_replicas_in_sync // context.num_input_pipelines
+        first = context.input_pipeline_id * local  # replica ids are worker-major
+        streams = [pipeline.train_dataset(dataset, num_ids, num_instances, data.height, data.width,
+                                          seed=data.seed + offset, augment=augment, start_batch=start_step,
+                                          num_replicas=context.num_replicas_in_sync,
+                                          replica_ids=range(first, first + local))
+                   for offset, (num_ids, num_instances) in enumerate(
+                       [(data.num_ids, data.num_instances), (data.gan_num_ids, data.gan_num_instances)])]
+        return tf.data.Dataset.zip(tuple(streams))
+
+    return iter(strategy.distribute_datasets_from_function(worker_batches))
 
 
-def restore_or_start(trainer, manager):
-    """Restores the newest checkpoint of ``manager`` if any; returns the step to continue from."""
-    if manager.latest_checkpoint:
-        manager.checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
-        logging.info("Resumed from %s (step %d)", manager.latest_checkpoint, int(trainer.step.numpy()))
+def restore_or_start(trainer, manager, checkpoint_dir=None):
+    """Restores the newest checkpoint of ``checkpoint_dir`` (default: the manager's) if any;
+    returns the step to continue from."""
+    latest = tf.train.latest_checkpoint(str(checkpoint_dir)) if checkpoint_dir else manager.latest_checkpoint
+    if latest:
+        manager.checkpoint.restore(latest).assert_existing_objects_matched()
+        logging.info("Resumed from %s (step %d)", latest, int(trainer.step.numpy()))
     return int(trainer.step.numpy())
+
+
+def check_workers_agree(strategy, trainer):
+    """Raises ClusterError unless every worker restored the same step.
+
+    A worker that cannot read the chief's checkpoints would start over and then wait
+    forever in a collective for steps the others never take.
+    """
+    def mean_over_replicas(value):
+        return strategy.reduce(tf.distribute.ReduceOp.MEAN, strategy.run(tf.identity, args=(value,)), axis=None)
+
+    step = tf.cast(trainer.step, tf.float32)  # exact below 2**24 steps
+    mean = mean_over_replicas(step)
+    if mean_over_replicas(tf.square(step - mean)) > 0:  # the same on every worker: all stop
+        raise ClusterError(f"the workers resumed from different steps (this one {int(step)}, mean {float(mean):g}): "
+                           "every worker must read the chief's --run_dir/checkpoints (a shared filesystem)")
+
+
+def weights_digest(trainer):
+    """sha256 of every network weight (trainable and batch-norm statistics), networks by name.
+
+    Logged at the end of training by every worker: equal digests mean equal replicas.
+    """
+    digest = hashlib.sha256()
+    for _, model in sorted(trainer.models.items()):
+        for weight in model.weights:
+            digest.update(np.ascontiguousarray(weight.numpy()).tobytes())
+    return digest.hexdigest()
 
 
 def images_per_step(phase, data_cfg):
@@ -212,31 +365,52 @@ def images_per_step(phase, data_cfg):
     return images
 
 
-def run_training(trainer, batches, train_cfg, manager, writer, data_cfg):
+def run_training(trainer, batches, train_cfg, manager, writer, data_cfg, images=True, profile_dir=None):
     """Steps ``trainer`` from its step counter to the end of the schedule.
 
-    Every step's scalars are checked (:func:`jsia_tf.trainer.check_finite`) before
-    anything is written: a non-finite one raises NonFiniteLossError and the newest
-    checkpoint on disk stays the last good one. Checkpoints every
+    Steps are dispatched back to back: their scalars are copied to the host (which
+    waits for the device) only on log and checkpoint steps. There every pending step's
+    scalars are checked (:func:`jsia_tf.trainer.check_finite`) before anything is
+    written: a non-finite one raises NonFiniteLossError naming the first bad step and
+    the newest checkpoint on disk stays the last good one. Checkpoints every
     ``checkpoint_every`` steps and at the end; progress lines and scalars every
-    ``log_every``; images every ``image_every``.
+    ``log_every``; images every ``image_every`` if ``images``. With ``profile_dir``,
+    the steps ``train_cfg.profile_steps`` (1-based, as in the progress lines) are traced
+    by the TensorFlow profiler into it.
     """
     total = train_cfg.total_steps
     step = int(trainer.step.numpy())
+    first_traced, last_traced = train_cfg.profile_steps if profile_dir and train_cfg.profile_steps else (0, -1)
+    profiling = False
     lr = None
+    pending = []  # (step, scalar tensors) not yet copied to the host
     window_start, window_steps, window_images = time.perf_counter(), 0, 0
     while step < total:
         phase, _ = train_cfg.phase_at(step)
         if train_cfg.learning_rate_at(step) != lr:
             lr = train_cfg.learning_rate_at(step)
-            trainer.set_learning_rate(lr)
-        reid_batch, gan_batch = next(batches)
-        scalars = {name: float(value) for name, value in trainer.train_step(phase, reid_batch, gan_batch).items()}
+            trainer.set_learning_rate(lr)  # assigns the optimizers' variables: no retracing
+        if not profiling and first_traced <= step + 1 <= last_traced:
+            tf.profiler.experimental.start(str(profile_dir))
+            profiling = True
+        with tf.profiler.experimental.Trace("train", step_num=step + 1, _r=1):  # step markers in the trace
+            reid_batch, gan_batch = next(batches)
+            pending.append((step + 1, trainer.train_step(phase, reid_batch, gan_batch)))
         step += 1
         window_steps += 1
         window_images += images_per_step(phase, data_cfg)
-        trainer_lib.check_finite(scalars, step)
-        if step % train_cfg.log_every == 0 or step == total:
+        if profiling and step in (last_traced, total):
+            tf.profiler.experimental.stop()
+            profiling = False
+            logging.info("Profiled steps %d..%d into %s (TensorBoard: Profile tab)", first_traced, step, profile_dir)
+        log_now = step % train_cfg.log_every == 0 or step == total
+        save_now = step % train_cfg.checkpoint_every == 0 or step == total
+        if log_now or save_now:
+            for number, values in pending:
+                scalars = {name: float(value) for name, value in values.items()}
+                trainer_lib.check_finite(scalars, number)
+            pending.clear()
+        if log_now:
             seconds = time.perf_counter() - window_start
             rate = window_images / seconds
             with writer.as_default(step=step):
@@ -249,10 +423,11 @@ def run_training(trainer, batches, train_cfg, manager, writer, data_cfg):
             logging.info("step %d/%d [%s] %s  %.1f images/s  ETA %.0f s", step, total, phase.name, main, rate,
                          (total - step) * seconds / window_steps)
             window_start, window_steps, window_images = time.perf_counter(), 0, 0
-        if train_cfg.image_every and step % train_cfg.image_every == 0:
+        if images and train_cfg.image_every and step % train_cfg.image_every == 0:
             with writer.as_default(step=step):
                 write_generation_images(trainer, gan_batch)
-        if step % train_cfg.checkpoint_every == 0 or step == total:
+        if save_now:
+            writer.flush()  # the summaries a checkpoint covers are on disk before it: a killed run loses none
             manager.save(checkpoint_number=step)
     writer.flush()
 
@@ -270,14 +445,8 @@ _MAX_HISTOGRAM_PAIRS = 1_000_000
 
 def write_similarity_histograms(features, test, dataset_name):
     """Fig. 4: cosine similarities of cross-modality (IR x RGB) test pairs, intra- vs inter-person."""
-    rgb_cams = (records.REGDB_VISIBLE_CAM,) if dataset_name == "regdb" else records.SYSU_RGB_CAMS
-    is_rgb = np.isin(test.cams, rgb_cams)
-    similarity = features[~is_rgb] @ features[is_rgb].T  # [N_ir, N_rgb]; features are L2-normalised
-    same = test.pids[~is_rgb][:, None] == test.pids[is_rgb][None, :]
-    inter = similarity[~same]
-    if inter.size > _MAX_HISTOGRAM_PAIRS:
-        inter = np.random.default_rng(0).choice(inter, _MAX_HISTOGRAM_PAIRS, replace=False)
-    tf.summary.histogram("eval/similarity_intra_person", similarity[same])
+    intra, inter = analyze.cross_modality_similarities(features, test, dataset_name, max_inter=_MAX_HISTOGRAM_PAIRS)
+    tf.summary.histogram("eval/similarity_intra_person", intra)
     tf.summary.histogram("eval/similarity_inter_person", inter)
 
 
@@ -305,13 +474,38 @@ def main(argv):
     del argv
     try:
         cfg = config_from_flags()
+        strategy = make_strategy(cfg.train)
+        check_replica_split(cfg.data, strategy.num_replicas_in_sync)
     except config_lib.ConfigError as err:
         raise app.UsageError(str(err)) from None
-    strategy = make_strategy(cfg.train)
+    except ClusterError as err:
+        sys.exit(f"error: {err}")
     keras.mixed_precision.set_global_policy(cfg.train.mixed_precision)
     run_dir = pathlib.Path(cfg.run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    cfg.save(run_dir / "config.json")
+    if is_chief(strategy):
+        run_dir.mkdir(parents=True, exist_ok=True)
+        cfg.save(run_dir / "config.json")
+        train_evaluate_export(cfg, strategy, run_dir)
+        return
+    # Every worker saves checkpoints and the export (saving runs collectives); the
+    # non-chief ones into a scratch folder, removed at the end (TF's multi-worker guide).
+    scratch = pathlib.Path(tempfile.mkdtemp(prefix="jsia_worker_"))
+    logging.info("Not the chief: no summaries; checkpoints and export go to %s, removed at the end", scratch)
+    try:
+        train_evaluate_export(cfg, strategy, scratch)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def train_evaluate_export(cfg, strategy, out_dir):
+    """Trains, then evaluates and exports, writing checkpoints and the export under ``out_dir``.
+
+    ``out_dir`` is the run folder on the chief, which alone also writes dataset.json,
+    summaries, the profile and metrics.json; every worker resumes from the run folder's
+    checkpoints.
+    """
+    run_dir = pathlib.Path(cfg.run_dir)
+    chief = out_dir == run_dir
     # A dataset folder that is not what the flags say ends the run with its
     # message (it names the path), not a traceback.
     try:
@@ -326,26 +520,34 @@ def main(argv):
     logging.info("%d replica(s), %s", strategy.num_replicas_in_sync, cfg.train.mixed_precision)
     # Weight initialisation is seeded too: a run is reproducible from its config (STYLE 7).
     keras.utils.set_random_seed(cfg.data.seed)
-    # What `python -m jsia_tf.export` needs besides config.json to rebuild the networks.
-    (run_dir / "dataset.json").write_text(json.dumps(
-        {"name": dataset.name, "num_classes": dataset.num_classes, "train_rgb": len(dataset.train_rgb),
-         "train_ir": len(dataset.train_ir), "test": len(dataset.test)}, indent=2) + "\n")
+    if chief:  # what `python -m jsia_tf.export` needs besides config.json to rebuild the networks
+        (run_dir / "dataset.json").write_text(json.dumps(
+            {"name": dataset.name, "num_classes": dataset.num_classes, "train_rgb": len(dataset.train_rgb),
+             "train_ir": len(dataset.train_ir), "test": len(dataset.test)}, indent=2) + "\n")
     trainer = trainer_lib.Trainer(cfg, dataset.num_classes, strategy)
-    manager = tf.train.CheckpointManager(trainer.checkpoint(), str(run_dir / "checkpoints"),
+    manager = tf.train.CheckpointManager(trainer.checkpoint(), str(out_dir / "checkpoints"),
                                          max_to_keep=cfg.train.keep_checkpoints)
-    start = restore_or_start(trainer, manager)
-    writer = tf.summary.create_file_writer(str(run_dir))
+    start = restore_or_start(trainer, manager, run_dir / "checkpoints")
+    if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        try:
+            check_workers_agree(strategy, trainer)
+        except ClusterError as err:
+            sys.exit(f"error: {err}")
+    writer = tf.summary.create_file_writer(str(run_dir)) if chief else tf.summary.create_noop_writer()
     logging.info("Training steps %d..%d of %d", start, cfg.train.total_steps, cfg.train.total_steps)
     try:
         run_training(trainer, training_batches(dataset, cfg, strategy, start), cfg.train, manager, writer,
-                     cfg.data)
+                     cfg.data, images=chief, profile_dir=run_dir if chief else None)
     except trainer_lib.NonFiniteLossError as err:
         sys.exit(f"error: {err}: {manager.latest_checkpoint or 'no checkpoint was written yet'}")
-    metrics = evaluate(trainer, dataset, cfg, writer)
-    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-    logging.info("Exported the embedder to %s",
-                 export.export_trainer(trainer, str(run_dir / "export"), manager.latest_checkpoint))
-    logging.info("TensorBoard: tensorboard --logdir %s", run_dir)
+    logging.info("Final weights sha256 %s", weights_digest(trainer))
+    if chief:  # embedding is local to the chief: no collectives
+        metrics = evaluate(trainer, dataset, cfg, writer)
+        (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    export_dir = export.export_trainer(trainer, str(out_dir / "export"), manager.latest_checkpoint)
+    if chief:
+        logging.info("Exported the embedder to %s", export_dir)
+        logging.info("TensorBoard: tensorboard --logdir %s", run_dir)
 
 
 def run():

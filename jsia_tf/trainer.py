@@ -19,16 +19,29 @@ variation          Eq. 10 on stop_gradient(M^i)               variation
 id_cls, id_triplet Eq. 13 on real re-ID images                reid_set_level, reid_instance_level
 il, lr             Eqs. 11, 12 on (real, DETACHED generated)  reid_set_level, reid_instance_level
 ui                 Eq. 15 on DETACHED mixed images            reid_set_level, reid_instance_level
+modality_          ``--sl=gan`` only: LSGAN modality          discriminators
+ discriminator     discriminator on STOPPED E^sl maps
+modality_          ``--sl=gan`` only: E^sl's maps pushed to   reid_set_level
+ adversarial       D = 1/2 (Dai et al. 2018)
 =================  =========================================  ===============================
+
+Table 3's switches decide which terms exist (:attr:`Trainer.terms`): ``--il=false``
+drops il (Eq. 11), ``--lr_align=off`` (or ``--num_regions=0``) lr (Eq. 12),
+``--ui=false`` ui (Eq. 15); ``--lr_align=unpaired`` computes lr on the real RGB and IR
+images of the same person instead of the generated pairs
+(``losses.unpaired_local_alignment_loss``); ``--sl=separate`` gives module G its own E^i
+and ``--sl=gan`` adds the modality terms (index 7: E^sl aligned by a modality GAN
+instead of disentanglement).
 
 E^i = E^sl (the set-level alignment, Sec. 3.3): module G's terms reach the re-ID stem,
 which is how E^sl learns modality-invariant maps. A phase steps only its own groups
 (``Phase.groups``) and computes only the terms that update one of them: in the
 pre-training phase (``pretrain_g``: generation, discriminators, variation) the re-ID
-stem is not stepped, as in the official GAN warm-up. The generator's LSGAN term
-reads the discriminators (its gradient reaches their weights) but the
-discriminators' objective never contains it: each group's gradient is taken only of
-the terms routed to it.
+stem is not stepped, as in the official GAN warm-up (with ``--sl=gan`` the modality
+discriminator is warmed up there on the not yet trained E^sl). The adversarial terms
+(gan, modality_adversarial) read the discriminators (their gradients reach their
+weights) but the discriminators' objective never contains them: each group's
+gradient is taken only of the terms routed to it.
 
 Data flow of a joint step (caffe-normalised inputs; module G works on [-1, 1] images):
 
@@ -42,9 +55,21 @@ Data flow of a joint step (caffe-normalised inputs; module G works on [-1, 1] im
   codes of each image and the image K positions further in its batch (another
   identity), alpha ~ U[0, 1] per example from a stateless seed (data seed, step,
   replica);
-- re-ID batch: Eq. 13 on the real images of both modalities;
+- re-ID batch: Eq. 13 on the real images of both modalities; with ``--sl=gan`` the
+  modality terms on their set-level maps M = E^sl(X);
 - alignment: Eqs. 11, 12 between the generation batch's real images and their
   generated pairs (the official code aligns on the GAN batch as well).
+
+Mixed precision: under ``mixed_float16`` each group's optimizer is a
+``keras.optimizers.LossScaleOptimizer`` (dynamic scale, Keras' defaults). An objective
+whose route spans two groups is differentiated once, so it is scaled by the smaller of
+their scales and each group's part of the gradient is brought to that group's own scale
+(a power-of-two ratio: exact); each group's optimizer then unscales, and on non-finite
+gradients skips its update and halves its scale on its own (PyTorch's GradScaler also
+skips each optimizer's step on its own, with one scale for all). The reported
+gradient norms are unscaled (0 for a skipped group), "loss_scale/<group>" is the scale
+the step used, and the losses are never scaled, so a non-finite loss still stops
+training (:func:`check_finite`).
 
 Every loss is a per-example value averaged over the GLOBAL batch
 (``losses.mean_over_global_batch``); a step returns named scalars (every term, the
@@ -63,7 +88,7 @@ from jsia_tf import losses
 from jsia_tf.data import pipeline
 from jsia_tf.models import alignment as alignment_lib
 from jsia_tf.models import backbone as backbone_lib
-from jsia_tf.models.discriminator import MultiScaleDiscriminator
+from jsia_tf.models.discriminator import ModalityDiscriminator, MultiScaleDiscriminator
 from jsia_tf.models.generation import Generator, from_unit_range, to_unit_range
 from jsia_tf.models.variation import VariationModule, mix
 
@@ -82,7 +107,11 @@ TERM_ROUTES = {
     "il": _REID_ROUTE,
     "lr": _REID_ROUTE,
     "ui": _REID_ROUTE,
+    "modality_discriminator": ("discriminators",),
+    "modality_adversarial": ("reid_set_level",),
 }
+# Terms of the re-ID batch (the others need module G's outputs on the generation batch).
+REID_BATCH_TERMS = ("id_cls", "id_triplet", "modality_discriminator", "modality_adversarial")
 # Terms of module G's objective L^G (Eq. 8).
 GENERATOR_TERMS = ("recon", "cycle", "gan")
 # Adam's epsilon: PyTorch's default, which the official code ran with (Keras: 1e-7).
@@ -147,9 +176,12 @@ class Trainer:
         ``model.set_level == "shared"`` (the paper), its own copy of the stem otherwise.
       generator_rgb, generator_ir: module G's generators (style encoder, MLP, decoder).
       discriminator_rgb, discriminator_ir: multi-scale LSGAN discriminators.
+      modality_discriminator: with ``model.set_level == "gan"``, the modality
+        discriminator on E^sl's maps (Table 3, index 7); None otherwise.
       variation: module V.
       groups: group name -> trainable variables (:data:`GROUPS`).
-      optimizers: group name -> Adam.
+      optimizers: group name -> its optimizer (``TrainConfig.optimizer``), wrapped in a
+        ``keras.optimizers.LossScaleOptimizer`` under ``mixed_float16``.
       step: int64 variable, the number of steps taken (checkpointed).
 
     Args:
@@ -164,7 +196,7 @@ class Trainer:
         self.config = config
         self.num_classes = num_classes
         self.strategy = strategy or tf.distribute.get_strategy()
-        model, train = config.model, config.train
+        model = config.model
         self.reid_batch_size = config.data.num_ids * config.data.num_instances  # per modality, global
         self.gan_batch_size = config.data.gan_num_ids * config.data.gan_num_instances
         synchronized = self.strategy.num_replicas_in_sync > 1
@@ -176,7 +208,7 @@ class Trainer:
                 synchronized_bn=synchronized, name="alignment")
             if model.set_level == "shared":
                 self.content_encoder = self.alignment.set_level_encoder
-            else:  # Table 3 without SL: E^i is not E^sl.
+            else:  # Table 3 without SL ("separate") or with the degraded SL ("gan"): E^i is not E^sl.
                 self.content_encoder = self._build_backbone(synchronized).set_level_encoder
             self.generator_rgb, self.generator_ir = (self._build_generator(backbone.out_channels, name)
                                                      for name in ("generator_rgb", "generator_ir"))
@@ -184,6 +216,8 @@ class Trainer:
                 MultiScaleDiscriminator(num_scales=model.disc_num_scales, num_layers=model.disc_num_layers,
                                         base_width=model.disc_base_width, name=name)
                 for name in ("discriminator_rgb", "discriminator_ir"))
+            self.modality_discriminator = (ModalityDiscriminator(name="modality_discriminator")
+                                           if model.set_level == "gan" else None)
             self.variation = VariationModule(
                 feature_channels=backbone.out_channels, hidden_channels=model.variation_hidden_channels,
                 latent_channels=model.variation_latent_channels, num_downsample=model.variation_num_downsample,
@@ -192,8 +226,9 @@ class Trainer:
             self.groups = self._variable_groups()
             self.optimizers = {}
             for name in GROUPS:
-                optimizer = keras.optimizers.Adam(learning_rate=train.lr, beta_1=train.beta1, beta_2=train.beta2,
-                                                  epsilon=ADAM_EPSILON, name=f"adam_{name}")
+                optimizer = self._build_optimizer(name)
+                if self.loss_scaling:
+                    optimizer = keras.optimizers.LossScaleOptimizer(optimizer, name=f"loss_scale_{name}")
                 optimizer.build(self.groups[name])
                 self.optimizers[name] = optimizer
             self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
@@ -201,6 +236,11 @@ class Trainer:
         self._embed = tf.function(self.alignment.embed, reduce_retracing=True)
 
     # -- construction -------------------------------------------------------------------
+
+    @property
+    def loss_scaling(self):
+        """Whether the losses are scaled dynamically (``--mixed_precision=mixed_float16``)."""
+        return self.config.train.mixed_precision == "mixed_float16"
 
     def _build_backbone(self, synchronized):
         model = self.config.model
@@ -216,6 +256,14 @@ class Trainer:
                          style_max_width=model.style_max_width, mlp_hidden_dim=model.mlp_hidden_dim,
                          num_res_blocks=model.num_res_blocks, num_upsample=2, name=name)
 
+    def _build_optimizer(self, group):
+        """Adam (paper 4.2) or plain SGD (``--optimizer=sgd``: distributed scaling tests) for ``group``."""
+        train = self.config.train
+        if train.optimizer == "sgd":
+            return keras.optimizers.SGD(learning_rate=train.lr, name=f"sgd_{group}")
+        return keras.optimizers.Adam(learning_rate=train.lr, beta_1=train.beta1, beta_2=train.beta2,
+                                     epsilon=ADAM_EPSILON, name=f"adam_{group}")
+
     @property
     def models(self):
         """Name -> every network the trainer owns (the checkpoint's names)."""
@@ -224,6 +272,8 @@ class Trainer:
                   "discriminator_ir": self.discriminator_ir, "variation": self.variation}
         if self.content_encoder is not self.alignment.set_level_encoder:
             models["content_encoder"] = self.content_encoder
+        if self.modality_discriminator is not None:
+            models["modality_discriminator"] = self.modality_discriminator
         return models
 
     def _build_variables(self):
@@ -236,6 +286,8 @@ class Trainer:
             generator(maps, to_unit_range(images))
         for discriminator in (self.discriminator_rgb, self.discriminator_ir):
             discriminator(to_unit_range(images))
+        if self.modality_discriminator is not None:
+            self.modality_discriminator(self.alignment.set_level(images, training=False))
         self.variation(maps, training=False)
 
     def _variable_groups(self):
@@ -246,9 +298,12 @@ class Trainer:
         instance_level = alignment.instance_level_encoder.trainable_variables + alignment.classifier.trainable_variables
         for classifier in alignment.local_classifiers:
             instance_level += classifier.trainable_variables
+        discriminators = self.discriminator_rgb.trainable_variables + self.discriminator_ir.trainable_variables
+        if self.modality_discriminator is not None:
+            discriminators += self.modality_discriminator.trainable_variables
         groups = {
             "generation": generation,
-            "discriminators": self.discriminator_rgb.trainable_variables + self.discriminator_ir.trainable_variables,
+            "discriminators": discriminators,
             "reid_set_level": alignment.set_level_encoder.trainable_variables,
             "reid_instance_level": instance_level,
             "variation": self.variation.trainable_variables,
@@ -271,15 +326,27 @@ class Trainer:
         loss = self.config.loss
         return {"recon": 1.0, "cycle": loss.lambda_cyc, "gan": loss.lambda_gan, "discriminator": 1.0,
                 "variation": 1.0, "id_cls": 1.0, "id_triplet": 1.0, "il": loss.lambda_il, "lr": loss.lambda_lr,
-                "ui": loss.lambda_ui}
+                "ui": loss.lambda_ui, "modality_discriminator": 1.0, "modality_adversarial": loss.lambda_modality}
+
+    @property
+    def terms(self):
+        """The terms this configuration has (Table 3's switches), in :data:`TERM_ROUTES` order."""
+        loss = self.config.loss
+        absent = set()
+        if not loss.instance_alignment:
+            absent.add("il")
+        if loss.local_alignment == "off" or not self.alignment.num_regions:
+            absent.add("lr")
+        if not loss.unseen_identity:
+            absent.add("ui")
+        if self.modality_discriminator is None:
+            absent.update({"modality_discriminator", "modality_adversarial"})
+        return tuple(term for term in TERM_ROUTES if term not in absent)
 
     def terms_for(self, groups):
-        """The terms a phase stepping ``groups`` computes: those updating one of them, weight > 0."""
+        """The terms a phase stepping ``groups`` computes: those it has updating one of them, weight > 0."""
         weights = self.term_weights
-        terms = [term for term, route in TERM_ROUTES.items() if set(route) & set(groups) and weights[term] > 0]
-        if not self.alignment.num_regions and "lr" in terms:
-            terms.remove("lr")
-        return tuple(terms)
+        return tuple(term for term in self.terms if set(TERM_ROUTES[term]) & set(groups) and weights[term] > 0)
 
     def content(self, images, training=None):
         """M^i = E^i(X) (Eq. 2): caffe-normalised [B, H, W, 3] -> [B, H/4, W/4, C]."""
@@ -339,25 +406,26 @@ class Trainer:
         generator = self.generator_rgb if modality == "rgb" else self.generator_ir
         return generator.decode(self.variation.decode(z_mix), s_mix)  # [B, H, W, 3]
 
-    def compute_losses(self, reid_batch, gan_batch, terms=tuple(TERM_ROUTES), training=True):
+    def compute_losses(self, reid_batch, gan_batch, terms=None, training=True):
         """Every requested loss term, each averaged over the global batch (one replica's share).
 
         Args:
           reid_batch, gan_batch: pipeline batches (dicts "rgb", "ir", "rgb_labels",
             "ir_labels"), this replica's slice.
-          terms: names from :data:`TERM_ROUTES` to compute.
+          terms: names from :attr:`terms` to compute (default: all of them).
         Returns:
           {term: float32 scalar}; summed over replicas it is the global-batch mean.
         """
-        terms = set(terms)
-        unknown = terms - set(TERM_ROUTES)
+        terms = set(self.terms if terms is None else terms)
+        unknown = terms - set(self.terms)
         if unknown:
-            raise ValueError(f"unknown loss terms {sorted(unknown)}; expected names from {sorted(TERM_ROUTES)}")
+            raise ValueError(f"loss terms {sorted(unknown)} are not computed in this configuration; expected "
+                             f"names from {list(self.terms)}")
         cfg = self.config.loss
         out = {}
         gan_size, reid_size = self.gan_batch_size, self.reid_batch_size
         align_terms = terms & {"il", "lr", "ui"}
-        if terms - {"id_cls", "id_triplet"}:
+        if terms - set(REID_BATCH_TERMS):
             gen = self.generate(gan_batch["rgb"], gan_batch["ir"], training=training)
             real, fake = gen["real"], gen["cross"]
             discriminators = {"rgb": self.discriminator_rgb, "ir": self.discriminator_ir}
@@ -386,9 +454,14 @@ class Trainer:
                     out["variation"] = losses.mean_over_global_batch(per_map, 2 * gan_size)
             if align_terms:
                 self._alignment_losses(gen, z, gan_batch, align_terms, training, out)
+        if terms & set(REID_BATCH_TERMS):
+            # M = E^sl(X) [B, H/4, W/4, C]
+            reid_maps = {m: self.alignment.set_level(reid_batch[m], training=training) for m in MODALITIES}
+            if terms & {"modality_discriminator", "modality_adversarial"}:
+                self._modality_losses(reid_maps, terms, out)
         if terms & {"id_cls", "id_triplet"}:
-            rgb = self.alignment(reid_batch["rgb"], training=training)
-            ir = self.alignment(reid_batch["ir"], training=training)
+            rgb = self.alignment.instance_level(reid_maps["rgb"], training=training)
+            ir = self.alignment.instance_level(reid_maps["ir"], training=training)
             if "id_cls" in terms:
                 per_image = tf.concat([
                     losses.label_smoothed_cross_entropy(reid_batch["rgb_labels"], rgb["logits"], cfg.label_smoothing),
@@ -401,24 +474,52 @@ class Trainer:
                 out["id_triplet"] = losses.mean_over_global_batch(per_anchor, 2 * reid_size)
         return out
 
+    def _modality_losses(self, maps, terms, out):
+        """Table 3, index 7: the modality GAN on E^sl's maps of the re-ID batch (Dai et al. 2018).
+
+        The discriminator term sees stopped maps (it trains the discriminator only); the
+        adversarial term pushes every score to 1/2 (``losses.lsgan_modality_confusion_loss``).
+        """
+        discriminator = self.modality_discriminator
+        size = 2 * self.reid_batch_size  # both modalities
+        if "modality_discriminator" in terms:
+            out["modality_discriminator"] = losses.mean_over_global_batch(losses.lsgan_modality_discriminator_loss(
+                discriminator(tf.stop_gradient(maps["rgb"])), discriminator(tf.stop_gradient(maps["ir"]))), size)
+        if "modality_adversarial" in terms:
+            scores = tf.concat([discriminator(maps["rgb"]), discriminator(maps["ir"])], 0)  # [2B]
+            out["modality_adversarial"] = losses.mean_over_global_batch(
+                losses.lsgan_modality_confusion_loss(scores), size)
+
     def _alignment_losses(self, gen, z, gan_batch, terms, training, out):
-        """Eqs. 11, 12 (real vs detached generated pair) and 15 (detached mixed images)."""
+        """Eqs. 11, 12 and 15 on the generation batch.
+
+        Eq. 11 and Eq. 12 ("paired") compare each real image with its detached generated
+        pair; ``--lr_align=unpaired`` compares, in Eq. 12, each real image with the real
+        image of the other modality at the same batch position (the same person: the
+        batch is id-aligned), see ``losses.unpaired_local_alignment_loss``. Eq. 15 on
+        detached mixed images.
+        """
         cfg = self.config.loss
         gan_size = self.gan_batch_size
         alignment = self.alignment
+        unpaired = cfg.local_alignment == "unpaired"
+        paired = terms & ({"il"} if unpaired else {"il", "lr"})  # terms on (real, generated) pairs
         if self.content_encoder is alignment.set_level_encoder:  # M = E^sl(X) is already there
             real = {m: alignment.instance_level(gen["content"][m], training=training) for m in MODALITIES}
         else:
             real = {m: alignment(gan_batch[m], training=training) for m in MODALITIES}
-        if terms & {"il", "lr"}:
+        if "lr" in terms and unpaired:
+            out["lr"] = losses.mean_over_global_batch(losses.unpaired_local_alignment_loss(
+                real["ir"]["local_logits"], real["rgb"]["local_logits"], cfg.il_convention), gan_size)
+        if paired:
             # The generated images are inputs here: the alignment trains F only.
             fake = {m: alignment(from_unit_range(tf.stop_gradient(gen["cross"][m])), training=training)
                     for m in MODALITIES}
-            if "il" in terms:
+            if "il" in paired:
                 out["il"] = losses.mean_over_global_batch(losses.instance_alignment_loss(
                     real["ir"]["logits"], fake["rgb"]["logits"], real["rgb"]["logits"], fake["ir"]["logits"],
                     cfg.il_convention), gan_size)
-            if "lr" in terms:
+            if "lr" in paired:
                 out["lr"] = losses.mean_over_global_batch(losses.local_alignment_loss(
                     real["ir"]["local_logits"], fake["rgb"]["local_logits"], real["rgb"]["local_logits"],
                     fake["ir"]["local_logits"], cfg.il_convention), gan_size)
@@ -436,11 +537,25 @@ class Trainer:
 
     # -- gradients and steps --------------------------------------------------------------
 
-    def objectives(self, values, groups):
+    def loss_scales(self, groups):
+        """{group: its optimizer's current dynamic loss scale} under ``mixed_float16``, else None."""
+        if not self.loss_scaling:
+            return None
+        # Values, not the variables: the optimizers update the scales within the step.
+        return {name: tf.identity(self.optimizers[name].dynamic_scale.value) for name in groups}
+
+    @staticmethod
+    def _route_scale(scales, stepped):
+        """The loss scale of an objective whose route steps ``stepped``: the smallest of theirs."""
+        return tf.reduce_min(tf.stack([scales[name] for name in stepped]))
+
+    def objectives(self, values, groups, scales=None):
         """The objectives to differentiate, one per route: {stepped groups: weighted sum of terms}.
 
         Terms with the same route (:data:`TERM_ROUTES`) restricted to the stepped
-        ``groups`` share one objective, differentiated once. Call inside the tape.
+        ``groups`` share one objective, differentiated once. With ``scales``
+        (:meth:`loss_scales`) each objective is multiplied by the smallest scale of its
+        route. Call inside the tape.
         """
         weights = self.term_weights
         routes = {}
@@ -448,14 +563,19 @@ class Trainer:
             stepped = tuple(g for g in TERM_ROUTES[term] if g in groups)
             if stepped:
                 routes.setdefault(stepped, []).append(term)
-        return {stepped: losses.weighted_sum({t: values[t] for t in terms}, {t: weights[t] for t in terms})
-                for stepped, terms in routes.items()}
+        objectives = {stepped: losses.weighted_sum({t: values[t] for t in terms}, {t: weights[t] for t in terms})
+                      for stepped, terms in routes.items()}
+        if scales is None:
+            return objectives
+        return {stepped: objective * self._route_scale(scales, stepped) for stepped, objective in objectives.items()}
 
-    def gradients(self, tape, objectives, groups):
+    def gradients(self, tape, objectives, groups, scales=None):
         """Per stepped group, the gradient of the terms routed to it (:meth:`objectives`).
 
         A group's gradient is the sum over the objectives whose route holds it;
-        variables no computed term reaches get zeros.
+        variables no computed term reaches get zeros. With ``scales`` (the objectives
+        scaled by :meth:`objectives`), each group's part is brought from its route's
+        scale to the group's own scale, so a group's gradient is scaled by its scale.
         """
         grads = {name: [None] * len(self.groups[name]) for name in groups}
         for stepped, objective in objectives.items():
@@ -465,17 +585,22 @@ class Trainer:
             for name in stepped:
                 part = flat[start:start + len(self.groups[name])]
                 start += len(self.groups[name])
+                if scales is not None:
+                    ratio = scales[name] / self._route_scale(scales, stepped)  # a power of 2, >= 1
+                    part = [None if g is None else g * ratio for g in part]
                 grads[name] = [b if a is None else (a if b is None else a + b) for a, b in zip(grads[name], part)]
         return {name: [tf.zeros_like(v) if g is None else g for g, v in zip(grads[name], self.groups[name])]
                 for name in groups}
 
     def _replica_step(self, groups, terms, reid_batch, gan_batch):
+        scales = self.loss_scales(groups)  # read before the optimizers update them
         with tf.GradientTape(persistent=True) as tape:
             values = self.compute_losses(reid_batch, gan_batch, terms)
-            objectives = self.objectives(values, groups)
-        grads = self.gradients(tape, objectives, groups)
+            objectives = self.objectives(values, groups, scales)
+        grads = self.gradients(tape, objectives, groups, scales)
         del tape
         for name in groups:
+            # A LossScaleOptimizer unscales, and skips the update on non-finite gradients.
             self.optimizers[name].apply_gradients(zip(grads[name], self.groups[name]))
         weights = self.term_weights
         scalars = {f"loss/{term}": value for term, value in values.items()}
@@ -484,15 +609,25 @@ class Trainer:
             scalars["loss/generator_total"] = losses.weighted_sum(generator_terms,
                                                                   {t: weights[t] for t in generator_terms})
         scalars["loss/total"] = losses.weighted_sum(values, {t: weights[t] for t in values})
-        norms = {f"grad_norm/{name}": tf.linalg.global_norm(grads[name]) for name in groups}
+        norms = {}
+        for name in groups:
+            if scales is None:
+                norms[f"grad_norm/{name}"] = tf.linalg.global_norm(grads[name])
+                continue
+            norm = tf.linalg.global_norm([g / scales[name] for g in grads[name]])
+            norms[f"grad_norm/{name}"] = tf.where(tf.math.is_finite(norm), norm, 0.0)  # 0: the update was skipped
+            norms[f"loss_scale/{name}"] = scales[name]
         return scalars, norms
 
     def _make_step(self, groups):
         terms = self.terms_for(groups)
 
+        replica_step = functools.partial(self._replica_step, groups, terms)
+        if self.config.train.jit_compile:  # XLA per replica, as Keras' own fit does under a strategy
+            replica_step = tf.function(replica_step, jit_compile=True)
+
         @tf.function
         def step(reid_batch, gan_batch):
-            replica_step = functools.partial(self._replica_step, groups, terms)
             scalars, norms = self.strategy.run(replica_step, args=(reid_batch, gan_batch))
             out = {k: self.strategy.reduce(tf.distribute.ReduceOp.SUM, v, axis=None) for k, v in scalars.items()}
             # Per-replica gradient norms, averaged (the global norm with one replica).
@@ -507,7 +642,9 @@ class Trainer:
         """One optimisation step of ``phase`` (a :class:`jsia_tf.config.Phase`) on distributed batches.
 
         Returns {name: float32 scalar tensor}: "loss/<term>", "loss/generator_total",
-        "loss/total", "grad_norm/<group>".
+        "loss/total", "grad_norm/<group>" and, under ``mixed_float16``, "loss_scale/<group>"
+        (the scale this step used; the gradient norms are unscaled, 0 when the group's
+        update was skipped for non-finite scaled gradients).
         """
         groups = tuple(g for g in GROUPS if g in phase.groups)
         if groups not in self._step_functions:

@@ -76,11 +76,20 @@ def sysu_root(tmp_path):
     return write_sysu(tmp_path / "sysu")
 
 
-@pytest.fixture
-def mixed_bfloat16():
+def _global_policy(name):
     previous = keras.mixed_precision.global_policy()
-    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    keras.mixed_precision.set_global_policy(name)
     try:
         yield
     finally:
         keras.mixed_precision.set_global_policy(previous)
+
+
+@pytest.fixture
+def mixed_bfloat16():
+    yield from _global_policy("mixed_bfloat16")
+
+
+@pytest.fixture
+def mixed_float16():
+    yield from _global_policy("mixed_float16")

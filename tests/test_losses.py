@@ -1,4 +1,4 @@
-"""Values, invariants and gradient routing of jsia_tf.losses (paper Eqs. 4-16)."""
+"""Values, invariants and gradient routing of jsia_tf.losses (paper Eqs. 4-16, Table 3 ablations)."""
 
 import math
 
@@ -35,6 +35,9 @@ def test_losses_are_float32_for_bfloat16_inputs():
     assert losses.label_smoothed_cross_entropy(tf.constant([1]), x).dtype == tf.float32
     assert losses.cross_modal_triplet_loss(x, x, tf.constant([0]), tf.constant([0])).dtype == tf.float32
     assert losses.instance_alignment_loss(x, x, x, x).dtype == tf.float32
+    h = tf.constant([0.5, 1.5], tf.float16)
+    assert losses.lsgan_modality_discriminator_loss(h, h).dtype == tf.float32
+    assert losses.lsgan_modality_confusion_loss(h).dtype == tf.float32
 
 
 # Eq. 7 (LSGAN) --------------------------------------------------------------------------
@@ -156,6 +159,52 @@ def test_local_alignment_averages_regions():
     _close(losses.local_alignment_loss(*lists), (per_region[0] + per_region[1]) / 2)
     with pytest.raises(ValueError, match="regions"):
         losses.local_alignment_loss(lists[0], lists[1], lists[2], lists[3][:1])
+
+
+def test_unpaired_local_alignment_hand_computed():
+    """Table 3 index 8: Eq. 12 with X_ir2rgb -> X_rgb and X_rgb2ir -> X_ir (the same person)."""
+    # Region 1: p(ir) = (1/2, 1/2), p(rgb) = (1/4, 3/4); region 2: both (1/2, 1/2).
+    ir, rgb = [UNIFORM, UNIFORM], [SKEWED, UNIFORM]
+    # paper: Eq. 12's two terms both become KL(p_ir || p_rgb); region 2 adds 0; mean over 2 regions.
+    _close(losses.unpaired_local_alignment_loss(ir, rgb), [2 * _kl(P, Q) / 2])
+    # official: symmetric KL with each side in turn as the stopped target.
+    _close(losses.unpaired_local_alignment_loss(ir, rgb, convention="official"), [2 * (_kl(P, Q) + _kl(Q, P)) / 2])
+    with tf.GradientTape() as tape:
+        tape.watch([ir[0], rgb[0]])
+        value = losses.unpaired_local_alignment_loss(ir[:1], rgb[:1])
+    g_ir, g_rgb = tape.gradient(value, [ir[0], rgb[0]])
+    # d/dz KL(p || softmax(z)) = softmax(z) - p: 2 x ((1/4, 3/4) - (1/2, 1/2)) for the RGB logits.
+    _close(g_rgb, [[-0.5, 0.5]])
+    assert np.abs(g_ir.numpy()).sum() > 0
+
+
+# Table 3 index 7: the modality GAN on set-level features ---------------------------------
+
+def test_modality_discriminator_loss_hand_computed():
+    rgb, ir = tf.constant([1.0, 0.0, 3.0]), tf.constant([0.0, -1.0])
+    # RGB: (D - 1)^2 = 0, 1, 4; IR: D^2 = 0, 1
+    _close(losses.lsgan_modality_discriminator_loss(rgb, ir), [0.0, 1.0, 4.0, 0.0, 1.0])
+    # A perfect discriminator (RGB 1, IR 0) is at its zero optimum.
+    _close(losses.lsgan_modality_discriminator_loss(tf.ones([2]), tf.zeros([3])), np.zeros(5))
+
+
+def test_modality_losses_at_the_indistinguishable_equilibrium():
+    """Equal RGB and IR feature distributions: the optimal LSGAN discriminator scores 1/2
+    everywhere; there the discriminator loss is 1/4 per example and minimal over constant
+    scores, and the encoder's confusion loss is 0 with a zero gradient."""
+    half = tf.fill([4], 0.5)
+    _close(losses.lsgan_modality_discriminator_loss(half, half), np.full(8, 0.25))
+    constants = np.linspace(0.0, 1.0, 101)
+    # mean over a balanced batch of (c - 1)^2 and c^2 is smallest at c = 1/2
+    means = [float(tf.reduce_mean(losses.lsgan_modality_discriminator_loss(tf.fill([4], c), tf.fill([4], c))))
+             for c in constants]
+    assert constants[int(np.argmin(means))] == pytest.approx(0.5)
+    with tf.GradientTape() as tape:
+        tape.watch(half)
+        value = losses.lsgan_modality_confusion_loss(half)
+    _close(value, np.zeros(4))
+    _close(tape.gradient(value, half), np.zeros(4))
+    _close(losses.lsgan_modality_confusion_loss(tf.constant([1.0, 0.0, 2.5])), [0.25, 0.25, 4.0])
 
 
 # Eq. 13 ---------------------------------------------------------------------------------

@@ -250,6 +250,30 @@ def test_eval_dataset_keeps_list_order(sysu_root):
     assert np.all(np.abs(red - (PIXEL_STEP * dataset.test.pids + dataset.test.image_index)) <= 3)
 
 
+def test_replica_shards_put_together_are_the_one_device_stream(regdb_root):
+    """Two workers with one replica each: each reads its own identities, with the
+    augmentation of the unsplit stream (the same pixels), RGB and IR aligned."""
+    dataset = pipeline.load_dataset("regdb", regdb_root)
+    augment = pipeline.AugmentConfig(random_erasing=0.5, channel_aug=0.5)
+    whole = _take(dataset, 4, augment=augment, start_batch=1)
+    shards = [_take(dataset, 4, augment=augment, start_batch=1, num_replicas=2, replica_ids=[r]) for r in (0, 1)]
+    for step, batch in enumerate(whole):
+        for key in batch:
+            np.testing.assert_array_equal(np.concatenate([shard[step][key] for shard in shards]), batch[key])
+        for shard in shards:
+            labels = shard[step]["rgb_labels"]
+            assert len(labels) == 2 and len(set(labels.tolist())) == 1  # one whole identity x K = 2
+            np.testing.assert_array_equal(labels, shard[step]["ir_labels"])
+
+
+def test_replica_split_needs_whole_identities(regdb_root):
+    dataset = pipeline.load_dataset("regdb", regdb_root)
+    with pytest.raises(ValueError, match=r"num_ids=3 .* expected a multiple of 2"):
+        pipeline.train_dataset(dataset, 3, 2, HEIGHT, WIDTH, seed=0, num_replicas=2)
+    with pytest.raises(ValueError, match=r"replica_ids=\(2,\): expected ids in \[0, 2\)"):
+        pipeline.train_dataset(dataset, 2, 2, HEIGHT, WIDTH, seed=0, num_replicas=2, replica_ids=[2])
+
+
 _DISTRIBUTED_SCRIPT = """
 import json, sys
 import numpy as np
@@ -259,10 +283,12 @@ tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfigur
 from jsia_tf.data import pipeline
 strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
 dataset = pipeline.load_dataset("regdb", sys.argv[1])
-batches = pipeline.train_dataset(dataset, 2, 3, 32, 16, seed=7)
-whole = next(iter(batches))
+whole = next(iter(pipeline.train_dataset(dataset, 2, 3, 32, 16, seed=7)))
+# As train.training_batches does: one input pipeline, its per-replica batches in turn.
+distributed = strategy.distribute_datasets_from_function(
+    lambda context: pipeline.train_dataset(dataset, 2, 3, 32, 16, seed=7, num_replicas=2))
 local = {key: [t.numpy() for t in strategy.experimental_local_results(value)]
-         for key, value in next(iter(strategy.experimental_distribute_dataset(batches))).items()}
+         for key, value in next(iter(distributed)).items()}
 print(json.dumps({
     "whole_labels": whole["rgb_labels"].numpy().tolist(),
     "rgb_labels": [t.tolist() for t in local["rgb_labels"]],
@@ -270,6 +296,7 @@ print(json.dumps({
     "images_equal": all(np.array_equal(np.concatenate(local[key]), whole[key].numpy()) for key in ("rgb", "ir")),
 }))
 """
+
 
 
 def test_mirrored_strategy_splits_batches_with_modalities_aligned(regdb_root):

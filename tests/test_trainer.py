@@ -1,5 +1,7 @@
-"""The Trainer at tiny sizes: variable groups, loss routing, steps, checkpoints, the non-finite guard."""
+"""The Trainer at tiny sizes: variable groups, loss routing, steps, checkpoints, the non-finite guard,
+Table 3's switches and mixed_float16 loss scaling."""
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -11,8 +13,11 @@ NUM_CLASSES = 4
 HEIGHT, WIDTH = 32, 16
 
 
-def tiny_config(run_dir="run", **model_overrides):
-    """resnet18 (8, 16, 16, 32) at 32x16, tiny G / V / discriminators, 2 ids x 2 images."""
+def tiny_config(run_dir="run", loss=None, mixed_precision="float32", **model_overrides):
+    """resnet18 (8, 16, 16, 32) at 32x16, tiny G / V / discriminators, 2 ids x 2 images.
+
+    ``loss``: LossConfig fields to override (Table 3's switches).
+    """
     model = dict(backbone="resnet18", backbone_weights="none", backbone_widths=(8, 16, 16, 32), num_regions=2,
                  style_dim=8, style_base_width=8, style_max_width=16, mlp_hidden_dim=16, num_res_blocks=1,
                  disc_num_layers=3, disc_base_width=8, variation_hidden_channels=8, variation_latent_channels=4)
@@ -20,8 +25,9 @@ def tiny_config(run_dir="run", **model_overrides):
     data = config_lib.DataConfig(data_dir="data", height=HEIGHT, width=WIDTH, num_ids=2, num_instances=2,
                                  gan_num_ids=2, gan_num_instances=2)
     # lambda 1 for IL / LR / UI so that their (small at initialisation) gradients are clear.
-    loss = config_lib.LossConfig(lambda_il=1.0, lambda_lr=1.0, lambda_ui=1.0)
-    train = config_lib.TrainConfig(phases=config_lib.paper_phases(1, 1, ()), steps_per_epoch=2, lr=1e-3)
+    loss = config_lib.LossConfig(**{"lambda_il": 1.0, "lambda_lr": 1.0, "lambda_ui": 1.0, **(loss or {})})
+    train = config_lib.TrainConfig(phases=config_lib.paper_phases(1, 1, ()), steps_per_epoch=2, lr=1e-3,
+                                   mixed_precision=mixed_precision)
     return config_lib.Config(run_dir=str(run_dir), data=data, model=config_lib.ModelConfig(**model), loss=loss,
                              train=train)
 
@@ -37,13 +43,32 @@ def fixed_batch(seed, size=4, nan=False):
     return {**batch, "rgb_labels": labels, "ir_labels": labels}
 
 
+MODALITY_TERMS = {"modality_discriminator", "modality_adversarial"}
+
+
 def _values(variables):
     return [np.array(v.numpy()) for v in variables]
+
+
+def _reached(tape, value, groups):
+    """Names of the groups holding a variable with a non-zero gradient of ``value``."""
+    return {name for name, group in groups.items()
+            if any(g is not None and np.any(g.numpy() != 0) for g in tape.gradient(value, group))}
 
 
 @pytest.fixture(scope="module")
 def trainer():
     return trainer_lib.Trainer(tiny_config(), NUM_CLASSES)
+
+
+@pytest.fixture
+def eager():
+    """tf.functions run eagerly: a step of the tiny networks takes seconds instead of a minute of tracing."""
+    tf.config.run_functions_eagerly(True)
+    try:
+        yield
+    finally:
+        tf.config.run_functions_eagerly(False)
 
 
 def test_groups_are_disjoint_and_cover_every_trainable_variable(trainer):
@@ -87,25 +112,19 @@ def test_each_loss_reaches_exactly_its_groups(trainer):
     """ROUTING: the gradient of every term is non-zero on its routed groups and nowhere else,
     except the generator's LSGAN term, which reads (never steps) the discriminators."""
     reid_batch, gan_batch = fixed_batch(1), fixed_batch(2)
-    variables = {name: group for name, group in trainer.groups.items()}
     with tf.GradientTape(persistent=True) as tape:
         values = trainer.compute_losses(reid_batch, gan_batch)
-    assert set(values) == set(trainer_lib.TERM_ROUTES)
+    assert set(values) == set(trainer.terms) == set(trainer_lib.TERM_ROUTES) - MODALITY_TERMS
     for term, value in values.items():
         assert np.isfinite(value.numpy()), term
-        reached = set()
-        for name, group in variables.items():
-            grads = tape.gradient(value, group)
-            if any(g is not None and np.any(g.numpy() != 0) for g in grads):
-                reached.add(name)
         expected = set(trainer_lib.TERM_ROUTES[term]) | ({"discriminators"} if term == "gan" else set())
-        assert reached == expected, term
+        assert _reached(tape, value, trainer.groups) == expected, term
 
 
 def test_pretrain_phase_leaves_the_reid_encoders_out(trainer):
     pretrain, joint = trainer.config.train.phases
     assert set(trainer.terms_for(pretrain.groups)) == {"recon", "cycle", "gan", "discriminator", "variation"}
-    assert set(trainer.terms_for(joint.groups)) == set(trainer_lib.TERM_ROUTES)
+    assert set(trainer.terms_for(joint.groups)) == set(trainer_lib.TERM_ROUTES) - MODALITY_TERMS
     # An objective holds only terms routed to its groups; reid_set_level is not stepped in pretraining.
     values = {term: tf.constant(1.0) for term in trainer.terms_for(pretrain.groups)}
     objectives = trainer.objectives(values, pretrain.groups)
@@ -130,7 +149,7 @@ def test_joint_steps_on_a_fixed_batch_lower_the_identity_and_reconstruction_loss
     history = [trainer.train_step(joint, reid_batch, gan_batch) for _ in range(8)]
     assert int(trainer.step.numpy()) == step + 8
     first, last = history[0], history[-1]
-    assert {f"loss/{t}" for t in trainer_lib.TERM_ROUTES} <= set(first)
+    assert {f"loss/{t}" for t in trainer.terms} <= set(first)
     assert {f"grad_norm/{g}" for g in config_lib.GROUPS} <= set(first)
     assert all(float(first[f"grad_norm/{g}"]) > 0 for g in config_lib.GROUPS)
     id_loss = [float(s["loss/id_cls"]) + float(s["loss/id_triplet"]) for s in (first, last)]
@@ -179,7 +198,7 @@ def test_non_finite_loss_stops_training_and_keeps_the_last_checkpoint(tmp_path):
 
 
 def test_mixed_bfloat16_losses_are_finite_float32(mixed_bfloat16):
-    t = trainer_lib.Trainer(tiny_config(), NUM_CLASSES)
+    t = trainer_lib.Trainer(tiny_config(set_level="gan"), NUM_CLASSES)  # every term, the modality GAN's too
     assert t.alignment.set_level_encoder.compute_dtype == "bfloat16"
     assert all(v.dtype == "float32" for group in t.groups.values() for v in group)
     values = t.compute_losses(fixed_batch(10), fixed_batch(11))
@@ -200,3 +219,185 @@ def test_schedule_phases_and_learning_rate_decay():
         train.phase_at(50)
     with pytest.raises(config_lib.ConfigError, match="--pretrain_epochs=-1"):
         config_lib.paper_phases(-1, 1)
+
+
+# Table 3 ablations (Sec. 4.4) -------------------------------------------------------------
+
+ALL_BUT_MODALITY = tuple(t for t in trainer_lib.TERM_ROUTES if t not in MODALITY_TERMS)
+
+
+@pytest.mark.parametrize("loss, model, absent", [
+    ({"instance_alignment": False}, {}, {"il"}),  # --il=false
+    ({"unseen_identity": False}, {}, {"ui"}),  # --ui=false
+    ({"local_alignment": "off"}, {}, {"lr"}),  # --lr_align=off
+    ({"local_alignment": "unpaired"}, {}, set()),  # --lr_align=unpaired: Eq. 12 still computed
+    ({}, {"num_regions": 0}, {"lr"}),  # no local classifiers
+    ({}, {"set_level": "separate"}, set()),
+])
+def test_table3_switches_decide_the_terms(loss, model, absent):
+    t = trainer_lib.Trainer(tiny_config(loss=loss, **model), NUM_CLASSES)
+    pretrain, joint = t.config.train.phases
+    assert t.terms == tuple(term for term in ALL_BUT_MODALITY if term not in absent)
+    assert t.terms_for(joint.groups) == t.terms
+    assert set(t.terms_for(pretrain.groups)) == {"recon", "cycle", "gan", "discriminator", "variation"}
+    assert t.modality_discriminator is None and "modality_discriminator" not in t.models
+
+
+def test_table3_flags_reject_bad_values():
+    with pytest.raises(config_lib.ConfigError, match="--lr_align='sideways'"):
+        config_lib.LossConfig(local_alignment="sideways")
+    with pytest.raises(config_lib.ConfigError, match="--sl='cmgan'"):
+        config_lib.ModelConfig(set_level="cmgan")
+    with pytest.raises(config_lib.ConfigError, match="--lambda_modality=-1.0"):
+        config_lib.LossConfig(lambda_modality=-1.0)
+
+
+def test_switched_off_terms_are_not_computed(eager):
+    """Table 3 index 4 (SL and IL only: --lr_align=off --ui=false) and index 2 (--il=false too)."""
+    t = trainer_lib.Trainer(tiny_config(loss={"local_alignment": "off", "unseen_identity": False}), NUM_CLASSES)
+    _, joint = t.config.train.phases
+    kept = {"recon", "cycle", "gan", "discriminator", "variation", "id_cls", "id_triplet", "il"}
+    assert set(t.compute_losses(fixed_batch(20), fixed_batch(21))) == kept
+    scalars = t.train_step(joint, fixed_batch(20), fixed_batch(21))
+    assert {name for name in scalars if name.startswith("loss/")} == {f"loss/{term}" for term in kept} | {
+        "loss/generator_total", "loss/total"}
+    for term in ("lr", "ui"):
+        with pytest.raises(ValueError, match=f"'{term}'.*not computed in this configuration"):
+            t.compute_losses(fixed_batch(20), fixed_batch(21), terms=[term])
+    no_il = trainer_lib.Trainer(tiny_config(loss={"instance_alignment": False, "local_alignment": "off",
+                                                  "unseen_identity": False}), NUM_CLASSES)
+    assert set(no_il.compute_losses(fixed_batch(20), fixed_batch(21))) == kept - {"il"}
+
+
+def test_unpaired_local_alignment_compares_the_real_images_of_each_person():
+    """--lr_align=unpaired (Table 3 index 8): Eq. 12 between gan_batch rgb[i] and ir[i]
+    (same person, different images), no generated image; it trains only module F."""
+    t = trainer_lib.Trainer(tiny_config(loss={"local_alignment": "unpaired"}), NUM_CLASSES)
+    reid_batch, gan_batch = fixed_batch(22), fixed_batch(23)
+    with tf.GradientTape(persistent=True) as tape:
+        value = t.compute_losses(reid_batch, gan_batch, terms=["lr"])["lr"]
+    real = {m: t.alignment(gan_batch[m], training=True)["local_logits"] for m in ("rgb", "ir")}
+    expected = np.mean(trainer_lib.losses.unpaired_local_alignment_loss(real["ir"], real["rgb"]).numpy())
+    assert float(value) == pytest.approx(expected, rel=1e-5) and float(value) > 0
+    assert _reached(tape, value, t.groups) == {"reid_set_level", "reid_instance_level"}
+
+
+@pytest.fixture(scope="module")
+def gan_trainer():
+    """--sl=gan (Table 3 index 7), lambda_modality 0.5."""
+    return trainer_lib.Trainer(tiny_config(loss={"lambda_modality": 0.5}, set_level="gan"), NUM_CLASSES)
+
+
+def test_modality_gan_builds_its_discriminator_only_with_sl_gan(trainer, gan_trainer):
+    t = gan_trainer
+    assert trainer.modality_discriminator is None
+    assert t.terms == tuple(trainer_lib.TERM_ROUTES)
+    # E^sl is not E^i (as --sl=separate); the modality discriminator is a discriminator.
+    assert t.content_encoder is not t.alignment.set_level_encoder
+    assert set(t.models) == set(trainer.models) | {"content_encoder", "modality_discriminator"}
+    own = {id(v) for v in t.modality_discriminator.trainable_variables}
+    assert own and own <= {id(v) for v in t.groups["discriminators"]}
+    assert len(t.groups["discriminators"]) == len(trainer.groups["discriminators"]) + len(own)
+    pretrain, joint = t.config.train.phases
+    assert "modality_discriminator" in t.terms_for(pretrain.groups)
+    assert "modality_adversarial" not in t.terms_for(pretrain.groups)
+    # Each side's objective holds only its own term: D never sees the adversarial term.
+    objectives = t.objectives({term: tf.constant(1.0) for term in t.terms_for(joint.groups)}, joint.groups)
+    assert float(objectives[("reid_set_level",)]) == pytest.approx(0.5)  # lambda_modality x the adversarial term
+    assert float(objectives[("discriminators",)]) == pytest.approx(2.0)  # discriminator + modality_discriminator
+
+
+def test_modality_terms_reach_exactly_their_groups(gan_trainer):
+    """The discriminator term steps only the modality discriminator (stopped features);
+    the adversarial term reaches E^sl and reads (never steps) the discriminator."""
+    t = gan_trainer
+    terms = ["modality_discriminator", "modality_adversarial"]
+    with tf.GradientTape(persistent=True) as tape:
+        values = t.compute_losses(fixed_batch(24), fixed_batch(25), terms=terms)
+    assert set(values) == set(terms)
+    assert _reached(tape, values["modality_discriminator"], t.groups) == {"discriminators"}
+    assert _reached(tape, values["modality_adversarial"], t.groups) == {"reid_set_level", "discriminators"}
+    image_discriminators = {"image": t.discriminator_rgb.trainable_variables + t.discriminator_ir.trainable_variables}
+    assert not _reached(tape, values["modality_discriminator"], image_discriminators)
+    # Initial scores are near 0: RGB (0 - 1)^2 and IR 0^2 average to about 1/2; (0 - 1/2)^2 = 1/4.
+    assert float(values["modality_discriminator"]) == pytest.approx(0.5, abs=0.2)
+    assert float(values["modality_adversarial"]) == pytest.approx(0.25, abs=0.15)
+
+
+def test_modality_gan_joint_step_updates_the_modality_discriminator(gan_trainer, eager):
+    t = gan_trainer
+    _, joint = t.config.train.phases
+    before_d = _values(t.modality_discriminator.trainable_variables)
+    before_sl = _values(t.groups["reid_set_level"])
+    scalars = t.train_step(joint, fixed_batch(26), fixed_batch(27))
+    assert {"loss/modality_discriminator", "loss/modality_adversarial"} <= set(scalars)
+    trainer_lib.check_finite({k: float(v) for k, v in scalars.items()}, 1)
+    for before, variables in ((before_d, t.modality_discriminator.trainable_variables),
+                              (before_sl, t.groups["reid_set_level"])):
+        assert all(np.any(b != a) for b, a in zip(before, _values(variables)) if b.ndim > 1)  # every kernel moved
+
+
+# mixed_float16: dynamic loss scaling -------------------------------------------------------
+
+def test_mixed_float16_steps_are_finite_and_lower_the_losses(mixed_float16, eager):
+    t = trainer_lib.Trainer(tiny_config(mixed_precision="mixed_float16"), NUM_CLASSES)
+    assert t.alignment.set_level_encoder.compute_dtype == "float16"
+    assert all(isinstance(o, keras.optimizers.LossScaleOptimizer) for o in t.optimizers.values())
+    # Keras' initial 2^15 can overflow these gradients for a few steps (each skipped, see the
+    # next test); at 2^4 every step updates every group.
+    for optimizer in t.optimizers.values():
+        optimizer.dynamic_scale.assign(16.0)
+    _, joint = t.config.train.phases
+    history = [t.train_step(joint, fixed_batch(30), fixed_batch(31)) for _ in range(4)]
+    for scalars in history:
+        assert all(v.dtype == tf.float32 for v in scalars.values())
+        trainer_lib.check_finite({k: float(v) for k, v in scalars.items()}, 1)
+        for group in config_lib.GROUPS:
+            assert float(scalars[f"loss_scale/{group}"]) == 16.0 and float(scalars[f"grad_norm/{group}"]) > 0
+    first, last = history[0], history[-1]
+    assert float(last["loss/recon"]) < float(first["loss/recon"])
+    assert float(last["loss/id_cls"]) < float(first["loss/id_cls"])
+    assert float(last["loss/total"]) < float(first["loss/total"])
+
+
+def test_mixed_float16_overflow_skips_the_update_and_halves_the_scale(mixed_float16, eager):
+    t = trainer_lib.Trainer(tiny_config(mixed_precision="mixed_float16"), NUM_CLASSES)
+    _, joint = t.config.train.phases
+    for optimizer in t.optimizers.values():
+        optimizer.dynamic_scale.assign(2.0 ** 100)  # scaled gradients overflow float16
+    before = {name: _values(group) for name, group in t.groups.items()}
+    scalars = t.train_step(joint, fixed_batch(32), fixed_batch(33))
+    trainer_lib.check_finite({k: float(v) for k, v in scalars.items()}, 1)  # a skipped step is not an error
+    for name, group in t.groups.items():
+        for b, a in zip(before[name], _values(group)):
+            np.testing.assert_array_equal(b, a, err_msg=name)
+        assert float(t.optimizers[name].dynamic_scale) == 2.0 ** 99, name
+        assert int(t.optimizers[name].iterations) == 0, name
+        assert float(scalars[f"grad_norm/{name}"]) == 0.0 and float(scalars[f"loss_scale/{name}"]) == 2.0 ** 100
+    # A non-finite LOSS still stops training.
+    scalars = t.train_step(config_lib.Phase("v_only", 1, ("variation",)), fixed_batch(34), fixed_batch(35, nan=True))
+    with pytest.raises(trainer_lib.NonFiniteLossError, match="loss/variation"):
+        trainer_lib.check_finite({k: float(v) for k, v in scalars.items()}, 2)
+
+
+def test_loss_scales_follow_each_group_across_shared_routes(mixed_float16):
+    """An objective spanning two groups is scaled by the smaller scale; each group's part of
+    its gradient is then brought to the group's own scale (exactly: a power of 2), so every
+    optimizer unscales by its own scale."""
+    t = trainer_lib.Trainer(tiny_config(mixed_precision="mixed_float16"), NUM_CLASSES)
+    groups = ("reid_set_level", "reid_instance_level")
+    t.optimizers["reid_set_level"].dynamic_scale.assign(4.0)
+    t.optimizers["reid_instance_level"].dynamic_scale.assign(16.0)
+    scales = t.loss_scales(groups)
+    assert {name: float(scale) for name, scale in scales.items()} == {groups[0]: 4.0, groups[1]: 16.0}
+    equal = {name: tf.constant(4.0) for name in groups}
+    with tf.GradientTape(persistent=True) as tape:
+        values = t.compute_losses(fixed_batch(36), fixed_batch(37), terms=["id_cls"])
+        objectives = t.objectives(values, groups, scales)
+    assert float(objectives[groups]) == pytest.approx(4.0 * float(t.objectives(values, groups)[groups]))
+    mixed, same = t.gradients(tape, objectives, groups, scales), t.gradients(tape, objectives, groups, equal)
+    for a, b in zip(mixed["reid_set_level"], same["reid_set_level"]):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+    for a, b in zip(mixed["reid_instance_level"], same["reid_instance_level"]):
+        np.testing.assert_array_equal(a.numpy(), 4.0 * b.numpy())
+    assert any(np.any(g.numpy() != 0) for g in mixed["reid_instance_level"])

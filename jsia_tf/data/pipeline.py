@@ -12,8 +12,9 @@ what the keras.applications ResNet-50 ImageNet weights expect). Training augment
 runs after it, on normalised images.
 
 Randomness: the identity sampler is a NumPy generator seeded by the pipeline seed; each
-image's augmentation uses stateless ops seeded by (pipeline seed, element number). The
-same seed gives the same stream of batches.
+image's augmentation uses stateless ops seeded by (pipeline seed, position of its pair
+in the stream). The same seed gives the same stream of batches, however it is split
+over replicas and workers (:func:`train_dataset`).
 """
 
 import dataclasses
@@ -262,49 +263,88 @@ class IdentitySampler:
                 yield rgb_index, ir_index, np.repeat(classes, self.num_instances)
 
 
-def train_dataset(dataset, num_ids, num_instances, height, width, seed, augment=AugmentConfig(), start_batch=0):
-    """Infinite stream of cross-modal training batches.
+def replica_slices(sampler, num_replicas, replica_ids, start_batch=0):
+    """Endless (rgb_index, ir_index, labels, positions) slices of the sampler's global batches.
+
+    Every global batch (P*K pairs, id-major) is cut into ``num_replicas`` contiguous
+    slices of P*K/R pairs; for each batch from ``start_batch`` on, the slices of
+    ``replica_ids`` are yielded in that order. ``positions`` numbers each pair in the
+    global stream (batch number * P*K + offset), so an image's augmentation does not
+    depend on how the batch is split.
+    """
+    batch_size = sampler.num_ids * sampler.num_instances
+    size = batch_size // num_replicas
+    for number, (rgb_index, ir_index, labels) in enumerate(sampler):
+        if number < start_batch:
+            continue  # replaying indices only: resuming reads no images
+        for replica in replica_ids:
+            part = slice(replica * size, (replica + 1) * size)
+            yield (rgb_index[part], ir_index[part], labels[part],
+                   number * batch_size + np.arange(part.start, part.stop, dtype=np.int64))
+
+
+def train_dataset(dataset, num_ids, num_instances, height, width, seed, augment=AugmentConfig(), start_batch=0,
+                  num_replicas=1, replica_ids=None):
+    """Infinite stream of cross-modal training batches, whole or one replica's share.
 
     Paper: P = ``num_ids`` = 16, K = ``num_instances`` = 4 at 256x128 for re-ID; the
     reference code draws the GAN's batches the same way with P = K = 3 (call this again
-    with those and another seed). Under a strategy with R replicas, each replica gets a
-    contiguous slice of P*K/R pairs; P divisible by R gives each one P/R whole identities.
+    with those and another seed).
+
+    Sharding for tf.distribute: every input pipeline (one per worker) runs the same
+    seeded identity sampler, which only draws indices, and keeps the slices of its own
+    replicas: replica r gets identities r*P/R .. (r+1)*P/R - 1 of each global batch,
+    RGB and IR in the same order. It reads and augments only those images, with the
+    seeds the unsplit stream uses, so the replicas' batches put together are exactly
+    the one-device batch whatever R is.
 
     Args:
       dataset: CrossModalDataset.
-      num_ids, num_instances: P identities per batch, K images per identity and modality.
+      num_ids, num_instances: P identities per (global) batch, K images per identity
+        and modality.
       height, width: image size.
       seed: seeds the identity sampler and every image's augmentation.
       augment: AugmentConfig.
-      start_batch: batches to skip, to resume a run: the stream then continues exactly
-        as an uninterrupted one (only the sampler's indices are replayed, no images).
+      start_batch: global batches to skip, to resume a run: the stream then continues
+        exactly as an uninterrupted one (only the sampler's indices are replayed).
+      num_replicas: R, replicas the global batch is split over; must divide P.
+      replica_ids: the replicas whose batches this stream yields, in turn for each
+        global batch (default: all R; with R > 1 each element is then one replica's).
     Returns:
-      tf.data.Dataset of dicts: "rgb", "ir": float32 [P*K, height, width, 3] normalised;
-      "rgb_labels", "ir_labels": int32 [P*K] contiguous classes, equal element-wise,
-      id-major.
+      tf.data.Dataset of dicts: "rgb", "ir": float32 [P*K/R, height, width, 3]
+      normalised; "rgb_labels", "ir_labels": int32 [P*K/R] contiguous classes, equal
+      element-wise, id-major.
+    Raises:
+      ValueError: P is not a multiple of R, or a replica id is not in [0, R).
     """
+    if num_replicas < 1 or num_ids % num_replicas:
+        raise ValueError(f"num_ids={num_ids} identities per batch cannot be split into whole identities over "
+                         f"{num_replicas} replicas: expected a multiple of {num_replicas}")
+    replica_ids = tuple(range(num_replicas)) if replica_ids is None else tuple(replica_ids)
+    if not replica_ids or not all(0 <= r < num_replicas for r in replica_ids):
+        raise ValueError(f"replica_ids={replica_ids}: expected ids in [0, {num_replicas})")
     sampler = IdentitySampler(dataset.train_labels(dataset.train_rgb), dataset.train_labels(dataset.train_ir),
                               dataset.num_classes, num_ids, num_instances, seed)
-    batch_size = num_ids * num_instances
-    index_spec = tf.TensorSpec([batch_size], tf.int64)
-    indices = tf.data.Dataset.from_generator(sampler.__iter__, output_signature=(index_spec, index_spec, index_spec))
-    indices = indices.skip(start_batch)
+    size = num_ids * num_instances // num_replicas
+    index_spec = tf.TensorSpec([size], tf.int64)
+    indices = tf.data.Dataset.from_generator(
+        lambda: replica_slices(sampler, num_replicas, replica_ids, start_batch),
+        output_signature=(index_spec,) * 4)
     rgb_paths = tf.constant(dataset.train_rgb.paths)
     ir_paths = tf.constant(dataset.train_ir.paths)
 
-    def load(element, index):
-        rgb_index, ir_index, label = index
+    def load(rgb_index, ir_index, label, position):
         rgb_seed, ir_seed = tf.unstack(tf.random.experimental.stateless_split(
-            tf.stack([tf.constant(seed, tf.int64), element]), 2))
+            tf.stack([tf.constant(seed, tf.int64), position]), 2))
         rgb = augment_image(load_image(tf.gather(rgb_paths, rgb_index), height, width), augment, rgb_seed, rgb=True)
         ir = augment_image(load_image(tf.gather(ir_paths, ir_index), height, width), augment, ir_seed, rgb=False)
         label = tf.cast(label, tf.int32)
         return {"rgb": rgb, "ir": ir, "rgb_labels": label, "ir_labels": label}
 
-    # One element per (RGB, IR) pair; numbering them seeds each pair's augmentation.
-    return (indices.unbatch().enumerate(start=start_batch * batch_size)
+    # One element per (RGB, IR) pair; its position in the global stream seeds its augmentation.
+    return (indices.unbatch()
             .map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-            .batch(batch_size, drop_remainder=True)
+            .batch(size, drop_remainder=True)
             .prefetch(tf.data.AUTOTUNE))
 
 

@@ -16,7 +16,7 @@ losses of ``jsia_tf.losses``. Inputs are unit-range images in [-1, 1]
 import keras
 import tensorflow as tf
 
-from jsia_tf.models.layers import ConvBlock, build_sublayer, initializer_config
+from jsia_tf.models.layers import ConvBlock, build_sublayer, initializer_config, make_initializer
 
 
 def discriminator_initializer_config(identifier=None):
@@ -157,3 +157,60 @@ class MultiScaleDiscriminator(keras.Model):
         return {**super().get_config(), "num_scales": self.num_scales, "num_layers": self.num_layers,
                 "base_width": self.base_width, "activation": self.activation,
                 "kernel_initializer": self.kernel_initializer}
+
+
+@keras.saving.register_keras_serializable(package="jsia_tf")
+class ModalityDiscriminator(keras.Model):
+    """The modality discriminator of the degraded set-level alignment (Table 3, index 7).
+
+    Sec. 4.4 trains a set-level encoder E^sl that is not shared with module G's E^i
+    "with a GAN loss as in Dai et al. (2018)" (cmGAN: a discriminator tells the
+    modality of the shared features, the feature extractor learns to fool it). This
+    network reads E^sl's set-level maps M: global average pooling, ``num_hidden``
+    fully connected layers of ``hidden_units`` with the activation, then one score per
+    image (no sigmoid: the least-squares losses ``losses.lsgan_modality_*``).
+    Weights start N(0, 0.02), biases 0, like the image discriminators.
+
+    Args:
+      hidden_units: width of each hidden layer.
+      num_hidden: number of hidden layers (0: a linear score of the pooled features).
+      activation: activation after each hidden layer.
+      kernel_initializer: see :func:`discriminator_initializer_config`.
+
+    Input: set-level maps M [B, h, w, C]. Output: float32 scores [B].
+    """
+
+    def __init__(self, hidden_units=256, num_hidden=1, activation="leaky_relu", kernel_initializer=None, **kwargs):
+        super().__init__(**kwargs)
+        self.hidden_units = hidden_units
+        self.num_hidden = num_hidden
+        self.activation = activation
+        self.kernel_initializer = discriminator_initializer_config(kernel_initializer)
+        for i in range(num_hidden):
+            setattr(self, f"hidden{i}", keras.layers.Dense(
+                hidden_units, activation=activation, kernel_initializer=make_initializer(self.kernel_initializer),
+                dtype=self.dtype_policy, name=f"hidden{i}"))
+        # float32 scores for the losses.
+        self.score = keras.layers.Dense(1, kernel_initializer=make_initializer(self.kernel_initializer),
+                                        dtype="float32", name="score")
+
+    @property
+    def hidden(self):
+        return [getattr(self, f"hidden{i}") for i in range(self.num_hidden)]
+
+    def build(self, maps_shape):
+        shape = (maps_shape[0], maps_shape[-1])
+        for layer in self.hidden:
+            build_sublayer(layer, shape)
+            shape = layer.compute_output_shape(shape)
+        build_sublayer(self.score, shape)
+
+    def call(self, maps):
+        x = tf.reduce_mean(maps, axis=[1, 2])  # [B, C]
+        for layer in self.hidden:
+            x = layer(x)  # [B, hidden_units]
+        return self.score(x)[:, 0]  # [B]
+
+    def get_config(self):
+        return {**super().get_config(), "hidden_units": self.hidden_units, "num_hidden": self.num_hidden,
+                "activation": self.activation, "kernel_initializer": self.kernel_initializer}
