@@ -341,7 +341,7 @@ def batch_hard_triplet_loss(anchor_features, anchor_labels, candidate_features, 
     return tf.where(has_both, hinge, 0.0)
 
 
-def cross_modal_triplet_loss(rgb_features, ir_features, rgb_labels, ir_labels, margin=0.3):
+def cross_modal_triplet_loss(rgb_features, ir_features, rgb_labels, ir_labels, margin=0.3, gallery=None):
     """Cross-modal batch-hard triplet of Eq. 13 (official code's mining).
 
     RGB anchors mine their hardest positive and negative among the IR features, IR
@@ -351,12 +351,17 @@ def cross_modal_triplet_loss(rgb_features, ir_features, rgb_labels, ir_labels, m
     Args:
       rgb_features: [B_rgb, D], ir_features: [B_ir, D] (official: pre-BN pooled
         features); rgb_labels: [B_rgb], ir_labels: [B_ir] int.
+      gallery: maps each of these tensors to the set triplets are mined in (e.g. the
+        tensor of every replica, so that replicas mine in the global batch as one
+        device does); default: the batch itself.
     Returns:
       [B_rgb + B_ir]: RGB anchors first, then IR anchors. Its mean equals the official
       average of the two directions when B_rgb == B_ir.
     """
-    return tf.concat([batch_hard_triplet_loss(rgb_features, rgb_labels, ir_features, ir_labels, margin),
-                      batch_hard_triplet_loss(ir_features, ir_labels, rgb_features, rgb_labels, margin)], axis=0)
+    gallery = gallery or (lambda value: value)
+    return tf.concat([
+        batch_hard_triplet_loss(rgb_features, rgb_labels, gallery(ir_features), gallery(ir_labels), margin),
+        batch_hard_triplet_loss(ir_features, ir_labels, gallery(rgb_features), gallery(rgb_labels), margin)], axis=0)
 
 
 def unseen_identity_loss(mix_logits, logits_1, logits_2, alpha, direction="paper"):

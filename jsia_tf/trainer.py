@@ -166,6 +166,19 @@ def _replica_id():
     return 0 if context is None else context.replica_id_in_sync_group
 
 
+def _from_all_replicas(value):
+    """``value`` [b, ...] of every replica, concatenated in replica order: [R b, ...].
+
+    ``ReplicaContext.all_gather`` is differentiable (its gradient sums over replicas
+    and hands each replica its slice), so a loss of the gathered tensor trains every
+    replica's share as one device would. One replica: ``value`` itself.
+    """
+    context = tf.distribute.get_replica_context()
+    if context is None or context.num_replicas_in_sync == 1:
+        return value
+    return context.all_gather(value, axis=0)
+
+
 class Trainer:
     """Networks, optimizers and training steps of JSIA-ReID.
 
@@ -469,8 +482,10 @@ class Trainer:
                     axis=0)  # [2B]: the official mean of the RGB and IR means
                 out["id_cls"] = losses.mean_over_global_batch(per_image, 2 * reid_size)
             if "id_triplet" in terms:
+                # This replica's anchors mine in the GLOBAL batch of the other modality, as on one device.
                 per_anchor = losses.cross_modal_triplet_loss(rgb["features"], ir["features"], reid_batch["rgb_labels"],
-                                                             reid_batch["ir_labels"], cfg.triplet_margin)  # [2B]
+                                                             reid_batch["ir_labels"], cfg.triplet_margin,
+                                                             gallery=_from_all_replicas)  # [2B]
                 out["id_triplet"] = losses.mean_over_global_batch(per_anchor, 2 * reid_size)
         return out
 

@@ -27,9 +27,15 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 # legitimately differ from one device; V's output only reaches Eq. 15 (UI), which is off
 # here (lambda_ui = 0) because UI's mixing partner (the next identity in the replica's
 # batch) and its alpha (seeded by the replica id) are per replica. Batch-hard triplets
-# are mined within each replica's batch, not the global one (docs/DISTRIBUTED.md), so
-# the re-ID batch holds one identity (4 images per modality, 2 per replica): the triplet
-# term is computed but 0 (no negative) on both sides, the ID term is compared.
+# are mined in the global batch (the features are all-gathered): the re-ID batch holds
+# two identities of 2 images per modality, one per replica, so a replica mining in its
+# own slice would find no negative and a triplet of 0.
+#
+# Weights are compared after the first joint step: batch-hard mining takes an argmax,
+# and over further steps float-order noise can flip a near tie between the 2 images of
+# an identity, which SGD then amplifies (measured: 6.5e-6 of the update after one joint
+# step, 2.3e-2 after three). The losses are compared up to the second joint step's,
+# which is computed with the weights the first one left.
 _SGD_SCRIPT = r"""
 import json, sys, tempfile
 import keras
@@ -46,7 +52,7 @@ model = config_lib.ModelConfig(
     disc_base_width=8, variation_hidden_channels=8, variation_latent_channels=4)
 cfg = config_lib.Config(
     run_dir="run", model=model, loss=config_lib.LossConfig(lambda_ui=0.0),
-    data=config_lib.DataConfig(data_dir="data", height=H, width=W, num_ids=1, num_instances=4, gan_num_ids=2,
+    data=config_lib.DataConfig(data_dir="data", height=H, width=W, num_ids=2, num_instances=2, gan_num_ids=2,
                                gan_num_instances=2),
     train=config_lib.TrainConfig(phases=config_lib.paper_phases(1, 1, ()), steps_per_epoch=3, lr=LR,
                                  optimizer="sgd"))
@@ -86,13 +92,15 @@ def run(strategy, checkpoint):
         if step == PRETRAIN + JOINT - 1:
             trainer.set_learning_rate(LR / 2)
         phase = pretrain if step < PRETRAIN else joint
-        out = trainer.train_step(phase, split(strategy, batch(2 * step, 1, 4)),
+        out = trainer.train_step(phase, split(strategy, batch(2 * step, 2, 2)),
                                  split(strategy, batch(2 * step + 1, 2, 2)))
+        if step == PRETRAIN:  # after the first joint step
+            compared = weights(trainer), statistics(trainer)
         losses.append({k: float(v) for k, v in out.items() if k.startswith("loss/") and k not in (
             "loss/variation", "loss/total")})
     traces = {name: trainer._step_functions[tuple(g for g in config_lib.GROUPS if g in p.groups)]
               .experimental_get_tracing_count() for name, p in (("pretrain_g", pretrain), ("joint", joint))}
-    return losses, weights(trainer), traces, statistics(trainer)
+    return losses, compared[0], traces, compared[1]
 
 
 one_device = tf.distribute.get_strategy()
@@ -125,9 +133,9 @@ print(json.dumps({
 """
 
 # Mirrored vs one device differ only by float32 sums in another order (synchronised
-# batch norm all-reduces its moments, gradients are summed over replicas). Measured:
-# losses within 1.6e-7 relative, weights within 4e-6 of the update, batch-norm
-# statistics within 2e-7 of theirs. The alignment terms (Eqs. 11, 12) are KL
+# batch norm all-reduces its moments, gradients are summed over replicas, triplet
+# features are all-gathered). Measured: losses within 1.6e-6 relative, weights within
+# 6.5e-6 of the update, batch-norm statistics within 3e-7 of theirs. The alignment terms (Eqs. 11, 12) are KL
 # divergences of nearly equal predictions, 1e-5..1e-2 (off by up to 8e-8): compared to
 # LOSS_ATOL. Larger learning rates amplify the float noise through the GAN steps (lr
 # 0.05 reached 1e-2 of the update), hence lr 0.01. A loss averaged over the per-replica
@@ -151,11 +159,14 @@ def test_mirrored_sgd_steps_match_one_device_on_the_global_batch(sgd_runs):
     assert len(one) == len(mirrored) == 5
     for step, (a, b) in enumerate(zip(one, mirrored)):
         assert set(a) == set(b), step
+        if step > 3:  # 2 G pre-training steps, then the joint steps compared (see _SGD_SCRIPT)
+            continue
         for name in a:
             assert b[name] == pytest.approx(a[name], rel=LOSS_RTOL, abs=LOSS_ATOL), (step, name)
     assert {"loss/recon", "loss/cycle", "loss/gan", "loss/discriminator", "loss/id_cls", "loss/id_triplet",
             "loss/il", "loss/lr"} <= set(one[-1]) and "loss/ui" not in one[-1]
-    assert all(step["loss/id_triplet"] == 0 for step in one[2:] + mirrored[2:])  # one identity: no negative
+    # Each replica holds one identity: only mining in the global batch finds negatives.
+    assert all(step["loss/id_triplet"] > 0.01 for step in one[2:] + mirrored[2:])
     assert sgd_runs["difference"] < WEIGHT_TOLERANCE * sgd_runs["update"]
     # Synchronised batch norm: the moving statistics follow the global batch's moments.
     assert sgd_runs["statistics_difference"] < WEIGHT_TOLERANCE * sgd_runs["statistics_update"]

@@ -327,3 +327,22 @@ def test_losses_trace_with_unknown_batch_size():
              losses.lsgan_generator_loss([maps]), losses.variation_distribution_loss(rgb, tf.exp(ir)))
     for g, e in zip(graph, eager):
         _close(g, e)
+
+
+def test_triplet_mined_in_a_wider_gallery_equals_the_whole_batch_loss():
+    """Replicas mine in the gathered global batch: each half of a batch, mining in the
+    whole batch, gives exactly its anchors' share of the one-batch loss."""
+    rng = np.random.default_rng(3)
+    rgb, ir = (tf.constant(rng.normal(size=(8, 5)), tf.float32) for _ in range(2))
+    labels = tf.constant([0, 0, 1, 1, 2, 2, 3, 3])
+    whole = losses.cross_modal_triplet_loss(rgb, ir, labels, labels, margin=0.3).numpy()  # [16]
+    for half in (slice(0, 4), slice(4, 8)):
+        parts = {"rgb": rgb[half], "ir": ir[half], "labels": labels[half]}
+        full = {id(parts["rgb"]): rgb, id(parts["ir"]): ir, id(parts["labels"]): labels}
+        value = losses.cross_modal_triplet_loss(parts["rgb"], parts["ir"], parts["labels"], parts["labels"],
+                                                margin=0.3, gallery=lambda t: full[id(t)]).numpy()  # [8]
+        np.testing.assert_allclose(value[:4], whole[:8][half], rtol=1e-6)
+        np.testing.assert_allclose(value[4:], whole[8:][half], rtol=1e-6)
+        # mining in the half alone misses the other half's negatives
+        alone = losses.cross_modal_triplet_loss(parts["rgb"], parts["ir"], parts["labels"], parts["labels"], 0.3)
+        assert not np.allclose(alone.numpy(), value)
