@@ -401,12 +401,8 @@ class Config:
         # images have the input size only if it is a multiple of 4.
         for flag in ("height", "width"):
             _require(getattr(self.data, flag) % 4 == 0, flag, getattr(self.data, flag), "a multiple of 4")
-        replicas = self.train.cpu_replicas
-        if self.train.strategy == "mirrored" and replicas:
-            # Each replica gets whole identities of both batches (pipeline.train_dataset).
-            for flag in ("num_ids", "gan_num_ids"):
-                _require(getattr(self.data, flag) % replicas == 0, flag, getattr(self.data, flag),
-                         f"a multiple of --cpu_replicas={replicas}")
+        # Whole identities per replica: checked against the strategy's replica count once it
+        # exists (train.check_replica_split), whatever the strategy.
 
     def to_json(self):
         return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)

@@ -251,8 +251,9 @@ def is_chief(strategy):
     a multi-worker run (the chief is task "chief", or worker 0 when there is none)."""
     if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
         return True
-    task_type, index, cluster = read_tf_config(os.environ.get("TF_CONFIG"))
-    return task_type == "chief" or (task_type == "worker" and index == 0 and "chief" not in cluster)
+    resolver = strategy.cluster_resolver  # built from the TF_CONFIG make_strategy validated
+    return resolver.task_type == "chief" or (resolver.task_type == "worker" and resolver.task_id == 0
+                                             and "chief" not in resolver.cluster_spec().as_dict())
 
 
 def make_strategy(train_cfg):
