@@ -57,7 +57,6 @@ from jsia_tf.models.variation import mix
 
 KINDS = ("paired", "mixing", "similarity", "ranked", "quality")
 MODALITIES = ("rgb", "ir")
-RGB_CAMS = {"regdb": (records.REGDB_VISIBLE_CAM,), "sysu": records.SYSU_RGB_CAMS}
 ALPHAS = (1.0, 0.75, 0.5, 0.25, 0.0)  # Fig. 7, weights of x_1
 # Pixels around each image of a grid; their colour tells the role of the image.
 BORDER = 3
@@ -111,7 +110,7 @@ def cross_modality_similarities(features, test, dataset_name, max_inter=None, se
     Returns:
       (intra-person similarities [P], inter-person similarities [Q]).
     """
-    is_rgb = np.isin(test.cams, RGB_CAMS[dataset_name])
+    is_rgb = np.isin(test.cams, protocols.RGB_CAMS[dataset_name])
     similarity = features[~is_rgb] @ features[is_rgb].T  # [N_ir, N_rgb]
     same = test.pids[~is_rgb][:, None] == test.pids[is_rgb][None, :]  # [N_ir, N_rgb]
     inter = similarity[~same]
@@ -205,7 +204,7 @@ def paired_rows(test, dataset_name):
     Returns:
       (rgb rows [P], ir rows [P], person ids [P]), by person id then i.
     """
-    is_rgb = np.isin(test.cams, RGB_CAMS[dataset_name])
+    is_rgb = np.isin(test.cams, protocols.RGB_CAMS[dataset_name])
     rgb, ir, pids = [], [], []
     for pid in np.intersect1d(test.pids[is_rgb], test.pids[~is_rgb]):
         rgb_rows = np.flatnonzero(is_rgb & (test.pids == pid))

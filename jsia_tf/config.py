@@ -28,6 +28,14 @@ SET_LEVEL_SHARING = ("shared", "separate", "gan")
 LOCAL_ALIGNMENTS = ("paired", "unpaired", "off")
 STRATEGIES = ("default", "mirrored", "multi_worker")
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
+# How batch norm in E^sl / E^il sees the re-ID batch: both modalities in one call
+# ("joint", as at test time) or one call per modality ("separate", the official code).
+MODALITY_BN = ("joint", "separate")
+# What F's batch-norm moving statistics learn from images that are not real training
+# images (generated pairs, cycle inputs, mixed images): "restore" (normalised with their
+# batch statistics, the moving statistics put back afterwards), "inference" (normalised
+# with the moving statistics) or "update" (official: they update the statistics too).
+GENERATED_BN = ("restore", "inference", "update")
 OPTIMIZERS = ("adam", "sgd")
 # The trainer's variable groups (STYLE 5), one Adam optimizer each; see jsia_tf.trainer.
 GROUPS = ("generation", "discriminators", "reid_set_level", "reid_instance_level", "variation")
@@ -37,6 +45,9 @@ PRETRAIN_PHASE, JOINT_PHASE = "pretrain_g", "joint"
 # "joint trained with our generation module" (Sec. 3.2); the re-ID encoders are not
 # stepped, as in the official GAN warm-up.
 PRETRAIN_GROUPS = ("generation", "discriminators", "variation")
+# Module F's groups: the re-ID optimizer settings (TrainConfig.lr ...); the others take
+# the generation settings (TrainConfig.gan_lr ...).
+REID_GROUPS = ("reid_set_level", "reid_instance_level")
 _PHASE_FLAGS = {PRETRAIN_PHASE: "pretrain_epochs", JOINT_PHASE: "joint_epochs"}
 
 
@@ -61,14 +72,18 @@ class DataConfig:
       dataset: "regdb" or "sysu" (the folder layout and evaluation protocol).
       data_dir: dataset root.
       trial: RegDB train/test split, 1..10.
-      synthetic_ids: when > 0 and ``data_dir`` holds no dataset yet, generate a
-        synthetic one with this many identities there first (demo/smoke presets).
+      synthetic_ids: when > 0 and ``data_dir`` holds no dataset yet (or one rendered
+        with other settings), generate a synthetic one with this many identities there
+        first (demo/smoke presets).
+      synthetic_seed: seeds the synthetic dataset; separate from ``seed``, so runs with
+        several training seeds share one benchmark.
       height, width: network input size (paper: 256 x 128).
       num_ids, num_instances: P identities x K images per modality per re-ID
         batch (paper: 16 x 4, so 128 images).
       gan_num_ids, gan_num_instances: the same for the generation batches
         (official code: 3 x 3).
-      flip, pad, random_erasing, channel_aug: training augmentation.
+      flip, pad, random_erasing, channel_aug, intensity_aug: training augmentation
+        (``jsia_tf.data.pipeline.AugmentConfig``).
       seed: seeds the sampler and the augmentation.
     """
 
@@ -76,6 +91,7 @@ class DataConfig:
     data_dir: str = ""
     trial: int = 1
     synthetic_ids: int = 0
+    synthetic_seed: int = 0
     height: int = 256
     width: int = 128
     num_ids: int = 16
@@ -86,6 +102,7 @@ class DataConfig:
     pad: int = 10
     random_erasing: float = 0.5
     channel_aug: float = 0.0
+    intensity_aug: float = 0.0
     seed: int = 0
 
     def __post_init__(self):
@@ -93,10 +110,11 @@ class DataConfig:
         _require(bool(self.data_dir), "data_dir", self.data_dir, "a dataset folder")
         _require(self.trial in regdb.TRIALS, "trial", self.trial, "a RegDB trial in 1..10")
         _require(self.synthetic_ids >= 0, "synthetic_ids", self.synthetic_ids, ">= 0")
+        _require(self.synthetic_seed >= 0, "synthetic_seed", self.synthetic_seed, ">= 0")
         for flag in ("height", "width", "num_ids", "num_instances", "gan_num_ids", "gan_num_instances"):
             _require(getattr(self, flag) > 0, flag, getattr(self, flag), "a positive integer")
         _require(self.pad >= 0, "pad", self.pad, ">= 0")
-        for flag in ("random_erasing", "channel_aug"):
+        for flag in ("random_erasing", "channel_aug", "intensity_aug"):
             _require(0.0 <= getattr(self, flag) <= 1.0, flag, getattr(self, flag), "a probability in [0, 1]")
 
 
@@ -143,6 +161,10 @@ class ModelConfig:
         keeps the standard widths so that ImageNet weights load).
       num_regions: n horizontal regions of Eq. 12 (0: no local-region classifiers).
       gray_input: convert images to gray before E^sl (official code).
+      generation: train modules G and V (False: module F alone, Table 3 index 1, with
+        no alignment term that needs generated images).
+      modality_bn: one of :data:`MODALITY_BN`.
+      generated_bn: one of :data:`GENERATED_BN`.
       test_features: "bn" (official) or "pool" (paper Eq. 17) test vectors.
       set_level: "shared": E^i = E^sl (the paper's SL); "separate": E^i is its own copy
         of the stem, trained only by module G (the ablation without SL, Table 3);
@@ -161,6 +183,9 @@ class ModelConfig:
     backbone_widths: tuple = backbone_lib.DEFAULT_WIDTHS
     num_regions: int = alignment.DEFAULT_NUM_REGIONS
     gray_input: bool = False
+    generation: bool = True
+    modality_bn: str = "joint"
+    generated_bn: str = "restore"
     test_features: str = "bn"
     set_level: str = "shared"
     style_dim: int = 128
@@ -190,6 +215,8 @@ class ModelConfig:
         _require(self.test_features in alignment.TEST_FEATURES, "test_features", self.test_features,
                  f"one of {alignment.TEST_FEATURES}")
         _require(self.set_level in SET_LEVEL_SHARING, "sl", self.set_level, f"one of {SET_LEVEL_SHARING}")
+        _require(self.modality_bn in MODALITY_BN, "modality_bn", self.modality_bn, f"one of {MODALITY_BN}")
+        _require(self.generated_bn in GENERATED_BN, "generated_bn", self.generated_bn, f"one of {GENERATED_BN}")
         for flag in ("style_dim", "style_base_width", "style_max_width", "mlp_hidden_dim", "disc_num_scales",
                      "disc_num_layers", "disc_base_width", "variation_hidden_channels",
                      "variation_latent_channels"):
@@ -208,8 +235,8 @@ class LossConfig:
     """Weights and options of the losses of Eqs. 8 and 16 (``jsia_tf.losses``).
 
     Attributes:
-      lambda_cyc, lambda_gan: Eq. 8 (official 10 and 1; the paper writes lambda_cyc
-        on the GAN term too, a typo).
+      lambda_recon, lambda_cyc, lambda_gan: Eq. 8 (paper 1, lambda_cyc and lambda_cyc:
+        it writes lambda_cyc on the GAN term too, a typo; official 10, 10 and 1).
       lambda_il, lambda_lr, lambda_ui: Eq. 16 (0 turns the term off: the IL / LR / UI
         ablations of Table 3). The paper cross-validates them without giving values;
         0.01 is the official instance-level alignment weight.
@@ -223,11 +250,16 @@ class LossConfig:
         unpaired RGB / IR images of the same identity ("unpaired", Table 3 index 8,
         ``losses.unpaired_local_alignment_loss``) or not computed ("off").
       unseen_identity: Eq. 15 on (--ui); off, not computed (like lambda_ui = 0).
+      lambda_local_id: weight of the label-smoothed identity loss of each local-region
+        classifier C^k on the stripes of the real re-ID images (PCB, which Sec. 3.3's LR
+        follows; averaged over the n regions). Without it the C^k are trained by the
+        Eq. 12 KL term alone and stay at their initialisation.
       lambda_modality: weight of the modality-adversarial term of E^sl
         (``losses.lsgan_modality_confusion_loss``; ``ModelConfig.set_level == "gan"``
         only).
     """
 
+    lambda_recon: float = 1.0
     lambda_cyc: float = 10.0
     lambda_gan: float = 1.0
     lambda_il: float = 0.01
@@ -241,11 +273,12 @@ class LossConfig:
     instance_alignment: bool = True
     local_alignment: str = "paired"
     unseen_identity: bool = True
+    lambda_local_id: float = 1.0
     lambda_modality: float = 1.0
 
     def __post_init__(self):
-        for flag in ("lambda_cyc", "lambda_gan", "lambda_il", "lambda_lr", "lambda_ui", "triplet_margin",
-                     "lambda_modality"):
+        for flag in ("lambda_recon", "lambda_cyc", "lambda_gan", "lambda_il", "lambda_lr", "lambda_ui",
+                     "triplet_margin", "lambda_local_id", "lambda_modality"):
             _require(getattr(self, flag) >= 0, flag, getattr(self, flag), ">= 0")
         _require(0.0 <= self.label_smoothing < 1.0, "label_smoothing", self.label_smoothing, "a value in [0, 1)")
         _require(self.il_convention in losses.ALIGNMENT_CONVENTIONS, "il_convention", self.il_convention,
@@ -284,8 +317,13 @@ class Phase:
                  "positive epochs")
 
 
-def paper_phases(pretrain_epochs=100, joint_epochs=50, lr_decay_epochs=(30,)):
-    """The paper's schedule (Sec. 4.2): G pre-trained, then everything jointly."""
+def paper_phases(pretrain_epochs=100, joint_epochs=50, lr_decay_epochs=(30,), generation=True):
+    """The paper's schedule (Sec. 4.2): G pre-trained, then everything jointly.
+
+    ``generation=False`` (module F alone): only the joint phase, stepping F's groups.
+    """
+    if not generation:
+        return (Phase(JOINT_PHASE, joint_epochs, REID_GROUPS, tuple(lr_decay_epochs)),)
     return (Phase(PRETRAIN_PHASE, pretrain_epochs, PRETRAIN_GROUPS),
             Phase(JOINT_PHASE, joint_epochs, GROUPS, tuple(lr_decay_epochs)))
 
@@ -297,12 +335,19 @@ class TrainConfig:
     Attributes:
       phases: the schedule, a tuple of :class:`Phase` run in order.
       steps_per_epoch: steps per epoch (official: 200 iterations).
-      lr, beta1, beta2: Adam, one optimizer per variable group (paper: 2e-4, 0.5, 0.999).
+      lr, beta1, beta2, weight_decay: AdamW of module F's groups (:data:`REID_GROUPS`);
+        official: 4.5e-4, 0.9, 0.999, 5e-4 (paper: Adam 2e-4, 0.5, 0.999 everywhere).
+      gan_lr, gan_beta1, gan_beta2, gan_weight_decay: AdamW of the other groups (G, V,
+        the discriminators); official: 1e-4, 0.5, 0.999, 1e-4.
+      warmup_steps: module F's learning rate rises linearly from lr / warmup_steps to
+        lr over its first steps (0: none), counted from the first step that steps F.
       lr_decay_factor: learning-rate multiplier at each ``Phase.lr_decay_epochs``.
       checkpoint_every: steps between checkpoints (the last step is always saved).
       keep_checkpoints: checkpoints kept in ``<run_dir>/checkpoints``.
       log_every: steps between progress lines and scalar summaries.
       image_every: steps between image summaries (0: never).
+      eval_every: steps between evaluations on the test set during training, logged
+        to TensorBoard and ``<run_dir>/eval_history.json`` (0: only at the end).
       strategy: "default" (one device), "mirrored" (tf.distribute.MirroredStrategy
         over every GPU, or over ``cpu_replicas`` logical CPUs) or "multi_worker"
         (tf.distribute.MultiWorkerMirroredStrategy configured from TF_CONFIG).
@@ -320,14 +365,21 @@ class TrainConfig:
 
     phases: tuple = paper_phases()
     steps_per_epoch: int = 200
-    lr: float = 2e-4
-    beta1: float = 0.5
+    lr: float = 4.5e-4
+    beta1: float = 0.9
     beta2: float = 0.999
+    weight_decay: float = 5e-4
+    gan_lr: float = 1e-4
+    gan_beta1: float = 0.5
+    gan_beta2: float = 0.999
+    gan_weight_decay: float = 1e-4
+    warmup_steps: int = 0
     lr_decay_factor: float = 0.1
     checkpoint_every: int = 1000
     keep_checkpoints: int = 3
     log_every: int = 50
     image_every: int = 1000
+    eval_every: int = 0
     strategy: str = "default"
     cpu_replicas: int = 0
     mixed_precision: str = "float32"
@@ -338,13 +390,18 @@ class TrainConfig:
     def __post_init__(self):
         _require(bool(self.phases), "phases", self.phases, "at least one phase")
         _require(self.steps_per_epoch > 0, "steps_per_epoch", self.steps_per_epoch, "a positive integer")
-        _require(self.lr > 0, "lr", self.lr, "> 0")
-        _require(0 <= self.beta1 < 1, "beta1", self.beta1, "a value in [0, 1)")
-        _require(0 <= self.beta2 < 1, "beta2", self.beta2, "a value in [0, 1)")
+        for prefix in ("", "gan_"):
+            _require(getattr(self, f"{prefix}lr") > 0, f"{prefix}lr", getattr(self, f"{prefix}lr"), "> 0")
+            for flag in (f"{prefix}beta1", f"{prefix}beta2"):
+                _require(0 <= getattr(self, flag) < 1, flag, getattr(self, flag), "a value in [0, 1)")
+            flag = f"{prefix}weight_decay"
+            _require(getattr(self, flag) >= 0, flag, getattr(self, flag), ">= 0")
+        _require(self.warmup_steps >= 0, "warmup_steps", self.warmup_steps, ">= 0")
         _require(0 < self.lr_decay_factor <= 1, "lr_decay_factor", self.lr_decay_factor, "a value in (0, 1]")
         for flag in ("checkpoint_every", "keep_checkpoints", "log_every"):
             _require(getattr(self, flag) > 0, flag, getattr(self, flag), "a positive integer")
         _require(self.image_every >= 0, "image_every", self.image_every, ">= 0")
+        _require(self.eval_every >= 0, "eval_every", self.eval_every, ">= 0")
         _require(self.strategy in STRATEGIES, "strategy", self.strategy, f"one of {STRATEGIES}")
         _require(self.cpu_replicas >= 0, "cpu_replicas", self.cpu_replicas, ">= 0")
         _require(self.mixed_precision in PRECISIONS, "mixed_precision", self.mixed_precision,
@@ -369,10 +426,30 @@ class TrainConfig:
             epoch -= phase.epochs
         raise AssertionError("unreachable")
 
-    def learning_rate_at(self, step):
-        """lr, decayed by ``lr_decay_factor`` at each of its phase's ``lr_decay_epochs`` passed."""
+    def optimizer_settings(self, group):
+        """(lr, beta1, beta2, weight_decay) of ``group``'s optimizer."""
+        prefix = "" if group in REID_GROUPS else "gan_"
+        return tuple(getattr(self, f"{prefix}{name}") for name in ("lr", "beta1", "beta2", "weight_decay"))
+
+    def learning_rates_at(self, step):
+        """{group: learning rate} at global step ``step`` (0-based).
+
+        Each group's base rate, times ``lr_decay_factor`` for each of the phase's
+        ``lr_decay_epochs`` passed; module F's groups also warm up over their first
+        ``warmup_steps`` steps.
+        """
         phase, epoch = self.phase_at(step)
-        return self.lr * self.lr_decay_factor ** sum(epoch >= e for e in phase.lr_decay_epochs)
+        decay = self.lr_decay_factor ** sum(epoch >= e for e in phase.lr_decay_epochs)
+        rates = {group: self.optimizer_settings(group)[0] * decay for group in GROUPS}
+        if self.warmup_steps:
+            first = 0  # the first step of the first phase that steps F
+            for p in self.phases:
+                if set(REID_GROUPS) & set(p.groups):
+                    break
+                first += p.epochs * self.steps_per_epoch
+            warmup = min(1.0, (max(step - first, 0) + 1) / self.warmup_steps)
+            rates.update({group: rates[group] * warmup for group in REID_GROUPS})
+        return rates
 
 
 @dataclasses.dataclass(frozen=True)
@@ -401,6 +478,17 @@ class Config:
         # images have the input size only if it is a multiple of 4.
         for flag in ("height", "width"):
             _require(getattr(self.data, flag) % 4 == 0, flag, getattr(self.data, flag), "a multiple of 4")
+        if not self.model.generation:  # module F alone: no term may need generated images
+            loss = self.loss
+            for ok, flag, value, expected in (
+                    (not loss.instance_alignment, "il", True, "false (no generated pairs without module G)"),
+                    (loss.local_alignment != "paired" or not self.model.num_regions, "lr_align", "paired",
+                     "'off' or 'unpaired' (no generated pairs without module G)"),
+                    (not loss.unseen_identity, "ui", True, "false (no mixed images without modules G and V)"),
+                    (self.model.set_level != "gan", "sl", "gan", "'shared' or 'separate' without module G")):
+                _require(ok, flag, value, f"{expected} with --generation=false")
+            _require(all(set(p.groups) <= set(REID_GROUPS) for p in self.train.phases), "generation", False,
+                     "phases that step only module F's groups")
         # Whole identities per replica: checked against the strategy's replica count once it
         # exists (train.check_replica_split), whatever the strategy.
 

@@ -48,6 +48,7 @@ _DATA_DIR = flags.DEFINE_string("data_dir", None, "Dataset root folder.")
 _TRIAL = flags.DEFINE_integer("trial", 1, "RegDB split, 1..10.")
 _SYNTHETIC_IDS = flags.DEFINE_integer(
     "synthetic_ids", 0, "If > 0 and --data_dir holds no dataset, generate a synthetic one with this many ids.")
+_SYNTHETIC_SEED = flags.DEFINE_integer("synthetic_seed", 0, "Seed of the synthetic dataset (not --seed).")
 _HEIGHT = flags.DEFINE_integer("height", 256, "Input height (paper: 256).")
 _WIDTH = flags.DEFINE_integer("width", 128, "Input width (paper: 128).")
 _NUM_IDS = flags.DEFINE_integer("num_ids", 16, "P: identities per re-ID batch (paper: 16).")
@@ -58,6 +59,8 @@ _FLIP = flags.DEFINE_bool("flip", True, "Random horizontal flip.")
 _PAD = flags.DEFINE_integer("pad", 10, "Zero padding before the random crop (0: no crop).")
 _RANDOM_ERASING = flags.DEFINE_float("random_erasing", 0.5, "Random erasing probability.")
 _CHANNEL_AUG = flags.DEFINE_float("channel_aug", 0.0, "Channel augmentation probability (RGB images).")
+_INTENSITY_AUG = flags.DEFINE_float("intensity_aug", 0.0,
+                                    "Random intensity remapping probability (inversion, gamma; both modalities).")
 _SEED = flags.DEFINE_integer("seed", 0, "Seeds sampling and augmentation.")
 _SYSU_MODES = flags.DEFINE_list("sysu_modes", list(config_lib.SYSU_MODES), "SYSU-MM01 search modes.")
 _SYSU_SHOTS = flags.DEFINE_list("sysu_shots", [str(s) for s in config_lib.SYSU_SHOTS], "SYSU-MM01 gallery shots.")
@@ -73,6 +76,13 @@ _BACKBONE_WEIGHTS = flags.DEFINE_string(
 _BACKBONE_WIDTHS = flags.DEFINE_list("backbone_widths", ["64", "128", "256", "512"], "Stage widths (resnet18 only).")
 _NUM_REGIONS = flags.DEFINE_integer("num_regions", 6, "Horizontal regions n of Eq. 12 (0: no local classifiers).")
 _GRAY_INPUT = flags.DEFINE_bool("gray_input", False, "Gray images into E^sl (official code).")
+_GENERATION = flags.DEFINE_bool("generation", True, "Train modules G and V (false: module F alone, Table 3 row 1).")
+_MODALITY_BN = flags.DEFINE_enum("modality_bn", "joint", config_lib.MODALITY_BN,
+                                 "Re-ID batch norm over both modalities in one call (joint) or per modality "
+                                 "(separate, official).")
+_GENERATED_BN = flags.DEFINE_enum("generated_bn", "restore", config_lib.GENERATED_BN,
+                                  "Generated images and F's BN moving statistics: restore them, inference mode, "
+                                  "or update them (official).")
 _TEST_FEATURES = flags.DEFINE_enum("test_features", "bn", ("bn", "pool"), "Eq. 17 vector: BN output or pooled.")
 _SL = flags.DEFINE_enum("sl", "shared", config_lib.SET_LEVEL_SHARING,
                         "Set-level alignment (Table 3): E^i = E^sl (shared, the paper), a separate E^i (no SL), "
@@ -90,6 +100,7 @@ _VARIATION_HIDDEN = flags.DEFINE_integer("variation_hidden_channels", 256, "Modu
 _VARIATION_LATENT = flags.DEFINE_integer("variation_latent_channels", 64, "Module V latent channels.")
 _VARIATION_DOWNSAMPLE = flags.DEFINE_integer("variation_num_downsample", 1, "Module V strided convs.")
 # Losses (Eqs. 8, 16).
+_LAMBDA_RECON = flags.DEFINE_float("lambda_recon", 1.0, "Eq. 8 reconstruction weight (paper 1, official 10).")
 _LAMBDA_CYC = flags.DEFINE_float("lambda_cyc", 10.0, "Eq. 8 cycle weight (official 10).")
 _LAMBDA_GAN = flags.DEFINE_float("lambda_gan", 1.0, "Eq. 8 GAN weight (official 1).")
 _LAMBDA_IL = flags.DEFINE_float("lambda_il", 0.01, "Eq. 16 instance-level alignment weight (official 0.01; 0: no IL).")
@@ -104,19 +115,28 @@ _IL = flags.DEFINE_bool("il", True, "Eq. 11 instance-level alignment (Table 3 IL
 _LR_ALIGN = flags.DEFINE_enum("lr_align", "paired", config_lib.LOCAL_ALIGNMENTS,
                               "Eq. 12 local regions on generated pairs, on real unpaired images, or off (Table 3 LR).")
 _UI = flags.DEFINE_bool("ui", True, "Eq. 15 paired images of unseen identities (Table 3 UI).")
+_LAMBDA_LOCAL_ID = flags.DEFINE_float("lambda_local_id", 1.0,
+                                      "Identity loss of the local-region classifiers C^k (PCB; 0: KL only).")
 _LAMBDA_MODALITY = flags.DEFINE_float("lambda_modality", 1.0, "Modality-adversarial set-level weight (--sl=gan).")
 # Schedule and optimisation (Sec. 4.2).
 _PRETRAIN_EPOCHS = flags.DEFINE_integer("pretrain_epochs", 100, "Epochs of G pre-training (paper 100).")
 _JOINT_EPOCHS = flags.DEFINE_integer("joint_epochs", 50, "Epochs of joint training (paper 50).")
 _LR_DECAY_EPOCHS = flags.DEFINE_list("lr_decay_epochs", ["30"], "Joint epochs at which lr x 0.1 (paper 30).")
 _STEPS_PER_EPOCH = flags.DEFINE_integer("steps_per_epoch", 200, "Steps per epoch (official 200).")
-_LR = flags.DEFINE_float("lr", 2e-4, "Adam learning rate, every group (paper 2e-4).")
-_BETA1 = flags.DEFINE_float("beta1", 0.5, "Adam beta1 (paper 0.5).")
-_BETA2 = flags.DEFINE_float("beta2", 0.999, "Adam beta2 (paper 0.999).")
+_LR = flags.DEFINE_float("lr", 4.5e-4, "Re-ID (module F) AdamW learning rate (official 4.5e-4; paper 2e-4).")
+_BETA1 = flags.DEFINE_float("beta1", 0.9, "Re-ID AdamW beta1 (official 0.9; paper 0.5).")
+_BETA2 = flags.DEFINE_float("beta2", 0.999, "Re-ID AdamW beta2.")
+_WEIGHT_DECAY = flags.DEFINE_float("weight_decay", 5e-4, "Re-ID decoupled weight decay (official 5e-4, as L2).")
+_GAN_LR = flags.DEFINE_float("gan_lr", 1e-4, "G, V and discriminators' AdamW learning rate (official 1e-4).")
+_GAN_BETA1 = flags.DEFINE_float("gan_beta1", 0.5, "G, V and discriminators' AdamW beta1 (official 0.5).")
+_GAN_BETA2 = flags.DEFINE_float("gan_beta2", 0.999, "G, V and discriminators' AdamW beta2.")
+_GAN_WEIGHT_DECAY = flags.DEFINE_float("gan_weight_decay", 1e-4, "G, V and discriminators' weight decay.")
+_WARMUP_STEPS = flags.DEFINE_integer("warmup_steps", 0, "Linear re-ID learning-rate warm-up steps (0: none).")
 _CHECKPOINT_EVERY = flags.DEFINE_integer("checkpoint_every", 1000, "Steps between checkpoints.")
 _KEEP_CHECKPOINTS = flags.DEFINE_integer("keep_checkpoints", 3, "Checkpoints kept.")
 _LOG_EVERY = flags.DEFINE_integer("log_every", 50, "Steps between progress lines and scalar summaries.")
 _IMAGE_EVERY = flags.DEFINE_integer("image_every", 1000, "Steps between image summaries (0: never).")
+_EVAL_EVERY = flags.DEFINE_integer("eval_every", 0, "Steps between test-set evaluations (0: only at the end).")
 _STRATEGY = flags.DEFINE_enum("strategy", "default", config_lib.STRATEGIES,
                               "default: one device; mirrored: tf.distribute.MirroredStrategy (local GPUs); "
                               "multi_worker: MultiWorkerMirroredStrategy from TF_CONFIG.")
@@ -139,11 +159,12 @@ def config_from_flags():
     """The one place where flags become the run's Config."""
     data = config_lib.DataConfig(
         dataset=_DATASET.value, data_dir=_DATA_DIR.value or "", trial=_TRIAL.value,
-        synthetic_ids=_SYNTHETIC_IDS.value, height=_HEIGHT.value, width=_WIDTH.value,
+        synthetic_ids=_SYNTHETIC_IDS.value, synthetic_seed=_SYNTHETIC_SEED.value, height=_HEIGHT.value,
+        width=_WIDTH.value,
         num_ids=_NUM_IDS.value, num_instances=_NUM_INSTANCES.value,
         gan_num_ids=_GAN_NUM_IDS.value, gan_num_instances=_GAN_NUM_INSTANCES.value,
         flip=_FLIP.value, pad=_PAD.value, random_erasing=_RANDOM_ERASING.value,
-        channel_aug=_CHANNEL_AUG.value, seed=_SEED.value)
+        channel_aug=_CHANNEL_AUG.value, intensity_aug=_INTENSITY_AUG.value, seed=_SEED.value)
     eval_cfg = config_lib.EvalConfig(
         sysu_modes=tuple(_SYSU_MODES.value), sysu_shots=_int_list("sysu_shots", _SYSU_SHOTS.value),
         sysu_rand_perm=_SYSU_RAND_PERM.value, trials=_TRIALS.value,
@@ -151,7 +172,8 @@ def config_from_flags():
     model = config_lib.ModelConfig(
         backbone=_BACKBONE.value, backbone_weights=_BACKBONE_WEIGHTS.value,
         backbone_widths=_int_list("backbone_widths", _BACKBONE_WIDTHS.value), num_regions=_NUM_REGIONS.value,
-        gray_input=_GRAY_INPUT.value, test_features=_TEST_FEATURES.value, set_level=_SL.value,
+        gray_input=_GRAY_INPUT.value, generation=_GENERATION.value, modality_bn=_MODALITY_BN.value,
+        generated_bn=_GENERATED_BN.value, test_features=_TEST_FEATURES.value, set_level=_SL.value,
         style_dim=_STYLE_DIM.value, style_base_width=_STYLE_BASE_WIDTH.value,
         style_num_downsample=_STYLE_NUM_DOWNSAMPLE.value, style_max_width=_STYLE_MAX_WIDTH.value,
         mlp_hidden_dim=_MLP_HIDDEN_DIM.value, num_res_blocks=_NUM_RES_BLOCKS.value,
@@ -159,17 +181,20 @@ def config_from_flags():
         disc_base_width=_DISC_BASE_WIDTH.value, variation_hidden_channels=_VARIATION_HIDDEN.value,
         variation_latent_channels=_VARIATION_LATENT.value, variation_num_downsample=_VARIATION_DOWNSAMPLE.value)
     loss = config_lib.LossConfig(
-        lambda_cyc=_LAMBDA_CYC.value, lambda_gan=_LAMBDA_GAN.value, lambda_il=_LAMBDA_IL.value,
-        lambda_lr=_LAMBDA_LR.value, lambda_ui=_LAMBDA_UI.value, triplet_margin=_TRIPLET_MARGIN.value,
+        lambda_recon=_LAMBDA_RECON.value, lambda_cyc=_LAMBDA_CYC.value, lambda_gan=_LAMBDA_GAN.value,
+        lambda_il=_LAMBDA_IL.value, lambda_lr=_LAMBDA_LR.value, lambda_ui=_LAMBDA_UI.value, triplet_margin=_TRIPLET_MARGIN.value,
         label_smoothing=_LABEL_SMOOTHING.value, il_convention=_IL_CONVENTION.value,
         variation_distribution=_VARIATION_DISTRIBUTION.value, ui_direction=_UI_DIRECTION.value,
         instance_alignment=_IL.value, local_alignment=_LR_ALIGN.value, unseen_identity=_UI.value,
-        lambda_modality=_LAMBDA_MODALITY.value)
+        lambda_local_id=_LAMBDA_LOCAL_ID.value, lambda_modality=_LAMBDA_MODALITY.value)
     phases = config_lib.paper_phases(_PRETRAIN_EPOCHS.value, _JOINT_EPOCHS.value,
-                                     _int_list("lr_decay_epochs", _LR_DECAY_EPOCHS.value))
+                                     _int_list("lr_decay_epochs", _LR_DECAY_EPOCHS.value), _GENERATION.value)
     train = config_lib.TrainConfig(
         phases=phases, steps_per_epoch=_STEPS_PER_EPOCH.value, lr=_LR.value, beta1=_BETA1.value,
-        beta2=_BETA2.value, checkpoint_every=_CHECKPOINT_EVERY.value, keep_checkpoints=_KEEP_CHECKPOINTS.value,
+        beta2=_BETA2.value, weight_decay=_WEIGHT_DECAY.value, gan_lr=_GAN_LR.value, gan_beta1=_GAN_BETA1.value,
+        gan_beta2=_GAN_BETA2.value, gan_weight_decay=_GAN_WEIGHT_DECAY.value, warmup_steps=_WARMUP_STEPS.value,
+        eval_every=_EVAL_EVERY.value, checkpoint_every=_CHECKPOINT_EVERY.value,
+        keep_checkpoints=_KEEP_CHECKPOINTS.value,
         log_every=_LOG_EVERY.value, image_every=_IMAGE_EVERY.value, strategy=_STRATEGY.value,
         cpu_replicas=_CPU_REPLICAS.value, mixed_precision=_MIXED_PRECISION.value, optimizer=_OPTIMIZER.value,
         jit_compile=_JIT_COMPILE.value, profile_steps=_int_list("profile_steps", _PROFILE_STEPS.value))
@@ -177,8 +202,21 @@ def config_from_flags():
                              train=train)
 
 
+def _synthetic_metadata(root):
+    """The ``synthetic.json`` of a generated dataset folder, None if there is none (or unreadable)."""
+    try:
+        return json.loads((root / synthetic.METADATA_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+
+
 def prepare_dataset(data_cfg):
     """Generates the synthetic dataset if the preset asks for it, then reads it.
+
+    The dataset is generated when ``data_dir`` is empty or holds a synthetic dataset
+    whose ``synthetic.json`` differs from what the flags ask for (another renderer
+    version, size, seed or number of ids): a cached demo dataset always matches the
+    code. A non-empty folder without ``synthetic.json`` is never overwritten.
 
     Workers that share ``--data_dir`` (one host, or a shared filesystem) take turns
     through an exclusive lock on ``.<data_dir name>.lock`` beside it: the first one
@@ -188,16 +226,25 @@ def prepare_dataset(data_cfg):
     root = pathlib.Path(data_cfg.data_dir)
     if data_cfg.synthetic_ids:
         root.parent.mkdir(parents=True, exist_ok=True)
+        # Rendered at twice the network input so that, as with real data, the
+        # pipeline resizes what it reads.
+        wanted = synthetic.metadata(data_cfg.dataset, data_cfg.synthetic_ids, data_cfg.synthetic_seed,
+                                    2 * data_cfg.height, 2 * data_cfg.width)
         with open(root.parent / f".{root.name}.lock", "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file is closed
-            if not (root.exists() and any(root.iterdir())):
-                logging.info("Generating a synthetic %s dataset (%d ids) in %s", data_cfg.dataset,
-                             data_cfg.synthetic_ids, root)
-                # Rendered at twice the network input so that, as with real data, the
-                # pipeline resizes what it reads.
+            found = _synthetic_metadata(root)
+            if found != wanted:
+                if found is None and root.exists() and any(root.iterdir()):
+                    raise config_lib.ConfigError(
+                        "data_dir", str(root), f"an empty folder or a synthetic dataset (no "
+                        f"{synthetic.METADATA_FILE} here, so it is not regenerated: remove it, or pass "
+                        "--synthetic_ids=0 to read it as it is)")
+                logging.info("Generating a synthetic %s dataset (%d ids) in %s%s", data_cfg.dataset,
+                             data_cfg.synthetic_ids, root, "" if found is None else f" (it held {found})")
                 try:
-                    synthetic.generate(root, data_cfg.dataset, data_cfg.synthetic_ids, data_cfg.seed,
-                                       height=2 * data_cfg.height, width=2 * data_cfg.width)
+                    synthetic.generate(root, data_cfg.dataset, data_cfg.synthetic_ids, data_cfg.synthetic_seed,
+                                       height=2 * data_cfg.height, width=2 * data_cfg.width,
+                                       overwrite=found is not None, num_workers=os.cpu_count() or 1)
                 except ValueError as err:
                     raise config_lib.ConfigError("synthetic_ids", data_cfg.synthetic_ids, str(err)) from None
     return pipeline.load_dataset(data_cfg.dataset, root, trial=data_cfg.trial)
@@ -303,7 +350,7 @@ def training_batches(dataset, cfg, strategy, start_step):
     """
     data = cfg.data
     augment = pipeline.AugmentConfig(flip=data.flip, pad=data.pad, random_erasing=data.random_erasing,
-                                     channel_aug=data.channel_aug)
+                                     channel_aug=data.channel_aug, intensity_aug=data.intensity_aug)
 
     def worker_batches(context):
         local = context.num_replicas_in_sync // context.num_input_pipelines
@@ -326,6 +373,9 @@ def restore_or_start(trainer, manager, checkpoint_dir=None):
     if latest:
         manager.checkpoint.restore(latest).assert_existing_objects_matched()
         logging.info("Resumed from %s (step %d)", latest, int(trainer.step.numpy()))
+        for group, (saved, wanted) in trainer.restored_settings_differ().items():
+            logging.warning("%s: the checkpoint was trained with (lr, beta1, beta2, weight_decay) %s; "
+                            "continuing with this start's %s", group, saved, wanted)
     return int(trainer.step.numpy())
 
 
@@ -366,7 +416,8 @@ def images_per_step(phase, data_cfg):
     return images
 
 
-def run_training(trainer, batches, train_cfg, manager, writer, data_cfg, images=True, profile_dir=None):
+def run_training(trainer, batches, train_cfg, manager, writer, data_cfg, images=True, profile_dir=None,
+                 evaluate_now=None):
     """Steps ``trainer`` from its step counter to the end of the schedule.
 
     Steps are dispatched back to back: their scalars are copied to the host (which
@@ -377,20 +428,21 @@ def run_training(trainer, batches, train_cfg, manager, writer, data_cfg, images=
     ``checkpoint_every`` steps and at the end; progress lines and scalars every
     ``log_every``; images every ``image_every`` if ``images``. With ``profile_dir``,
     the steps ``train_cfg.profile_steps`` (1-based, as in the progress lines) are traced
-    by the TensorFlow profiler into it.
+    by the TensorFlow profiler into it. ``evaluate_now()``, if given, runs every
+    ``eval_every`` steps (not at the last step: the caller evaluates the final model).
     """
     total = train_cfg.total_steps
     step = int(trainer.step.numpy())
     first_traced, last_traced = train_cfg.profile_steps if profile_dir and train_cfg.profile_steps else (0, -1)
     profiling = False
-    lr = None
+    rates = None
     pending = []  # (step, scalar tensors) not yet copied to the host
     window_start, window_steps, window_images = time.perf_counter(), 0, 0
     while step < total:
         phase, _ = train_cfg.phase_at(step)
-        if train_cfg.learning_rate_at(step) != lr:
-            lr = train_cfg.learning_rate_at(step)
-            trainer.set_learning_rate(lr)  # assigns the optimizers' variables: no retracing
+        if train_cfg.learning_rates_at(step) != rates:
+            rates = train_cfg.learning_rates_at(step)
+            trainer.set_learning_rates(rates)  # assigns the optimizers' variables: no retracing
         if not profiling and first_traced <= step + 1 <= last_traced:
             tf.profiler.experimental.start(str(profile_dir))
             profiling = True
@@ -417,7 +469,8 @@ def run_training(trainer, batches, train_cfg, manager, writer, data_cfg, images=
             with writer.as_default(step=step):
                 for name, value in scalars.items():
                     tf.summary.scalar(name, value)
-                tf.summary.scalar("train/learning_rate", lr)
+                tf.summary.scalar("train/learning_rate", rates["reid_instance_level"])
+                tf.summary.scalar("train/learning_rate_generation", rates["generation"])
                 tf.summary.scalar("train/images_per_second", rate)
             main = " ".join(f"{name.split('/')[-1]} {scalars[name]:.4f}" for name in (
                 "loss/total", "loss/generator_total", "loss/id_cls", "loss/id_triplet") if name in scalars)
@@ -427,6 +480,8 @@ def run_training(trainer, batches, train_cfg, manager, writer, data_cfg, images=
         if images and train_cfg.image_every and step % train_cfg.image_every == 0:
             with writer.as_default(step=step):
                 write_generation_images(trainer, gan_batch)
+        if evaluate_now and train_cfg.eval_every and step % train_cfg.eval_every == 0 and step < total:
+            evaluate_now()
         if save_now:
             writer.flush()  # the summaries a checkpoint covers are on disk before it: a killed run loses none
             manager.save(checkpoint_number=step)
@@ -460,6 +515,9 @@ def evaluate(trainer, dataset, cfg, writer):
         features, dataset.test, dataset.name, sysu_modes=ev.sysu_modes, sysu_shots=ev.sysu_shots,
         sysu_rand_perm=ev.sysu_rand_perm or None, trials=ev.trials, regdb_directions=ev.regdb_directions,
         seed=cfg.data.seed)
+    # Diagnostic beside the protocol: how well each modality alone re-identifies.
+    intra = protocols.evaluate_intra_modality(features, dataset.test.pids, dataset.test.cams, dataset.name)
+    metrics.update({f"{dataset.name}_{name}": values for name, values in intra.items()})
     with writer.as_default(step=int(trainer.step.numpy())):
         for setting, values in metrics.items():
             tf.summary.scalar(f"eval/{setting}/rank1", values["cmc"]["1"])
@@ -469,6 +527,17 @@ def evaluate(trainer, dataset, cfg, writer):
         write_similarity_histograms(features, dataset.test, dataset.name)
     writer.flush()
     return metrics
+
+
+# The test-set metrics of every evaluation of a run, by step (learning curves).
+EVAL_HISTORY = "eval_history.json"
+
+
+def record_evaluation(path, step, metrics):
+    """Adds (or, after a resume, replaces) ``step``'s metrics in the run's eval history."""
+    history = json.loads(path.read_text()) if path.exists() else []
+    history = [entry for entry in history if entry["step"] != step] + [{"step": step, "metrics": metrics}]
+    path.write_text(json.dumps(sorted(history, key=lambda entry: entry["step"]), indent=1) + "\n")
 
 
 def main(argv):
@@ -535,15 +604,22 @@ def train_evaluate_export(cfg, strategy, out_dir):
         except ClusterError as err:
             sys.exit(f"error: {err}")
     writer = tf.summary.create_file_writer(str(run_dir)) if chief else tf.summary.create_noop_writer()
+
+    def evaluate_and_record():
+        metrics = evaluate(trainer, dataset, cfg, writer)
+        record_evaluation(run_dir / EVAL_HISTORY, int(trainer.step.numpy()), metrics)
+        return metrics
+
     logging.info("Training steps %d..%d of %d", start, cfg.train.total_steps, cfg.train.total_steps)
     try:
         run_training(trainer, training_batches(dataset, cfg, strategy, start), cfg.train, manager, writer,
-                     cfg.data, images=chief, profile_dir=run_dir if chief else None)
+                     cfg.data, images=chief, profile_dir=run_dir if chief else None,
+                     evaluate_now=evaluate_and_record if chief else None)
     except trainer_lib.NonFiniteLossError as err:
         sys.exit(f"error: {err}: {manager.latest_checkpoint or 'no checkpoint was written yet'}")
     logging.info("Final weights sha256 %s", weights_digest(trainer))
     if chief:  # embedding is local to the chief: no collectives
-        metrics = evaluate(trainer, dataset, cfg, writer)
+        metrics = evaluate_and_record()
         (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     export_dir = export.export_trainer(trainer, str(out_dir / "export"), manager.latest_checkpoint)
     if chief:

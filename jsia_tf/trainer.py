@@ -17,6 +17,8 @@ gan                Eq. 7, LSGAN generator side                generation, reid_s
 discriminator      Eq. 7, LSGAN on DETACHED fakes             discriminators
 variation          Eq. 10 on stop_gradient(M^i)               variation
 id_cls, id_triplet Eq. 13 on real re-ID images                reid_set_level, reid_instance_level
+local_id           C^k's identity loss on the real re-ID       reid_set_level, reid_instance_level
+                   images' stripes (PCB; Eq. 12's LR)
 il, lr             Eqs. 11, 12 on (real, DETACHED generated)  reid_set_level, reid_instance_level
 ui                 Eq. 15 on DETACHED mixed images            reid_set_level, reid_instance_level
 modality_          ``--sl=gan`` only: LSGAN modality          discriminators
@@ -104,6 +106,7 @@ TERM_ROUTES = {
     "variation": ("variation",),
     "id_cls": _REID_ROUTE,
     "id_triplet": _REID_ROUTE,
+    "local_id": _REID_ROUTE,
     "il": _REID_ROUTE,
     "lr": _REID_ROUTE,
     "ui": _REID_ROUTE,
@@ -111,7 +114,14 @@ TERM_ROUTES = {
     "modality_adversarial": ("reid_set_level",),
 }
 # Terms of the re-ID batch (the others need module G's outputs on the generation batch).
-REID_BATCH_TERMS = ("id_cls", "id_triplet", "modality_discriminator", "modality_adversarial")
+REID_BATCH_TERMS = ("id_cls", "id_triplet", "local_id", "modality_discriminator", "modality_adversarial")
+# The objective each term belongs to: terms of one route and one objective are
+# differentiated together, so that the gradient each objective sends into the shared
+# stem E^sl is reported ("grad_norm/reid_set_level/<objective>").
+TERM_OBJECTIVES = {"recon": "generator", "cycle": "generator", "gan": "generator", "discriminator": "discriminator",
+                   "variation": "variation", "id_cls": "reid", "id_triplet": "reid", "local_id": "reid",
+                   "il": "alignment", "lr": "alignment", "ui": "alignment",
+                   "modality_discriminator": "discriminator", "modality_adversarial": "modality_adversarial"}
 # Terms of module G's objective L^G (Eq. 8).
 GENERATOR_TERMS = ("recon", "cycle", "gan")
 # Adam's epsilon: PyTorch's default, which the official code ran with (Keras: 1e-7).
@@ -245,6 +255,10 @@ class Trainer:
                 optimizer.build(self.groups[name])
                 self.optimizers[name] = optimizer
             self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
+            # Saved with the checkpoint, so a run's optimizer settings travel with its weights.
+            self.optimizer_settings = {
+                name: tf.Variable(self.config.train.optimizer_settings(name), dtype=tf.float64, trainable=False,
+                                  name=f"optimizer_settings_{name}") for name in GROUPS}
         self._step_functions = {}
         self._embed = tf.function(self.alignment.embed, reduce_retracing=True)
 
@@ -270,12 +284,19 @@ class Trainer:
                          num_res_blocks=model.num_res_blocks, num_upsample=2, name=name)
 
     def _build_optimizer(self, group):
-        """Adam (paper 4.2) or plain SGD (``--optimizer=sgd``: distributed scaling tests) for ``group``."""
-        train = self.config.train
-        if train.optimizer == "sgd":
-            return keras.optimizers.SGD(learning_rate=train.lr, name=f"sgd_{group}")
-        return keras.optimizers.Adam(learning_rate=train.lr, beta_1=train.beta1, beta_2=train.beta2,
-                                     epsilon=ADAM_EPSILON, name=f"adam_{group}")
+        """AdamW with ``group``'s settings (``TrainConfig.optimizer_settings``), or plain SGD.
+
+        Module F's groups and the others (G, V, D) have their own learning rate, betas
+        and weight decay, as in the official code (re-ID 4.5e-4, (0.9, 0.999), 5e-4; GAN
+        1e-4, (0.5, 0.999), 1e-4). The decay is decoupled (AdamW); the official code's
+        is PyTorch Adam's L2 term (docs/FIDELITY.md). SGD (``--optimizer=sgd``) is for
+        the distributed scaling tests, which Adam's normalisation would hide.
+        """
+        lr, beta1, beta2, weight_decay = self.config.train.optimizer_settings(group)
+        if self.config.train.optimizer == "sgd":
+            return keras.optimizers.SGD(learning_rate=lr, name=f"sgd_{group}")
+        return keras.optimizers.AdamW(learning_rate=lr, beta_1=beta1, beta_2=beta2, weight_decay=weight_decay,
+                                      epsilon=ADAM_EPSILON, name=f"adamw_{group}")
 
     @property
     def models(self):
@@ -328,8 +349,23 @@ class Trainer:
     def checkpoint(self):
         """A ``tf.train.Checkpoint`` of every network, optimizer, the step and V's noise state, by name."""
         optimizers = {f"optimizer_{name}": optimizer for name, optimizer in self.optimizers.items()}
+        settings = {f"optimizer_settings_{name}": value for name, value in self.optimizer_settings.items()}
         return tf.train.Checkpoint(step=self.step, variation_seed=self.variation.seed_generator.state,
-                                   **self.models, **optimizers)
+                                   **self.models, **optimizers, **settings)
+
+    def restored_settings_differ(self):
+        """{group: (checkpoint's, config's) (lr, beta1, beta2, weight_decay)} where they differ.
+
+        After a restore the variables hold the checkpoint's settings; the optimizers run
+        with the config's (the flags of this start).
+        """
+        out = {}
+        for name, variable in self.optimizer_settings.items():
+            saved, wanted = tuple(variable.numpy().tolist()), self.config.train.optimizer_settings(name)
+            if not np.allclose(saved, wanted):
+                out[name] = (saved, wanted)
+                variable.assign(wanted)
+        return out
 
     # -- the losses -----------------------------------------------------------------------
 
@@ -337,9 +373,9 @@ class Trainer:
     def term_weights(self):
         """Term -> weight in Eqs. 8 and 16."""
         loss = self.config.loss
-        return {"recon": 1.0, "cycle": loss.lambda_cyc, "gan": loss.lambda_gan, "discriminator": 1.0,
-                "variation": 1.0, "id_cls": 1.0, "id_triplet": 1.0, "il": loss.lambda_il, "lr": loss.lambda_lr,
-                "ui": loss.lambda_ui, "modality_discriminator": 1.0, "modality_adversarial": loss.lambda_modality}
+        return {"recon": loss.lambda_recon, "cycle": loss.lambda_cyc, "gan": loss.lambda_gan, "discriminator": 1.0,
+                "variation": 1.0, "id_cls": 1.0, "id_triplet": 1.0, "local_id": loss.lambda_local_id,
+                "il": loss.lambda_il, "lr": loss.lambda_lr, "ui": loss.lambda_ui, "modality_discriminator": 1.0, "modality_adversarial": loss.lambda_modality}
 
     @property
     def terms(self):
@@ -349,17 +385,68 @@ class Trainer:
         if not loss.instance_alignment:
             absent.add("il")
         if loss.local_alignment == "off" or not self.alignment.num_regions:
-            absent.add("lr")
+            absent.update({"lr", "local_id"})  # no local regions: no C^k
         if not loss.unseen_identity:
             absent.add("ui")
         if self.modality_discriminator is None:
             absent.update({"modality_discriminator", "modality_adversarial"})
+        if not self.config.model.generation:  # module F alone: module G's terms reach E^sl, leave them out
+            absent.update(("recon", "cycle", "gan", "discriminator", "variation"))
         return tuple(term for term in TERM_ROUTES if term not in absent)
 
     def terms_for(self, groups):
         """The terms a phase stepping ``groups`` computes: those it has updating one of them, weight > 0."""
         weights = self.term_weights
         return tuple(term for term in self.terms if set(TERM_ROUTES[term]) & set(groups) and weights[term] > 0)
+
+    def per_modality(self, fn, rgb, ir):
+        """``fn`` on an RGB and an IR batch: {"rgb": fn(rgb), "ir": fn(ir)}.
+
+        With ``modality_bn="joint"`` (default) ``fn`` runs once on the concatenated batch
+        and its outputs are split, so every batch norm normalises both modalities with
+        one set of statistics, as the moving statistics will at test time; normalised
+        per modality ("separate", the official code) the network never sees the modality
+        gap in training, and the mixed moving statistics bring it back at test. AGW's
+        cross-modal baseline concatenates for this reason.
+        """
+        if self.config.model.modality_bn == "separate":
+            return {"rgb": fn(rgb), "ir": fn(ir)}
+        size = tf.shape(rgb)[0]
+        both = fn(tf.concat([rgb, ir], axis=0))
+        return {"rgb": tf.nest.map_structure(lambda t: t[:size], both),
+                "ir": tf.nest.map_structure(lambda t: t[size:], both)}
+
+    def _bn_statistics(self):
+        """The batch-norm moving statistics of the networks that see generated images."""
+        networks = [self.alignment]
+        if self.content_encoder is not self.alignment.set_level_encoder:
+            networks.append(self.content_encoder)
+        return [v for network in networks for v in network.non_trainable_variables
+                if v.path.split("/")[-1].startswith("moving_")]
+
+    def on_generated(self, fn, training):
+        """``fn(training)`` for images that are not real training images (``generated_bn``).
+
+        Generated pairs, cycle inputs and mixed images come from a G that is still
+        learning; if they updated the moving statistics, about half of what Eq. 17 is
+        normalised with at test would describe them. "restore" (default) normalises them
+        with their batch statistics as in training, then puts the moving statistics back;
+        "inference" normalises them with the moving statistics; "update" is the official
+        code (they update the statistics like real images).
+        """
+        mode = self.config.model.generated_bn
+        if not training or mode == "update":
+            return fn(training)
+        if mode == "inference":
+            return fn(False)
+        statistics = self._bn_statistics()
+        saved = [tf.identity(v.value) for v in statistics]
+        out = fn(True)
+        # Ordered after fn's updates: tf.function keeps program order per variable.
+        with tf.control_dependencies(tf.nest.flatten(out)):
+            for variable, value in zip(statistics, saved):
+                variable.assign(value)
+        return out
 
     def content(self, images, training=None):
         """M^i = E^i(X) (Eq. 2): caffe-normalised [B, H, W, 3] -> [B, H/4, W/4, C]."""
@@ -368,6 +455,11 @@ class Trainer:
         if self.alignment.gray_input:
             images = alignment_lib.to_gray(images)
         return self.content_encoder(images, training=training)
+
+    @property
+    def generators(self):
+        """{modality: its generator}."""
+        return {"rgb": self.generator_rgb, "ir": self.generator_ir}
 
     def generate(self, rgb, ir, training=True):
         """Module G on an id-aligned pair of batches (Eqs. 1-6).
@@ -380,20 +472,21 @@ class Trainer:
           "recon" (Eq. 4's decodings), "cross" ({"rgb": X_ir2rgb, "ir": X_rgb2ir}: the
           generated image OF that modality), "cycle" (Eq. 6).
         """
-        g = {"rgb": self.generator_rgb, "ir": self.generator_ir}
+        g = self.generators
         out = {"real": {"rgb": to_unit_range(rgb), "ir": to_unit_range(ir)},
-               "content": {"rgb": self.content(rgb, training), "ir": self.content(ir, training)}}
+               "content": self.per_modality(lambda x: self.content(x, training), rgb, ir)}
         out["style"] = {m: g[m].encode_style(out["real"][m]) for m in MODALITIES}
         out["recon"] = {m: g[m].decode(out["content"][m], out["style"][m]) for m in MODALITIES}
         # X_rgb2ir = D_ir(M^i_rgb, s_ir), X_ir2rgb = D_rgb(M^i_ir, s_rgb): styles of the paired person.
         out["cross"] = {"ir": g["ir"].decode(out["content"]["rgb"], out["style"]["ir"]),
                         "rgb": g["rgb"].decode(out["content"]["ir"], out["style"]["rgb"])}
         # Eq. 6: X_rgb2ir2rgb = D_rgb(E^i(X_rgb2ir), E^s_rgb(X_ir2rgb)), and symmetrically.
+        cycle_content = self.on_generated(lambda t: self.per_modality(
+            lambda x: self.content(x, t), from_unit_range(out["cross"]["rgb"]), from_unit_range(out["cross"]["ir"])),
+            training)  # {"rgb": E^i(X_ir2rgb), "ir": E^i(X_rgb2ir)}
         out["cycle"] = {
-            "rgb": g["rgb"].decode(self.content(from_unit_range(out["cross"]["ir"]), training),
-                                   g["rgb"].encode_style(out["cross"]["rgb"])),
-            "ir": g["ir"].decode(self.content(from_unit_range(out["cross"]["rgb"]), training),
-                                 g["ir"].encode_style(out["cross"]["ir"])),
+            "rgb": g["rgb"].decode(cycle_content["ir"], g["rgb"].encode_style(out["cross"]["rgb"])),
+            "ir": g["ir"].decode(cycle_content["rgb"], g["ir"].encode_style(out["cross"]["ir"])),
         }
         return out
 
@@ -416,8 +509,7 @@ class Trainer:
         z1, s1 = z[modality], generated["style"][modality]
         z_mix = mix(z1, tf.roll(z1, shift, axis=0), alpha)  # [B, h', w', Z]
         s_mix = mix(s1, tf.roll(s1, shift, axis=0), alpha)  # [B, style_dim]
-        generator = self.generator_rgb if modality == "rgb" else self.generator_ir
-        return generator.decode(self.variation.decode(z_mix), s_mix)  # [B, H, W, 3]
+        return self.generators[modality].decode(self.variation.decode(z_mix), s_mix)  # [B, H, W, 3]
 
     def compute_losses(self, reid_batch, gan_batch, terms=None, training=True):
         """Every requested loss term, each averaged over the global batch (one replica's share).
@@ -468,25 +560,35 @@ class Trainer:
             if align_terms:
                 self._alignment_losses(gen, z, gan_batch, align_terms, training, out)
         if terms & set(REID_BATCH_TERMS):
-            # M = E^sl(X) [B, H/4, W/4, C]
-            reid_maps = {m: self.alignment.set_level(reid_batch[m], training=training) for m in MODALITIES}
+            instance = bool(terms & {"id_cls", "id_triplet", "local_id"})
+
+            def reid_forward(images):
+                maps = self.alignment.set_level(images, training=training)  # M = E^sl(X) [B, H/4, W/4, C]
+                return {"maps": maps, **(self.alignment.instance_level(maps, training=training) if instance else {})}
+
+            reid = self.per_modality(reid_forward, reid_batch["rgb"], reid_batch["ir"])
             if terms & {"modality_discriminator", "modality_adversarial"}:
-                self._modality_losses(reid_maps, terms, out)
-        if terms & {"id_cls", "id_triplet"}:
-            rgb = self.alignment.instance_level(reid_maps["rgb"], training=training)
-            ir = self.alignment.instance_level(reid_maps["ir"], training=training)
-            if "id_cls" in terms:
-                per_image = tf.concat([
-                    losses.label_smoothed_cross_entropy(reid_batch["rgb_labels"], rgb["logits"], cfg.label_smoothing),
-                    losses.label_smoothed_cross_entropy(reid_batch["ir_labels"], ir["logits"], cfg.label_smoothing)],
-                    axis=0)  # [2B]: the official mean of the RGB and IR means
-                out["id_cls"] = losses.mean_over_global_batch(per_image, 2 * reid_size)
-            if "id_triplet" in terms:
-                # This replica's anchors mine in the GLOBAL batch of the other modality, as on one device.
-                per_anchor = losses.cross_modal_triplet_loss(rgb["features"], ir["features"], reid_batch["rgb_labels"],
-                                                             reid_batch["ir_labels"], cfg.triplet_margin,
-                                                             gallery=_from_all_replicas)  # [2B]
-                out["id_triplet"] = losses.mean_over_global_batch(per_anchor, 2 * reid_size)
+                self._modality_losses({m: reid[m]["maps"] for m in MODALITIES}, terms, out)
+            labels = {m: reid_batch[f"{m}_labels"] for m in MODALITIES}
+        if "id_cls" in terms:
+            per_image = tf.concat([losses.label_smoothed_cross_entropy(labels[m], reid[m]["logits"],
+                                                                       cfg.label_smoothing) for m in MODALITIES],
+                                  axis=0)  # [2B]: the official mean of the RGB and IR means
+            out["id_cls"] = losses.mean_over_global_batch(per_image, 2 * reid_size)
+        if "local_id" in terms:
+            # PCB (Sun et al. 2018), which Sec. 3.3's LR follows: each C^k is an identity
+            # classifier of its stripe; Eq. 12's KL then aligns trained classifiers.
+            per_image = tf.concat([
+                tf.add_n([losses.label_smoothed_cross_entropy(labels[m], logits, cfg.label_smoothing)
+                          for logits in reid[m]["local_logits"]]) / len(reid[m]["local_logits"])
+                for m in MODALITIES], axis=0)  # [2B], the mean over the n regions
+            out["local_id"] = losses.mean_over_global_batch(per_image, 2 * reid_size)
+        if "id_triplet" in terms:
+            # This replica's anchors mine in the GLOBAL batch of the other modality, as on one device.
+            per_anchor = losses.cross_modal_triplet_loss(reid["rgb"]["features"], reid["ir"]["features"],
+                                                         labels["rgb"], labels["ir"], cfg.triplet_margin,
+                                                         gallery=_from_all_replicas)  # [2B]
+            out["id_triplet"] = losses.mean_over_global_batch(per_anchor, 2 * reid_size)
         return out
 
     def _modality_losses(self, maps, terms, out):
@@ -512,7 +614,8 @@ class Trainer:
         pair; ``--lr_align=unpaired`` compares, in Eq. 12, each real image with the real
         image of the other modality at the same batch position (the same person: the
         batch is id-aligned), see ``losses.unpaired_local_alignment_loss``. Eq. 15 on
-        detached mixed images.
+        detached mixed images. Generated and mixed images go through F under
+        :meth:`on_generated`.
         """
         cfg = self.config.loss
         gan_size = self.gan_batch_size
@@ -520,16 +623,18 @@ class Trainer:
         unpaired = cfg.local_alignment == "unpaired"
         paired = terms & ({"il"} if unpaired else {"il", "lr"})  # terms on (real, generated) pairs
         if self.content_encoder is alignment.set_level_encoder:  # M = E^sl(X) is already there
-            real = {m: alignment.instance_level(gen["content"][m], training=training) for m in MODALITIES}
+            real = self.per_modality(lambda maps: alignment.instance_level(maps, training=training),
+                                     gen["content"]["rgb"], gen["content"]["ir"])
         else:
-            real = {m: alignment(gan_batch[m], training=training) for m in MODALITIES}
+            real = self.per_modality(lambda x: alignment(x, training=training), gan_batch["rgb"], gan_batch["ir"])
         if "lr" in terms and unpaired:
             out["lr"] = losses.mean_over_global_batch(losses.unpaired_local_alignment_loss(
                 real["ir"]["local_logits"], real["rgb"]["local_logits"], cfg.il_convention), gan_size)
         if paired:
             # The generated images are inputs here: the alignment trains F only.
-            fake = {m: alignment(from_unit_range(tf.stop_gradient(gen["cross"][m])), training=training)
-                    for m in MODALITIES}
+            fake = self.on_generated(lambda t: self.per_modality(
+                lambda x: alignment(x, training=t), from_unit_range(tf.stop_gradient(gen["cross"]["rgb"])),
+                from_unit_range(tf.stop_gradient(gen["cross"]["ir"]))), training)
             if "il" in paired:
                 out["il"] = losses.mean_over_global_batch(losses.instance_alignment_loss(
                     real["ir"]["logits"], fake["rgb"]["logits"], real["rgb"]["logits"], fake["ir"]["logits"],
@@ -541,12 +646,13 @@ class Trainer:
         if "ui" in terms:
             shift = self.config.data.gan_num_instances
             alpha = self.mixing_ratios(tf.shape(gan_batch["rgb"])[0])  # [B]
+            mixed = {m: tf.stop_gradient(from_unit_range(self.mix_images(gen, z, alpha, m))) for m in MODALITIES}
+            mix_out = self.on_generated(lambda t: self.per_modality(
+                lambda x: alignment(x, training=t)["logits"], mixed["rgb"], mixed["ir"]), training)
             per_image = []
             for m in MODALITIES:
-                mixed = tf.stop_gradient(from_unit_range(self.mix_images(gen, z, alpha, m)))
-                mix_logits = alignment(mixed, training=training)["logits"]
                 logits = real[m]["logits"]
-                per_image.append(losses.unseen_identity_loss(mix_logits, logits, tf.roll(logits, shift, axis=0),
+                per_image.append(losses.unseen_identity_loss(mix_out[m], logits, tf.roll(logits, shift, axis=0),
                                                              alpha, cfg.ui_direction))
             out["ui"] = losses.mean_over_global_batch(tf.concat(per_image, 0), 2 * gan_size)  # [2B]
 
@@ -565,41 +671,46 @@ class Trainer:
         return tf.reduce_min(tf.stack([scales[name] for name in stepped]))
 
     def objectives(self, values, groups, scales=None):
-        """The objectives to differentiate, one per route: {stepped groups: weighted sum of terms}.
+        """The objectives to differentiate: {(stepped groups, objective): weighted sum of terms}.
 
         Terms with the same route (:data:`TERM_ROUTES`) restricted to the stepped
-        ``groups`` share one objective, differentiated once. With ``scales``
-        (:meth:`loss_scales`) each objective is multiplied by the smallest scale of its
-        route. Call inside the tape.
+        ``groups`` and the same :data:`TERM_OBJECTIVES` name share one objective,
+        differentiated once. With ``scales`` (:meth:`loss_scales`) each objective is
+        multiplied by the smallest scale of its route. Call inside the tape.
         """
         weights = self.term_weights
         routes = {}
         for term in values:
             stepped = tuple(g for g in TERM_ROUTES[term] if g in groups)
             if stepped:
-                routes.setdefault(stepped, []).append(term)
-        objectives = {stepped: losses.weighted_sum({t: values[t] for t in terms}, {t: weights[t] for t in terms})
-                      for stepped, terms in routes.items()}
+                routes.setdefault((stepped, TERM_OBJECTIVES[term]), []).append(term)
+        objectives = {key: losses.weighted_sum({t: values[t] for t in terms}, {t: weights[t] for t in terms})
+                      for key, terms in routes.items()}
         if scales is None:
             return objectives
-        return {stepped: objective * self._route_scale(scales, stepped) for stepped, objective in objectives.items()}
+        return {key: objective * self._route_scale(scales, key[0]) for key, objective in objectives.items()}
 
-    def gradients(self, tape, objectives, groups, scales=None):
+    def gradients(self, tape, objectives, groups, scales=None, stem_norms=None):
         """Per stepped group, the gradient of the terms routed to it (:meth:`objectives`).
 
         A group's gradient is the sum over the objectives whose route holds it;
         variables no computed term reaches get zeros. With ``scales`` (the objectives
         scaled by :meth:`objectives`), each group's part is brought from its route's
         scale to the group's own scale, so a group's gradient is scaled by its scale.
+        ``stem_norms``, a dict, receives {objective: the unscaled global norm of its
+        gradient on reid_set_level (E^sl)} for the objectives that reach it.
         """
         grads = {name: [None] * len(self.groups[name]) for name in groups}
-        for stepped, objective in objectives.items():
+        for (stepped, objective_name), objective in objectives.items():
             variables = [v for name in stepped for v in self.groups[name]]
             flat = tape.gradient(objective, variables)
             start = 0
             for name in stepped:
                 part = flat[start:start + len(self.groups[name])]
                 start += len(self.groups[name])
+                if stem_norms is not None and name == "reid_set_level":
+                    norm = tf.linalg.global_norm([g for g in part if g is not None] or [tf.zeros([])])
+                    stem_norms[objective_name] = norm if scales is None else norm / self._route_scale(scales, stepped)
                 if scales is not None:
                     ratio = scales[name] / self._route_scale(scales, stepped)  # a power of 2, >= 1
                     part = [None if g is None else g * ratio for g in part]
@@ -612,7 +723,8 @@ class Trainer:
         with tf.GradientTape(persistent=True) as tape:
             values = self.compute_losses(reid_batch, gan_batch, terms)
             objectives = self.objectives(values, groups, scales)
-        grads = self.gradients(tape, objectives, groups, scales)
+        stem_norms = {}
+        grads = self.gradients(tape, objectives, groups, scales, stem_norms)
         del tape
         for name in groups:
             # A LossScaleOptimizer unscales, and skips the update on non-finite gradients.
@@ -624,7 +736,8 @@ class Trainer:
             scalars["loss/generator_total"] = losses.weighted_sum(generator_terms,
                                                                   {t: weights[t] for t in generator_terms})
         scalars["loss/total"] = losses.weighted_sum(values, {t: weights[t] for t in values})
-        norms = {}
+        norms = {f"grad_norm/reid_set_level/{name}": norm if scales is None else
+                 tf.where(tf.math.is_finite(norm), norm, 0.0) for name, norm in stem_norms.items()}
         for name in groups:
             if scales is None:
                 norms[f"grad_norm/{name}"] = tf.linalg.global_norm(grads[name])
@@ -666,9 +779,10 @@ class Trainer:
             self._step_functions[groups] = self._make_step(groups)
         return self._step_functions[groups](reid_batch, gan_batch)
 
-    def set_learning_rate(self, value):
-        for optimizer in self.optimizers.values():
-            optimizer.learning_rate = value
+    def set_learning_rates(self, rates):
+        """Assigns {group: learning rate} (``TrainConfig.learning_rates_at``) to the optimizers."""
+        for name, value in rates.items():
+            self.optimizers[name].learning_rate = value
 
     # -- images for summaries -------------------------------------------------------------
 
@@ -699,8 +813,7 @@ class Trainer:
             z1, z2 = tf.gather(z, pick), tf.gather(z, pick + second)
             s1, s2 = tf.gather(gen["style"][m], pick), tf.gather(gen["style"][m], pick + second)
             alpha = tf.constant(alphas, tf.float32)
-            generator = self.generator_rgb if m == "rgb" else self.generator_ir
-            mixed = generator.decode(self.variation.decode(mix(z1, z2, alpha)), mix(s1, s2, alpha))
+            mixed = self.generators[m].decode(self.variation.decode(mix(z1, z2, alpha)), mix(s1, s2, alpha))
             strip = [gen["real"][m][:1], *tf.split(mixed, len(alphas)), gen["real"][m][second:second + 1]]
             out[f"mixing_{m}"] = pixels(tf.concat(strip, axis=2))  # [1, H, (2 + len(alphas)) W, 3]
         return out

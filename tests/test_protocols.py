@@ -353,3 +353,16 @@ def test_rerank_errors_name_the_argument():
         evaluate({"k1": 0})
     with pytest.raises(ValueError, match=r"rerank: lambda_value must be a number in \[0, 1\]"):
         protocols.evaluate_sysu(np.ones((2, 2)), [1, 1], [1, 3], [1, 1], rerank={"lambda_value": -0.1})
+
+
+def test_intra_modality_diagnostic_excludes_the_query_itself():
+    """RGB: 4 images of 2 ids, the last one closer to id 0 (AP 1/3); IR: 2 images of one id."""
+    features = np.array([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [0.8, 0.2], [1.0, 1.0], [1.0, 0.9]])
+    labels = np.array([0, 0, 1, 1, 0, 0])
+    cams = np.array([1, 1, 1, 1, 2, 2])
+    out = protocols.evaluate_intra_modality(features, labels, cams, "regdb")
+    assert out["intra_rgb"]["cmc"]["1"] == pytest.approx(0.75)
+    assert out["intra_rgb"]["mAP"] == pytest.approx((1 + 1 + 1 + 1 / 3) / 4)
+    assert out["intra_ir"]["cmc"]["1"] == 1.0 and out["intra_ir"]["mAP"] == 1.0
+    with pytest.raises(ValueError, match="fewer than 2 ir test images"):
+        protocols.evaluate_intra_modality(features[:5], labels[:5], cams[:5], "regdb")

@@ -65,7 +65,7 @@ def test_sigkilled_run_resumes_from_its_last_checkpoint(tmp_path):
     assert _checkpoint_step(run_dir / "checkpoints") == TOTAL_STEPS
     latest = tf.train.latest_checkpoint(str(run_dir / "checkpoints"))
     assert tf.train.load_variable(latest, "step/.ATTRIBUTES/VARIABLE_VALUE") == TOTAL_STEPS
-    assert set(json.loads((run_dir / "metrics.json").read_text())) == {"regdb_v2t", "regdb_t2v"}
+    assert set(json.loads((run_dir / "metrics.json").read_text())) == {"regdb_v2t", "regdb_t2v", "regdb_intra_rgb", "regdb_intra_ir"}
     [version] = (run_dir / "export").iterdir()
     assert json.loads((version / "assets" / "jsia_metadata.json").read_text())["checkpoint"] == latest
     assert (run_dir / "config.json").read_bytes() == config

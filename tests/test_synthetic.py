@@ -1,6 +1,7 @@
 """Tests of the synthetic RGB-IR pedestrian generator (jsia_tf/data/synthetic.py)."""
 
 import dataclasses
+import json
 import os
 import subprocess
 import sys
@@ -31,6 +32,19 @@ def _first_identity(seed, **wanted):
     raise AssertionError(f"no identity with {wanted}")
 
 
+def _with_ir(identity, **values):
+    """``identity`` with some of its ``Infrared`` attributes replaced."""
+    return dataclasses.replace(identity, infrared=dataclasses.replace(identity.infrared, **values))
+
+
+def _luminance(colour):
+    return float(np.dot((0.2126, 0.7152, 0.0722), colour))
+
+
+NIR_CAMERA, THERMAL_CAMERA = synthetic.SYSU_CAMERAS[3], synthetic.REGDB_THERMAL
+IR_CAMERAS = pytest.mark.parametrize("camera", [NIR_CAMERA, THERMAL_CAMERA], ids=["nir", "thermal"])
+
+
 def _read_tree(root):
     """{relative path: bytes} of every file under ``root``."""
     files = {}
@@ -44,16 +58,29 @@ def _read_tree(root):
 
 # --- The modalities -------------------------------------------------------------
 
+def test_cameras_have_the_real_datasets_ir_kinds():
+    """SYSU-MM01's IR cameras are near-infrared, RegDB's is thermal; the others are RGB."""
+    assert synthetic.REGDB_THERMAL.infrared == synthetic.THERMAL
+    assert synthetic.REGDB_VISIBLE.infrared is None
+    assert {cam: camera.infrared for cam, camera in synthetic.SYSU_CAMERAS.items()} == {
+        1: None, 2: None, 3: synthetic.NIR, 4: None, 5: None, 6: synthetic.NIR}
+    assert {cam for cam, camera in synthetic.SYSU_CAMERAS.items() if camera.infrared} == set(records.SYSU_IR_CAMS)
+
+
 @pytest.mark.parametrize("view", synthetic.VIEWS)
 def test_ir_is_blind_to_colour_rgb_is_not(view):
-    """The paper's premise: IR -> RGB is one-to-many. Same draw, colours swapped."""
-    person = _first_identity(0, upper_print="stripes")
+    """The paper's premise: IR -> RGB is one-to-many. Same draw, colours swapped:
+    both IR renderings (thermal and near-infrared) are byte-identical."""
+    person = _first_identity(0, upper_print="stripes", open_front=True)
     recoloured = dataclasses.replace(person, colours=synthetic.sample_identity(1, 1).colours)
     assert recoloured.colours != person.colours
     draw = _draw(view)
-    for camera in (synthetic.REGDB_THERMAL, synthetic.SYSU_CAMERAS[3], synthetic.SYSU_CAMERAS[6]):
-        np.testing.assert_array_equal(synthetic.render_image(person, draw, camera, PARTS_H, PARTS_W),
-                                      synthetic.render_image(recoloured, draw, camera, PARTS_H, PARTS_W))
+    cameras = (synthetic.REGDB_THERMAL, synthetic.SYSU_CAMERAS[3], synthetic.SYSU_CAMERAS[6])
+    assert {camera.infrared for camera in cameras} == {synthetic.THERMAL, synthetic.NIR}
+    for camera in cameras:
+        ir = synthetic.render_image(person, draw, camera, PARTS_H, PARTS_W)
+        assert ir.shape == (PARTS_H, PARTS_W) and ir.std() > 10  # a picture, not a blank
+        np.testing.assert_array_equal(ir, synthetic.render_image(recoloured, draw, camera, PARTS_H, PARTS_W))
     for camera in (synthetic.REGDB_VISIBLE, synthetic.SYSU_CAMERAS[1]):
         rgb = synthetic.render_image(person, draw, camera, PARTS_H, PARTS_W)
         rgb_recoloured = synthetic.render_image(recoloured, draw, camera, PARTS_H, PARTS_W)
@@ -62,8 +89,9 @@ def test_ir_is_blind_to_colour_rgb_is_not(view):
 
 
 def test_ir_sees_what_colour_does_not_show():
-    """Garment thickness (not a colour) changes IR; thin garments are warmer."""
-    person = _first_identity(0, upper_type="shirt")
+    """Thermal: garment thickness (not a colour) changes IR, thin garments are warmer.
+    NIR: the garment's reflectance (an IR attribute, not a colour) sets its brightness."""
+    person = dataclasses.replace(_first_identity(0, upper_type="shirt", upper_print="solid"), folds=())
     draw = _draw("front")
     labels, _ = synthetic.render_parts(person, draw, PARTS_H, PARTS_W)
     upper = labels == synthetic.UPPER
@@ -72,19 +100,153 @@ def test_ir_sees_what_colour_does_not_show():
     thick = synthetic.render_image(dataclasses.replace(person, upper_thickness=1.0), draw,
                                    synthetic.REGDB_THERMAL, PARTS_H, PARTS_W)
     assert thin[upper].mean() > thick[upper].mean() + 20
+    dark = synthetic.render_image(_with_ir(person, nir_upper=0.1), draw, NIR_CAMERA, PARTS_H, PARTS_W)
+    bright = synthetic.render_image(_with_ir(person, nir_upper=0.9), draw, NIR_CAMERA, PARTS_H, PARTS_W)
+    assert bright[upper].mean() > dark[upper].mean() + 80
+    np.testing.assert_array_equal(bright[~upper & (labels != synthetic.BACKGROUND)][:50],
+                                  dark[~upper & (labels != synthetic.BACKGROUND)][:50])  # other parts as they were
 
 
 def test_temperatures_follow_material():
-    temps = synthetic.part_temperatures(_first_identity(0, upper_type="coat"))
-    assert temps[synthetic.FACE] > temps[synthetic.SKIN] > temps[synthetic.LOWER] > temps[synthetic.BAG]
-    assert temps[synthetic.SKIN] > temps[synthetic.UPPER] > temps[synthetic.BAG]
-    assert temps[synthetic.UPPER] == temps[synthetic.UPPER_PRINT]  # a print is colour only
+    """For every identity: skin warm, garments cooler, bags coldest; an open coat's
+    inner layer and a collar warmer than the coat; a print has no temperature."""
+    for pid in range(1, 201):
+        person = synthetic.sample_identity(0, pid)
+        temps = synthetic.part_temperatures(person)
+        assert temps[synthetic.FACE] > temps[synthetic.SKIN] > temps[synthetic.LOWER] > temps[synthetic.BAG]
+        assert temps[synthetic.SKIN] > temps[synthetic.UPPER] > temps[synthetic.BAG]
+        assert temps[synthetic.SKIN] > temps[synthetic.INNER] and temps[synthetic.COLLAR] > temps[synthetic.UPPER]
+        assert temps[synthetic.UPPER] == temps[synthetic.UPPER_PRINT]  # ink has no temperature
+        if person.upper_type == "coat":
+            assert temps[synthetic.INNER] > temps[synthetic.UPPER]
     # Rendered: the face is brighter than the background in every view that shows it.
     person = _first_identity(0, upper_type="coat")
     for view in ("front", "side"):
         labels, _ = synthetic.render_parts(person, _draw(view), PARTS_H, PARTS_W)
         ir = synthetic.render_image(person, _draw(view), synthetic.REGDB_THERMAL, PARTS_H, PARTS_W)
         assert ir[labels == synthetic.FACE].mean() > ir[labels == synthetic.BACKGROUND].mean() + 60
+
+
+def test_nir_skin_is_bright_and_background_dim():
+    """Active NIR illumination: skin bright whatever its visible tone, the scene dim."""
+    for pid in range(1, 11):
+        person = synthetic.sample_identity(0, pid)
+        labels, _ = synthetic.render_parts(person, _draw("front", scene_seed=pid), PARTS_H, PARTS_W)
+        nir = synthetic.render_image(person, _draw("front", scene_seed=pid), NIR_CAMERA, PARTS_H, PARTS_W)
+        face, background = nir[labels == synthetic.FACE].mean(), nir[labels == synthetic.BACKGROUND].mean()
+        assert face > 100 and background < 75 and face > background + 60, (pid, face, background)
+
+
+def test_prints_show_in_nir_not_in_thermal():
+    """A print has its own NIR reflectance; in thermal it is invisible (ink has no temperature)."""
+    person = dataclasses.replace(_first_identity(0, upper_print="stripes", upper_type="jacket", open_front=False),
+                                 folds=())
+    person = _with_ir(person, nir_upper=0.2, nir_print=0.8)
+    draw = _draw("front")
+    labels, rim = synthetic.render_parts(person, draw, PARTS_H, PARTS_W)
+    upper, stripes = (labels == synthetic.UPPER) & (rim < 0.7), (labels == synthetic.UPPER_PRINT) & (rim < 0.7)
+    assert upper.sum() > 50 and stripes.sum() > 50
+    nir = synthetic.render_image(person, draw, NIR_CAMERA, PARTS_H, PARTS_W).astype(float)
+    thermal = synthetic.render_image(person, draw, THERMAL_CAMERA, PARTS_H, PARTS_W).astype(float)
+    assert nir[stripes].mean() > nir[upper].mean() + 50
+    assert abs(thermal[stripes].mean() - thermal[upper].mean()) < 4
+
+
+def test_layers_and_folds_show_in_thermal():
+    """An open coat shows its warmer inner layer from the front only; a fold is a
+    warmer (pressed) or cooler (air pocket) band at the identity's own place on the
+    garment, in every view, and a shadow in RGB."""
+    person = dataclasses.replace(_first_identity(0, upper_type="coat", open_front=True, upper_print="solid"),
+                                 folds=())
+    front = _draw("front")
+    labels, _ = synthetic.render_parts(person, front, PARTS_H, PARTS_W)
+    assert np.sum(labels == synthetic.INNER) > 30
+    for view in ("back", "side"):
+        assert not np.any(synthetic.render_parts(person, _draw(view), PARTS_H, PARTS_W)[0] == synthetic.INNER)
+    thermal = synthetic.render_image(person, front, THERMAL_CAMERA, PARTS_H, PARTS_W).astype(float)
+    assert thermal[labels == synthetic.INNER].mean() > thermal[labels == synthetic.UPPER].mean() + 25
+    # Folds: one warmer on the coat, one cooler on the trousers.
+    folded = dataclasses.replace(person, folds=(synthetic.Fold("upper", 0.2, 1), synthetic.Fold("lower", 0.2, -1)))
+    for view in synthetic.VIEWS:
+        draw = _draw(view)
+        labels, _, crease = synthetic.render_maps(folded, draw, PARTS_H, PARTS_W)
+        assert np.all(crease[labels == synthetic.BACKGROUND] == 0)
+        warm, cool = crease > 0.5, crease < -0.5
+        assert np.all(np.isin(labels[warm], (synthetic.UPPER, synthetic.INNER)))
+        assert np.all(labels[cool] == synthetic.LOWER) and warm.sum() > 5 and cool.sum() > 5
+        plain = synthetic.render_image(person, draw, THERMAL_CAMERA, PARTS_H, PARTS_W).astype(float)
+        with_folds = synthetic.render_image(folded, draw, THERMAL_CAMERA, PARTS_H, PARTS_W).astype(float)
+        assert (with_folds - plain)[warm].mean() > 5 and (with_folds - plain)[cool].mean() < -5
+        rgb_plain = synthetic.render_image(person, draw, synthetic.REGDB_VISIBLE, PARTS_H, PARTS_W).astype(float)
+        rgb_folds = synthetic.render_image(folded, draw, synthetic.REGDB_VISIBLE, PARTS_H, PARTS_W).astype(float)
+        assert (rgb_folds - rgb_plain)[warm | cool].mean() < -1 and (rgb_folds - rgb_plain)[warm | cool].max() <= 1
+
+
+def _part_means(identity, camera, draw, parts):
+    """Mean IR value of each part's pixels off rims and folds; NaN where too few."""
+    labels, rim, crease = synthetic.render_maps(identity, draw, PARTS_H, PARTS_W)
+    image = synthetic.render_image(identity, draw, camera, PARTS_H, PARTS_W).astype(float)
+    means = []
+    for part in parts:
+        pixels = (labels == part) & (rim < 0.6) & (crease == 0)
+        means.append(image[pixels].mean() if pixels.sum() >= 15 else np.nan)
+    return np.array(means)
+
+
+@IR_CAMERAS
+def test_ir_part_values_agree_across_views_and_vary_across_identities(camera):
+    """An identity's garments have the same IR value in every view (same scene, so
+    the same gain) up to noise; across identities they differ."""
+    parts = (synthetic.UPPER, synthetic.LOWER)
+    per_identity = []
+    for pid in range(1, 31):
+        person = synthetic.sample_identity(0, pid)
+        views = np.array([_part_means(person, camera, _draw(view, phase=phase, scene_seed=pid), parts)
+                          for view, phase in (("front", 0.3), ("back", 2.0), ("side", 4.0))])
+        seen = ~np.isnan(views).any(axis=0)  # e.g. shorts under a coat: no trousers to see
+        assert np.all(np.ptp(views[:, seen], axis=0) < 12), (pid, views)
+        per_identity.append(np.where(seen, views.mean(axis=0), np.nan))
+    across = np.nanstd(np.array(per_identity), axis=0)
+    assert np.all(across > 15), across
+
+
+def test_ir_attributes_vary_across_identities():
+    people = [synthetic.sample_identity(0, pid) for pid in range(1, 201)]
+    for name in ("nir_upper", "nir_print", "nir_inner", "nir_lower", "nir_bag"):
+        values = np.array([getattr(person.infrared, name) for person in people])
+        assert values.std() > 0.15 and values.min() < 0.25 and values.max() > 0.75, name
+    for name in ("warmth_upper", "warmth_inner", "warmth_lower", "warmth_bag"):
+        assert np.std([getattr(person.infrared, name) for person in people]) > 0.15, name
+    assert np.std([synthetic.part_temperatures(person)[synthetic.UPPER] for person in people]) > 0.08
+    assert np.std([person.infrared.body_heat for person in people]) > 0.4
+    assert np.mean([len(person.folds) > 0 for person in people]) > 0.6
+    assert 0.2 < np.mean([person.open_front for person in people]) < 0.5
+    assert 0.25 < np.mean([person.collar for person in people]) < 0.6
+
+
+def test_ir_attributes_partly_follow_visible_brightness():
+    """Coupled, not determined: NIR reflectance rises with visible luminance, thermal
+    warmth with darkness, both with a correlation between 0.2 and 0.8."""
+    assert synthetic.IR_VISIBLE_COUPLING == pytest.approx(0.4)
+    people = [synthetic.sample_identity(0, pid) for pid in range(1, 501)]
+    for part, key in (("upper", "upper"), ("upper_print", "print"), ("inner", "inner"), ("lower", "lower"),
+                      ("bag", "bag")):
+        luminance = np.array([_luminance(getattr(person.colours, part)) for person in people])
+        nir = np.array([getattr(person.infrared, f"nir_{key}") for person in people])
+        assert 0.2 < np.corrcoef(luminance, nir)[0, 1] < 0.8, part
+        if key != "print":
+            warmth = np.array([getattr(person.infrared, f"warmth_{key}") for person in people])
+            assert 0.2 < np.corrcoef(1.0 - luminance, warmth)[0, 1] < 0.8, part
+    # Rendered: the upper garment's NIR brightness follows its RGB brightness, partly.
+    rgb, nir = [], []
+    for pid, person in enumerate(people[:120], start=1):
+        draw = _draw("front", scene_seed=pid)
+        labels, rim, crease = synthetic.render_maps(person, draw, PARTS_H, PARTS_W)
+        pixels = (labels == synthetic.UPPER) & (rim < 0.6) & (crease == 0)
+        rgb_image = synthetic.render_image(person, draw, synthetic.REGDB_VISIBLE, PARTS_H, PARTS_W)
+        rgb.append(_luminance(rgb_image[pixels].mean(axis=0)))
+        nir.append(synthetic.render_image(person, draw, NIR_CAMERA, PARTS_H, PARTS_W)[pixels].mean())
+    assert 0.2 < np.corrcoef(rgb, nir)[0, 1] < 0.8
 
 
 def test_views_show_different_parts():
@@ -138,15 +300,17 @@ def test_identities_differ_and_are_seeded():
     assert synthetic.sample_identity(0, 1) != synthetic.sample_identity(0, 2)
 
 
-def test_example_sheet_rgb_over_ir():
+def test_example_sheet_rgb_over_thermal_over_nir():
     sheet = synthetic.example_sheet(seed=0, num_ids=3, height=H, width=W)
-    assert sheet.shape == (2 * H, 3 * W, 3) and sheet.dtype == np.uint8
-    ir_row = sheet[H:]
-    np.testing.assert_array_equal(ir_row[..., 0], ir_row[..., 1])
-    np.testing.assert_array_equal(ir_row[..., 0], ir_row[..., 2])
+    assert sheet.shape == (3 * H, 3 * W, 3) and sheet.dtype == np.uint8
+    ir_rows = sheet[H:]
+    np.testing.assert_array_equal(ir_rows[..., 0], ir_rows[..., 1])
+    np.testing.assert_array_equal(ir_rows[..., 0], ir_rows[..., 2])
     assert np.any(sheet[:H, ..., 0] != sheet[:H, ..., 2])  # the RGB row has colour
     np.testing.assert_array_equal(
-        sheet[H:, W:2 * W, 0], synthetic.render_identity_images(0, 2, synthetic.REGDB_THERMAL, 1, H, W)[0])
+        sheet[H:2 * H, W:2 * W, 0], synthetic.render_identity_images(0, 2, synthetic.REGDB_THERMAL, 1, H, W)[0])
+    np.testing.assert_array_equal(
+        sheet[2 * H:, W:2 * W, 0], synthetic.render_identity_images(0, 2, synthetic.SYSU_CAMERAS[3], 1, H, W)[0])
 
 
 # --- RegDB layout ------------------------------------------------------------------
@@ -154,7 +318,7 @@ def test_example_sheet_rgb_over_ir():
 def test_regdb_layout_and_index(tmp_path):
     num_ids, images = 5, 3
     synthetic.generate(tmp_path, "regdb", num_ids, seed=0, height=H, width=W, images_per_id=images)
-    assert sorted(os.listdir(tmp_path)) == ["Thermal", "Visible", "idx"]
+    assert sorted(os.listdir(tmp_path)) == ["Thermal", "Visible", "idx", "synthetic.json"]
     for folder in ("Visible", "Thermal"):
         assert sorted(os.listdir(tmp_path / folder), key=int) == [str(pid) for pid in range(1, num_ids + 1)]
     # The files are exactly the rendered images: BMP is lossless; thermal is 8-bit gray.
@@ -217,7 +381,7 @@ def test_workers_write_the_same_bytes(tmp_path):
 def test_sysu_layout_and_splits(tmp_path):
     num_ids = 10
     synthetic.generate(tmp_path, "sysu", num_ids, seed=0, height=H, width=W)
-    assert sorted(os.listdir(tmp_path)) == [f"cam{cam}" for cam in range(1, 7)] + ["exp"]
+    assert sorted(os.listdir(tmp_path)) == [f"cam{cam}" for cam in range(1, 7)] + ["exp", "synthetic.json"]
     cams_of = {pid: set() for pid in range(1, num_ids + 1)}
     low, high = synthetic._SYSU_IMAGES_PER_CAM
     for cam in range(1, 7):
@@ -267,6 +431,39 @@ def test_bad_arguments_name_the_argument(tmp_path, kwargs, message):
     assert not (tmp_path / "data").exists()
 
 
+@pytest.mark.parametrize("layout, num_ids", [("regdb", 3), ("sysu", 5)])
+def test_generate_records_what_it_rendered(tmp_path, layout, num_ids):
+    """synthetic.json at the root: render version and arguments, rewritten on overwrite."""
+    assert synthetic.RENDER_VERSION == 2 and synthetic.METADATA_FILE == "synthetic.json"
+    synthetic.generate(tmp_path, layout, num_ids, seed=3, height=H, width=W + 2, images_per_id=1)
+    written = json.loads((tmp_path / "synthetic.json").read_text())
+    assert written == {"render_version": 2, "layout": layout, "num_ids": num_ids, "seed": 3, "height": H,
+                       "width": W + 2}
+    assert written == synthetic.metadata(layout, num_ids, 3, H, W + 2)
+    synthetic.generate(tmp_path, layout, num_ids + 1, seed=4, height=H, width=W, images_per_id=1, overwrite=True)
+    assert json.loads((tmp_path / "synthetic.json").read_text()) == {
+        "render_version": 2, "layout": layout, "num_ids": num_ids + 1, "seed": 4, "height": H, "width": W}
+    assert [name for name in os.listdir(tmp_path.parent) if name.startswith(".synthetic-")] == []
+
+
+def test_metadata_only_beside_a_complete_dataset(tmp_path, monkeypatch):
+    """Interrupted while moving the new dataset in (before its index): no synthetic.json."""
+    synthetic.generate(tmp_path, "regdb", 2, seed=0, height=H, width=W, images_per_id=1)
+    assert (tmp_path / "synthetic.json").is_file()
+    replace = os.replace
+
+    def interrupted(src, dst):
+        if os.path.basename(dst) == "idx":
+            raise KeyboardInterrupt
+        replace(src, dst)
+
+    monkeypatch.setattr(synthetic.os, "replace", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        synthetic.generate(tmp_path, "regdb", 3, seed=1, height=H, width=W, images_per_id=1, overwrite=True)
+    assert not (tmp_path / "idx").exists() and not (tmp_path / "synthetic.json").exists()
+    assert [name for name in os.listdir(tmp_path.parent) if name.startswith(".synthetic-")] == []
+
+
 def test_existing_dataset_needs_overwrite(tmp_path):
     synthetic.generate(tmp_path, "regdb", 2, seed=0, height=H, width=W, images_per_id=1)
     with pytest.raises(FileExistsError, match="overwrite"):
@@ -285,7 +482,7 @@ def test_cli_names_the_bad_flag_and_writes_a_sheet(tmp_path):
     assert bad.returncode != 0 and "num_ids must be >= 5" in bad.stderr
     good = run(f"--sheet={tmp_path / 'sheet.png'}", f"--height={H}", f"--width={W}")
     assert good.returncode == 0, good.stderr
-    assert Image.open(tmp_path / "sheet.png").size == (6 * W, 2 * H)
+    assert Image.open(tmp_path / "sheet.png").size == (6 * W, 3 * H)
 
 
 def test_import_defines_no_flags():

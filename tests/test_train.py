@@ -29,7 +29,7 @@ def smoke_run(tmp_path_factory):
     assert first.returncode == 0, first.stderr[-3000:]
     first_metrics = json.loads((run_dir / "metrics.json").read_text())
     before = {p: p.stat().st_mtime_ns for p in data_dir.rglob("*") if p.is_file()}
-    second = _train(f"--data_dir={data_dir}", f"--run_dir={run_dir}")
+    second = _train(f"--data_dir={data_dir}", f"--run_dir={run_dir}", "--eval_every=3")
     assert second.returncode == 0, second.stderr[-3000:]
     after = {p: p.stat().st_mtime_ns for p in data_dir.rglob("*") if p.is_file()}
     return data_dir, run_dir, first, second, first_metrics, before == after
@@ -53,7 +53,7 @@ def test_smoke_run_writes_config_metrics_checkpoints_and_the_embedder(smoke_run)
     assert len(list((data_dir / "idx").glob("*.txt"))) == 40
 
     metrics = json.loads((run_dir / "metrics.json").read_text())
-    assert set(metrics) == {"regdb_v2t", "regdb_t2v"}
+    assert set(metrics) == {"regdb_v2t", "regdb_t2v", "regdb_intra_rgb", "regdb_intra_ir"}
     for values in metrics.values():
         assert set(values["cmc"]) == {"1", "5", "10", "20"}
         cmc = [values["cmc"][k] for k in ("1", "5", "10", "20")]
@@ -85,7 +85,9 @@ def test_summaries_hold_losses_gradient_norms_images_and_evaluation(smoke_run):
     events.Reload()
     tags = set(events.Tags()["tensors"])
     expected = {"loss/recon", "loss/cycle", "loss/gan", "loss/discriminator", "loss/variation", "loss/id_cls",
-                "loss/id_triplet", "loss/il", "loss/lr", "loss/ui", "loss/total", "grad_norm/generation",
+                "loss/id_triplet", "loss/local_id", "loss/il", "loss/lr", "loss/ui", "loss/total",
+                "grad_norm/generation", "grad_norm/reid_set_level/generator", "grad_norm/reid_set_level/reid",
+                "grad_norm/reid_set_level/alignment", "train/learning_rate_generation", "eval/regdb_intra_ir/rank1",
                 "grad_norm/reid_set_level", "train/learning_rate", "train/images_per_second",
                 "eval/regdb_v2t/rank1", "eval/regdb_v2t/mAP", "generation/rgb", "generation/ir",
                 "generation/mixing_rgb", "eval/similarity_intra_person", "eval/similarity_inter_person"}
@@ -96,6 +98,12 @@ def test_summaries_hold_losses_gradient_norms_images_and_evaluation(smoke_run):
     assert _scalars(run_dir, "train/learning_rate")[4] == pytest.approx(1e-3)
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert _scalars(run_dir, "eval/regdb_v2t/rank1")[4] == pytest.approx(metrics["regdb_v2t"]["cmc"]["1"], abs=1e-6)
+    # --eval_every=3 in the second invocation: step 3, then the final evaluation; the first
+    # invocation's final one (step 2) is kept.
+    history = json.loads((run_dir / "eval_history.json").read_text())
+    assert [entry["step"] for entry in history] == [2, 3, 4]
+    assert history[-1]["metrics"] == metrics
+    assert sorted(_scalars(run_dir, "eval/regdb_t2v/mAP")) == [2, 3, 4]
     # Fig. 6 grid: real | generated pair | reconstruction | cycle, 32x16 images side by side;
     # Fig. 7 strip: 2 real images + 5 mixtures.
     grid = events.Tensors("generation/rgb")[-1].tensor_proto.string_val
@@ -114,7 +122,8 @@ def test_mirrored_strategy_over_two_logical_cpus_trains_and_evaluates(smoke_run,
                     "--joint_epochs=0")
     assert result.returncode == 0, result.stderr[-3000:]
     assert "2 replica(s)" in result.stderr and "step 2/2 [pretrain_g]" in result.stderr
-    assert set(json.loads((run_dir / "metrics.json").read_text())) == {"regdb_v2t", "regdb_t2v"}
+    assert set(json.loads((run_dir / "metrics.json").read_text())) == {"regdb_v2t", "regdb_t2v", "regdb_intra_rgb",
+                                                                     "regdb_intra_ir"}
     assert sorted(_scalars(run_dir, "loss/variation")) == [1, 2]
     single = _train(f"--data_dir={data_dir}", f"--run_dir={run_dir}", "--joint_epochs=0")
     assert single.returncode == 0, single.stderr[-3000:]
@@ -180,13 +189,16 @@ def test_presets_parse_into_valid_configs(preset):
     assert cfg.data.dataset == ("sysu" if preset == "sysu" else "regdb")
     if preset in ("regdb", "sysu"):
         # Paper Sec. 4.2: 256x128 inputs, 16 persons x (4 RGB + 4 IR), flip only; ImageNet
-        # ResNet-50; Adam 2e-4, betas (0.5, 0.999); G pre-trained 100 epochs, then 50 joint
-        # epochs with lr x 0.1 at 30.
+        # ResNet-50; G pre-trained 100 epochs, then 50 joint epochs with lr x 0.1 at 30.
+        # Optimizers: the official code's per-group settings.
         data, model, train = cfg.data, cfg.model, cfg.train
         assert (data.height, data.width, data.num_ids, data.num_instances) == (256, 128, 16, 4)
         assert (data.flip, data.pad, data.random_erasing, data.channel_aug) == (True, 0, 0.0, 0.0)
         assert (model.backbone, model.backbone_weights, model.num_res_blocks) == ("resnet50", "imagenet", 4)
-        assert (train.lr, train.beta1, train.beta2) == (2e-4, 0.5, 0.999)
+        assert train.optimizer_settings("reid_set_level") == (4.5e-4, 0.9, 0.999, 5e-4)
+        assert train.optimizer_settings("reid_instance_level") == (4.5e-4, 0.9, 0.999, 5e-4)
+        for group in ("generation", "discriminators", "variation"):
+            assert train.optimizer_settings(group) == (1e-4, 0.5, 0.999, 1e-4)
         assert [(p.name, p.epochs, p.lr_decay_epochs) for p in train.phases] == [
             ("pretrain_g", 100, ()), ("joint", 50, (30,))]
     else:  # CPU presets: the tiny ResNet-18
@@ -232,3 +244,34 @@ def test_evaluate_cli_embeds_the_dataset_with_the_exported_model(smoke_run, tmp_
     trained = json.loads((run_dir / "metrics.json").read_text())["regdb_v2t"]
     assert served["mAP"] == pytest.approx(trained["mAP"], abs=1e-6)
     assert served["cmc"] == pytest.approx(trained["cmc"], abs=1e-6)
+
+
+def _data_cfg(data_dir, **overrides):
+    from jsia_tf import config as config_lib
+    fields = dict(dataset="regdb", data_dir=str(data_dir), synthetic_ids=4, height=16, width=8)
+    return config_lib.DataConfig(**{**fields, **overrides})
+
+
+def test_cached_synthetic_dataset_is_regenerated_when_the_flags_or_renderer_change(tmp_path):
+    from jsia_tf import config as config_lib
+    from jsia_tf import train
+    from jsia_tf.data import synthetic
+
+    data_dir = tmp_path / "synthetic"
+    assert len(train.prepare_dataset(_data_cfg(data_dir)).test) == 2 * 2 * 10
+    stamp = json.loads((data_dir / synthetic.METADATA_FILE).read_text())
+    assert stamp == synthetic.metadata("regdb", 4, 0, 32, 16)  # rendered at twice the input size
+    before = (data_dir / "Visible" / "1" / "v_00001_01.bmp").read_bytes()
+    train.prepare_dataset(_data_cfg(data_dir))  # same flags: reused
+    assert (data_dir / "Visible" / "1" / "v_00001_01.bmp").read_bytes() == before
+    dataset = train.prepare_dataset(_data_cfg(data_dir, synthetic_ids=6))  # more ids: regenerated
+    assert dataset.num_classes == 3
+    (data_dir / synthetic.METADATA_FILE).write_text(json.dumps({**stamp, "render_version": 1}))
+    train.prepare_dataset(_data_cfg(data_dir, synthetic_seed=1))  # an older renderer, another seed
+    assert json.loads((data_dir / synthetic.METADATA_FILE).read_text())["seed"] == 1
+    assert (data_dir / "Visible" / "1" / "v_00001_01.bmp").read_bytes() != before
+    # A folder that this code did not generate is never overwritten.
+    (data_dir / synthetic.METADATA_FILE).unlink()
+    with pytest.raises(config_lib.ConfigError, match="--data_dir=.*no synthetic.json here"):
+        train.prepare_dataset(_data_cfg(data_dir))
+    assert (data_dir / "Visible").is_dir()

@@ -1,6 +1,8 @@
 """The Trainer at tiny sizes: variable groups, loss routing, steps, checkpoints, the non-finite guard,
 Table 3's switches and mixed_float16 loss scaling."""
 
+import dataclasses
+
 import keras
 import numpy as np
 import pytest
@@ -26,8 +28,8 @@ def tiny_config(run_dir="run", loss=None, mixed_precision="float32", **model_ove
                                  gan_num_ids=2, gan_num_instances=2)
     # lambda 1 for IL / LR / UI so that their (small at initialisation) gradients are clear.
     loss = config_lib.LossConfig(**{"lambda_il": 1.0, "lambda_lr": 1.0, "lambda_ui": 1.0, **(loss or {})})
-    train = config_lib.TrainConfig(phases=config_lib.paper_phases(1, 1, ()), steps_per_epoch=2, lr=1e-3,
-                                   mixed_precision=mixed_precision)
+    train = config_lib.TrainConfig(phases=config_lib.paper_phases(1, 1, (), model.get("generation", True)),
+                                   steps_per_epoch=2, lr=1e-3, mixed_precision=mixed_precision)
     return config_lib.Config(run_dir=str(run_dir), data=data, model=config_lib.ModelConfig(**model), loss=loss,
                              train=train)
 
@@ -128,8 +130,10 @@ def test_pretrain_phase_leaves_the_reid_encoders_out(trainer):
     # An objective holds only terms routed to its groups; reid_set_level is not stepped in pretraining.
     values = {term: tf.constant(1.0) for term in trainer.terms_for(pretrain.groups)}
     objectives = trainer.objectives(values, pretrain.groups)
-    assert set(objectives) == {("generation",), ("discriminators",), ("variation",)}
-    assert float(objectives[("generation",)]) == pytest.approx(1.0 + 10.0 + 1.0)  # recon + lambda_cyc + lambda_gan
+    assert set(objectives) == {(("generation",), "generator"), (("discriminators",), "discriminator"),
+                               (("variation",), "variation")}
+    # recon + lambda_cyc + lambda_gan
+    assert float(objectives[(("generation",), "generator")]) == pytest.approx(1.0 + 10.0 + 1.0)
 
 
 def test_discriminator_step_changes_only_the_discriminators(trainer):
@@ -152,13 +156,15 @@ def test_joint_steps_on_a_fixed_batch_lower_the_identity_and_reconstruction_loss
     assert {f"loss/{t}" for t in trainer.terms} <= set(first)
     assert {f"grad_norm/{g}" for g in config_lib.GROUPS} <= set(first)
     assert all(float(first[f"grad_norm/{g}"]) > 0 for g in config_lib.GROUPS)
+    # What each objective sends into the shared stem E^sl (L^G, re-ID, alignment).
+    assert all(float(first[f"grad_norm/reid_set_level/{o}"]) > 0 for o in ("generator", "reid", "alignment"))
     id_loss = [float(s["loss/id_cls"]) + float(s["loss/id_triplet"]) for s in (first, last)]
     assert id_loss[1] < id_loss[0]
     assert float(last["loss/recon"]) < float(first["loss/recon"])
 
 
 def test_checkpoint_restores_every_variable(trainer, tmp_path):
-    trainer.set_learning_rate(5e-4)
+    trainer.set_learning_rates({group: 5e-4 for group in config_lib.GROUPS})
     path = trainer.checkpoint().save(str(tmp_path / "ckpt"))
     restored = trainer_lib.Trainer(tiny_config(), NUM_CLASSES)
     restored.checkpoint().restore(path).assert_consumed()
@@ -209,12 +215,17 @@ def test_mixed_bfloat16_losses_are_finite_float32(mixed_bfloat16):
 
 
 def test_schedule_phases_and_learning_rate_decay():
-    train = config_lib.TrainConfig(phases=config_lib.paper_phases(2, 3, (1, 2)), steps_per_epoch=10, lr=1.0)
+    train = config_lib.TrainConfig(phases=config_lib.paper_phases(2, 3, (1, 2)), steps_per_epoch=10, lr=1.0,
+                                   gan_lr=2.0)
     assert train.total_steps == 50
     assert [train.phase_at(s)[0].name for s in (0, 19, 20, 49)] == ["pretrain_g", "pretrain_g", "joint", "joint"]
     assert train.phase_at(35) == (train.phases[1], 1)
     # lr x 0.1 at joint epochs 1 and 2; the pre-training phase is not decayed.
-    assert [train.learning_rate_at(s) for s in (0, 19, 29, 30, 40)] == pytest.approx([1.0, 1.0, 1.0, 0.1, 0.01])
+    rates = [train.learning_rates_at(s) for s in (0, 19, 29, 30, 40)]
+    assert [r["reid_set_level"] for r in rates] == pytest.approx([1.0, 1.0, 1.0, 0.1, 0.01])
+    assert [r["reid_instance_level"] for r in rates] == [r["reid_set_level"] for r in rates]
+    assert [r["generation"] for r in rates] == pytest.approx([2.0, 2.0, 2.0, 0.2, 0.02])
+    assert all(r["discriminators"] == r["variation"] == r["generation"] for r in rates)
     with pytest.raises(ValueError, match="outside"):
         train.phase_at(50)
     with pytest.raises(config_lib.ConfigError, match="--pretrain_epochs=-1"):
@@ -229,9 +240,9 @@ ALL_BUT_MODALITY = tuple(t for t in trainer_lib.TERM_ROUTES if t not in MODALITY
 @pytest.mark.parametrize("loss, model, absent", [
     ({"instance_alignment": False}, {}, {"il"}),  # --il=false
     ({"unseen_identity": False}, {}, {"ui"}),  # --ui=false
-    ({"local_alignment": "off"}, {}, {"lr"}),  # --lr_align=off
+    ({"local_alignment": "off"}, {}, {"lr", "local_id"}),  # --lr_align=off: no C^k at all
     ({"local_alignment": "unpaired"}, {}, set()),  # --lr_align=unpaired: Eq. 12 still computed
-    ({}, {"num_regions": 0}, {"lr"}),  # no local classifiers
+    ({}, {"num_regions": 0}, {"lr", "local_id"}),  # no local classifiers
     ({}, {"set_level": "separate"}, set()),
 ])
 def test_table3_switches_decide_the_terms(loss, model, absent):
@@ -276,7 +287,8 @@ def test_unpaired_local_alignment_compares_the_real_images_of_each_person():
     reid_batch, gan_batch = fixed_batch(22), fixed_batch(23)
     with tf.GradientTape(persistent=True) as tape:
         value = t.compute_losses(reid_batch, gan_batch, terms=["lr"])["lr"]
-    real = {m: t.alignment(gan_batch[m], training=True)["local_logits"] for m in ("rgb", "ir")}
+    # Both modalities in one batch-norm batch (modality_bn="joint").
+    real = t.per_modality(lambda x: t.alignment(x, training=True)["local_logits"], gan_batch["rgb"], gan_batch["ir"])
     expected = np.mean(trainer_lib.losses.unpaired_local_alignment_loss(real["ir"], real["rgb"]).numpy())
     assert float(value) == pytest.approx(expected, rel=1e-5) and float(value) > 0
     assert _reached(tape, value, t.groups) == {"reid_set_level", "reid_instance_level"}
@@ -303,8 +315,10 @@ def test_modality_gan_builds_its_discriminator_only_with_sl_gan(trainer, gan_tra
     assert "modality_adversarial" not in t.terms_for(pretrain.groups)
     # Each side's objective holds only its own term: D never sees the adversarial term.
     objectives = t.objectives({term: tf.constant(1.0) for term in t.terms_for(joint.groups)}, joint.groups)
-    assert float(objectives[("reid_set_level",)]) == pytest.approx(0.5)  # lambda_modality x the adversarial term
-    assert float(objectives[("discriminators",)]) == pytest.approx(2.0)  # discriminator + modality_discriminator
+    # lambda_modality x the adversarial term
+    assert float(objectives[(("reid_set_level",), "modality_adversarial")]) == pytest.approx(0.5)
+    # discriminator + modality_discriminator
+    assert float(objectives[(("discriminators",), "discriminator")]) == pytest.approx(2.0)
 
 
 def test_modality_terms_reach_exactly_their_groups(gan_trainer):
@@ -394,10 +408,162 @@ def test_loss_scales_follow_each_group_across_shared_routes(mixed_float16):
     with tf.GradientTape(persistent=True) as tape:
         values = t.compute_losses(fixed_batch(36), fixed_batch(37), terms=["id_cls"])
         objectives = t.objectives(values, groups, scales)
-    assert float(objectives[groups]) == pytest.approx(4.0 * float(t.objectives(values, groups)[groups]))
+    key = (groups, "reid")
+    assert float(objectives[key]) == pytest.approx(4.0 * float(t.objectives(values, groups)[key]))
     mixed, same = t.gradients(tape, objectives, groups, scales), t.gradients(tape, objectives, groups, equal)
     for a, b in zip(mixed["reid_set_level"], same["reid_set_level"]):
         np.testing.assert_array_equal(a.numpy(), b.numpy())
     for a, b in zip(mixed["reid_instance_level"], same["reid_instance_level"]):
         np.testing.assert_array_equal(a.numpy(), 4.0 * b.numpy())
     assert any(np.any(g.numpy() != 0) for g in mixed["reid_instance_level"])
+
+
+# -- the learning path (issue: both modalities in one BN batch, generated images and the
+#    moving statistics, trained local classifiers, per-group optimizers, F alone) --------
+
+
+@pytest.mark.parametrize("modality_bn", ["joint", "separate"])
+def test_reid_batch_is_normalised_as_configured(modality_bn):
+    """joint: Eq. 13's inputs are F's outputs on the concatenated RGB + IR batch (one set of
+    batch statistics, as the moving statistics at test); separate: one call per modality."""
+    t = trainer_lib.Trainer(tiny_config(modality_bn=modality_bn), NUM_CLASSES)
+    batch = fixed_batch(40)
+    batch["ir"] = batch["ir"] * 0.25 + 30.0  # another modality: other statistics
+    value = float(t.compute_losses(batch, fixed_batch(41), terms=["id_cls"])["id_cls"])
+    labels = np.concatenate([batch["rgb_labels"], batch["ir_labels"]])
+    if modality_bn == "joint":
+        logits = t.alignment(tf.concat([batch["rgb"], batch["ir"]], 0), training=True)["logits"]
+    else:
+        logits = tf.concat([t.alignment(batch[m], training=True)["logits"] for m in ("rgb", "ir")], 0)
+    other = tf.concat([t.alignment(batch[m], training=True)["logits"] for m in ("rgb", "ir")], 0) \
+        if modality_bn == "joint" else t.alignment(tf.concat([batch["rgb"], batch["ir"]], 0), training=True)["logits"]
+    expected = trainer_lib.losses.label_smoothed_cross_entropy(labels, logits, 0.1).numpy().mean()
+    assert value == pytest.approx(float(expected), rel=1e-5)
+    alternative = trainer_lib.losses.label_smoothed_cross_entropy(labels, other, 0.1).numpy().mean()
+    assert abs(value - float(alternative)) > 1e-4  # the two conventions differ on these batches
+
+
+@pytest.mark.parametrize("mode", ["restore", "inference", "update"])
+@pytest.mark.parametrize("graph", [False, True])
+def test_generated_images_and_the_moving_statistics(mode, graph):
+    """restore (default): batch statistics in the forward pass, moving statistics unchanged;
+    inference: the moving statistics normalise; update (official): they change."""
+    t = trainer_lib.Trainer(tiny_config(generated_bn=mode), NUM_CLASSES)
+    statistics = t._bn_statistics()
+    assert statistics and all("moving_" in v.path for v in statistics)
+    # Every BN layer of E^sl, E^il and the classifiers holds a mean and a variance.
+    assert len(statistics) == 2 * sum(isinstance(layer, keras.layers.BatchNormalization)
+                                      for layer in t.alignment._flatten_layers())
+    images = fixed_batch(42)["rgb"] * 0.5 + 20.0
+
+    def forward(x):
+        return t.on_generated(lambda training: t.alignment(x, training=training)["logits"], training=True)
+
+    before = _values(statistics)
+    logits = (tf.function(forward) if graph else forward)(images)
+    changed = [np.any(b != a) for b, a in zip(before, _values(statistics))]
+    if mode == "update":
+        assert all(changed)
+    else:
+        assert not any(changed)
+    reference = t.alignment(images, training=mode != "inference")["logits"]  # (updates the statistics)
+    np.testing.assert_allclose(logits.numpy(), reference.numpy(), rtol=1e-5, atol=1e-6)
+    # Inference-mode callers (summaries, analysis) are never switched to training.
+    assert t.on_generated(lambda training: training, training=False) is False
+
+
+def test_local_classifiers_learn_identities_from_their_stripes():
+    """Eq. 12's C^k get their own label-smoothed identity loss on the real re-ID stripes (PCB);
+    its gradient reaches every C^k, E^il and E^sl, and not C or module G."""
+    t = trainer_lib.Trainer(tiny_config(), NUM_CLASSES)
+    batch = fixed_batch(43)
+    with tf.GradientTape(persistent=True) as tape:
+        value = t.compute_losses(batch, fixed_batch(44), terms=["local_id"])["local_id"]
+    out = t.alignment(tf.concat([batch["rgb"], batch["ir"]], 0), training=True)
+    labels = np.concatenate([batch["rgb_labels"], batch["ir_labels"]])
+    expected = np.mean([trainer_lib.losses.label_smoothed_cross_entropy(labels, logits, 0.1).numpy().mean()
+                        for logits in out["local_logits"]])
+    assert float(value) == pytest.approx(float(expected), rel=1e-5)
+    assert t.term_weights["local_id"] == 1.0
+    for classifier in t.alignment.local_classifiers:
+        grad = tape.gradient(value, classifier.dense.kernel)
+        assert grad is not None and np.any(grad.numpy() != 0)
+    assert tape.gradient(value, t.alignment.classifier.dense.kernel) is None
+    assert _reached(tape, value, t.groups) == {"reid_set_level", "reid_instance_level"}
+
+
+def test_local_identity_training_makes_the_local_alignment_matter(eager):
+    """Without the identity loss the C^k stay at their initialisation (logits ~0.02), so Eq. 12
+    is ~1e-5; four steps with it spread the local logits (and so Eq. 12) several times more."""
+    def lr_after(lambda_local_id):
+        keras.utils.set_random_seed(0)
+        t = trainer_lib.Trainer(tiny_config(loss={"lambda_local_id": lambda_local_id}), NUM_CLASSES)
+        _, joint = t.config.train.phases
+        for step in range(4):
+            t.train_step(joint, fixed_batch(45), fixed_batch(46))
+        batch = fixed_batch(45)
+        return float(np.std(t.alignment(batch["rgb"], training=False)["local_logits"][0].numpy()))
+
+    assert lr_after(1.0) > 2.5 * lr_after(0.0)  # measured: 3.7x
+
+
+def test_per_group_optimizers_are_in_the_config_and_the_checkpoint(tmp_path):
+    cfg = tiny_config()
+    train = dataclasses.replace(cfg.train, lr=3e-4, beta1=0.8, weight_decay=2e-3, gan_lr=5e-5, gan_beta1=0.4,
+                                gan_weight_decay=7e-4)
+    t = trainer_lib.Trainer(dataclasses.replace(cfg, train=train), NUM_CLASSES)
+    for group, (lr, beta1, weight_decay) in {"reid_set_level": (3e-4, 0.8, 2e-3),
+                                             "reid_instance_level": (3e-4, 0.8, 2e-3),
+                                             "generation": (5e-5, 0.4, 7e-4), "discriminators": (5e-5, 0.4, 7e-4),
+                                             "variation": (5e-5, 0.4, 7e-4)}.items():
+        optimizer = t.optimizers[group]
+        assert isinstance(optimizer, keras.optimizers.AdamW)
+        assert (float(optimizer.learning_rate), optimizer.beta_1, optimizer.weight_decay) == pytest.approx(
+            (lr, beta1, weight_decay))
+    config_lib.Config.save(dataclasses.replace(cfg, train=train), tmp_path / "config.json")
+    loaded = config_lib.Config.load(tmp_path / "config.json")
+    assert loaded.train.optimizer_settings("generation") == (5e-5, 0.4, 0.999, 7e-4)
+    path = t.checkpoint().save(str(tmp_path / "ckpt"))
+    reader = tf.train.load_checkpoint(path)
+    saved = {name.split("/")[0]: reader.get_tensor(name) for name in reader.get_variable_to_shape_map()
+             if name.startswith("optimizer_settings_")}
+    np.testing.assert_allclose(saved["optimizer_settings_reid_set_level"], (3e-4, 0.8, 0.999, 2e-3))
+    np.testing.assert_allclose(saved["optimizer_settings_variation"], (5e-5, 0.4, 0.999, 7e-4))
+    # Resuming with other settings: the difference is reported, the new settings win.
+    other = trainer_lib.Trainer(tiny_config(), NUM_CLASSES)
+    other.checkpoint().restore(path).assert_consumed()
+    differ = other.restored_settings_differ()
+    assert set(differ) == set(config_lib.GROUPS)
+    assert differ["generation"] == ((5e-5, 0.4, 0.999, 7e-4), other.config.train.optimizer_settings("generation"))
+    assert other.restored_settings_differ() == {}
+
+
+def test_reid_learning_rate_warms_up_from_the_first_step_that_trains_f():
+    train = config_lib.TrainConfig(phases=config_lib.paper_phases(1, 2, ()), steps_per_epoch=10, lr=1.0,
+                                   gan_lr=0.5, warmup_steps=4)
+    rates = [train.learning_rates_at(s) for s in (0, 9, 10, 11, 13, 14, 29)]
+    assert [r["reid_set_level"] for r in rates] == pytest.approx([0.25, 0.25, 0.25, 0.5, 1.0, 1.0, 1.0])
+    assert [r["generation"] for r in rates] == pytest.approx([0.5] * 7)  # G is not warmed up
+    with pytest.raises(config_lib.ConfigError, match="--warmup_steps=-1"):
+        config_lib.TrainConfig(warmup_steps=-1)
+
+
+def test_module_f_alone_steps_only_f(eager):
+    """--generation=false (Table 3 row 1 without the cost of G): one phase, F's groups, the
+    identity terms only; a term that needs generated images is a flag error."""
+    cfg = tiny_config(generation=False, loss={"instance_alignment": False, "local_alignment": "off",
+                                             "unseen_identity": False})
+    t = trainer_lib.Trainer(cfg, NUM_CLASSES)
+    (phase,) = cfg.train.phases
+    assert phase.groups == config_lib.REID_GROUPS
+    assert set(t.terms_for(phase.groups)) == {"id_cls", "id_triplet"}
+    frozen = [v for name in ("generation", "discriminators", "variation") for v in t.groups[name]]
+    before = _values(frozen)
+    scalars = t.train_step(phase, fixed_batch(47), fixed_batch(48))
+    assert {n for n in scalars if n.startswith("loss/")} == {"loss/id_cls", "loss/id_triplet", "loss/total"}
+    for b, a in zip(before, _values(frozen)):
+        np.testing.assert_array_equal(b, a)
+    with pytest.raises(config_lib.ConfigError, match="--il=True.*--generation=false"):
+        tiny_config(generation=False, loss={"local_alignment": "off", "unseen_identity": False})
+    with pytest.raises(config_lib.ConfigError, match="--generation=False"):
+        dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, phases=config_lib.paper_phases(1, 1, ())))

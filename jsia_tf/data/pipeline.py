@@ -57,17 +57,20 @@ class AugmentConfig:
       random_erasing: probability of erasing one rectangle (Zhong et al. 2017) with zeros
         in normalised space, i.e. with the ImageNet mean pixel; 0 disables.
       channel_aug: probability of AGW channel augmentation on RGB images; 0 disables.
+      intensity_aug: probability of a random intensity remapping of an image of either
+        modality (:func:`intensity_augment`); 0 disables.
     """
 
     flip: bool = True
     pad: int = 10
     random_erasing: float = 0.5
     channel_aug: float = 0.0
+    intensity_aug: float = 0.0
 
     def __post_init__(self):
         if not isinstance(self.pad, int) or self.pad < 0:
             raise ValueError(f"AugmentConfig.pad must be an integer >= 0, got {self.pad!r}")
-        for name in ("random_erasing", "channel_aug"):
+        for name in ("random_erasing", "channel_aug", "intensity_aug"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"AugmentConfig.{name} is a probability in [0, 1], got {getattr(self, name)!r}")
 
@@ -189,6 +192,31 @@ def channel_augment(image, probability, seed):
     return tf.where(tf.random.stateless_uniform([], apply_seed) < probability, gray, image)
 
 
+# Range of the gamma of intensity_augment, log-uniform.
+INTENSITY_GAMMA = (0.5, 2.0)
+
+
+def intensity_augment(image, probability, seed):
+    """A random intensity remapping of one normalised image [H, W, 3] (either modality).
+
+    With ``probability``: the pixels are inverted (255 - p) with probability 1/2, then
+    raised to a gamma drawn log-uniformly from :data:`INTENSITY_GAMMA` (p = 255 (p /
+    255)^gamma). IR brightness follows temperature or near-infrared reflectance, not
+    visible brightness: dark clothes may be bright in IR and the other way round. An
+    identity cue that survives any monotone remapping, or its inverse, is one that both
+    modalities show (shape, layout, relative contrast), which is what cross-modality
+    matching can use.
+    """
+    apply_seed, invert_seed, gamma_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 3))
+    mean = tf.constant(CAFFE_MEAN_BGR)
+    pixels = tf.clip_by_value(image + mean, 0.0, 255.0) / 255.0  # [H, W, 3] in [0, 1]
+    pixels = tf.where(tf.random.stateless_uniform([], invert_seed) < 0.5, 1.0 - pixels, pixels)
+    low, high = np.log(INTENSITY_GAMMA[0]), np.log(INTENSITY_GAMMA[1])
+    gamma = tf.exp(tf.random.stateless_uniform([], gamma_seed, low, high))
+    remapped = 255.0 * tf.pow(pixels, gamma) - mean
+    return tf.where(tf.random.stateless_uniform([], apply_seed) < probability, remapped, image)
+
+
 def augment_image(image, config, seed, rgb):
     """Training augmentation of one normalised image [H, W, 3] (static shape, kept).
 
@@ -211,6 +239,8 @@ def augment_image(image, config, seed, rgb):
         image = random_erasing(image, config.random_erasing, erase_seed)
     if rgb and config.channel_aug:
         image = channel_augment(image, config.channel_aug, channel_seed)
+    if config.intensity_aug:  # its own stream: the others are those of earlier versions
+        image = intensity_augment(image, config.intensity_aug, tf.random.experimental.stateless_fold_in(seed, 4))
     return image
 
 

@@ -6,21 +6,46 @@ serves both. It keeps what makes RGB-IR re-ID hard (Sec. 1 of the paper):
 
 * An identity is a fixed set of attributes drawn from ``(seed, pid)``: body
   proportions, hair, garments (type, colour, print, sleeve and trouser length,
-  thickness) and a bag.
+  thickness, an open front showing an inner layer, a collar, folds) and a bag,
+  plus its infrared attributes (``Infrared``).
 * Every image is an independent draw of pose (walking phase, front / back / side
   view), placement, background clutter, illumination, noise and blur. The RGB and
   IR images of a person come from different draws: the data are unpaired.
-* Both modalities are rendered from one part-label map. RGB colours the parts; IR
-  maps them to temperatures (exposed skin warm, thick garments cool, bags cold)
-  and never reads a colour, so persons who differ only in colour look the same in
-  IR: the IR -> RGB mapping is one-to-many, the premise of JSIA-ReID.
+* All modalities are rendered from one part-label map. RGB colours the parts; the
+  IR renderings read the identity's ``Infrared`` attributes and never a colour, so
+  persons who differ only in colour look the same in IR: the IR -> RGB mapping is
+  one-to-many, the premise of JSIA-ReID.
 
-SYSU-MM01's IR cameras are near-infrared, RegDB's is thermal; both are rendered
-with the same temperature model (in both, garment colour is invisible).
+The two datasets have different IR cameras, rendered by two models:
+
+* SYSU-MM01's IR cameras (3 and 6) are near-infrared: active NIR illumination,
+  image brightness = the part's NIR reflectance x illumination (a falloff from
+  the image centre and a per-image gain) + sensor noise, over a dim background.
+  Every garment part (upper garment, its print, inner layer, lower garment,
+  shoes, bag) and hair has a per-identity NIR reflectance; skin is bright in NIR
+  whatever its tone. Prints (stripes, logos) show with the print's reflectance.
+* RegDB's IR camera is thermal (long-wave): brightness follows temperature. Skin
+  is warm, thick garments cool, bags cold; on top of that each identity has a
+  body heat offset, per-garment warmth, an open jacket or coat shows its warmer
+  inner layer, a collar is warmed by the neck, and folds are cooler (air pockets)
+  or warmer (pressed to the body) bands at the identity's own positions. Prints
+  are invisible (ink has no temperature); folds and layers show.
+
+Why the IR attributes are coupled to colour, partly: if every IR attribute were
+independent of the visible colour, each modality alone identifies people but
+cross-modality matching is near chance (a prototype: RGB->RGB rank-1 94%,
+IR->IR 76%, cross-modality ~4%), which real data are not: dyes' NIR reflectance
+correlates partly with their visible brightness, and dark fabric absorbs more
+sunlight and is warmer outdoors. So at identity-sampling time each garment's IR
+attribute is ``a * f(visible luminance) + (1 - a) * U(0, 1)`` with
+``a = IR_VISIBLE_COUPLING`` (f: the luminance for NIR reflectance, one minus it
+for thermal warmth), and stored in ``Identity.infrared``; the renderers read only
+that, so colour never leaks into IR beyond this drawn correlation.
 
 Everything is seeded by ``np.random.default_rng`` over ``(seed, pid, stream,
 index)``: runs are reproducible and adding identities leaves earlier ones
-byte-identical.
+byte-identical. ``RENDER_VERSION`` changes whenever the rendered bytes do;
+``generate`` records it in ``synthetic.json`` at the dataset root.
 
 Command line::
 
@@ -31,6 +56,7 @@ Command line::
 import concurrent.futures
 import dataclasses
 import functools
+import json
 import multiprocessing
 import os
 import shutil
@@ -46,9 +72,19 @@ from jsia_tf.data import records
 
 LAYOUTS = ("regdb", "sysu")
 
-# Part labels of the label map both modalities are rendered from.
-BACKGROUND, FACE, SKIN, HAIR, UPPER, UPPER_PRINT, LOWER, SHOES, BAG = range(9)
-NUM_PARTS = 9
+# Version of the rendering: bumped whenever the same arguments write other bytes.
+# 2: near-infrared vs thermal IR, IR attributes partly coupled to visible brightness,
+#    inner layers, collars, folds.
+RENDER_VERSION = 2
+METADATA_FILE = "synthetic.json"  # at the dataset root, written with the index
+
+# Part labels of the label map all modalities are rendered from.
+BACKGROUND, FACE, SKIN, HAIR, UPPER, UPPER_PRINT, LOWER, SHOES, BAG, INNER, COLLAR = range(11)
+NUM_PARTS = 11
+
+# Kinds of camera (Camera.infrared): None is RGB.
+NIR = "nir"  # near-infrared with active illumination (SYSU-MM01 cams 3, 6)
+THERMAL = "thermal"  # long-wave thermal (RegDB)
 
 # Independent random streams of one seed; camera streams are Camera.stream.
 _STREAM_IDENTITY = 0
@@ -98,9 +134,34 @@ _LEG_SWING = np.radians(22.0)
 _KNEE_BEND = np.radians(35.0)
 _SIDE_DEPTH = 0.32  # torso depth seen from the side, relative to its width
 
+# --- Infrared attributes of an identity ----------------------------------------
+# Each garment's IR attribute is IR_VISIBLE_COUPLING * f(visible luminance of its
+# colour) + (1 - IR_VISIBLE_COUPLING) * U(0, 1): partly predictable from the RGB
+# image (as real dyes and fabrics are), never a function of it.
+IR_VISIBLE_COUPLING = 0.4
+_LUMA = np.array((0.2126, 0.7152, 0.0722))  # Rec. 709 luminance of an RGB colour
+
+# Near-infrared reflectance ranges, mapped from the attribute in [0, 1].
+_NIR_GARMENT = (0.05, 0.95)  # garments, prints, bags: some black dyes are bright in NIR
+_NIR_HAIR = (0.1, 0.5)
+_NIR_SHOES = (0.05, 0.6)
+_NIR_SKIN = (0.55, 0.75)  # skin is fairly bright in NIR, whatever its visible tone
+_NIR_SCENE = (0.08, 0.35)  # walls, floor and clutter ...
+_NIR_SCENE_FALLOFF = (0.3, 0.6)  # ... farther from the illuminator than the person
+_NIR_VIGNETTING = (0.2, 0.5)  # illumination loss from the hot spot to the image edge
+_NIR_GAIN = (0.85, 1.3)
+
 # --- Thermal model: temperatures in arbitrary units, 0 cold ... 1 skin ------
-_FACE_TEMP, _SKIN_TEMP, _HAIR_TEMP, _SHOE_TEMP, _BAG_TEMP = 1.0, 0.9, 0.5, 0.38, 0.2
-_THIN_GARMENT_TEMP, _THICK_GARMENT_TEMP = 0.72, 0.34
+_FACE_TEMP, _SKIN_TEMP = 1.0, 0.9
+_THIN_GARMENT_TEMP, _THICK_GARMENT_TEMP = 0.68, 0.38
+_GARMENT_WARMTH_SPAN = 0.24  # a garment's warmth in [0, 1] moves it by +-half of this
+_INNER_TEMP, _INNER_WARMTH_SPAN = 0.72, 0.16  # a thin layer worn on the body
+_COLLAR_WARMTH = 0.1  # a collar is warmed by the neck it wraps
+_HAIR_TEMPS, _SHOE_TEMPS, _BAG_TEMPS = (0.42, 0.58), (0.28, 0.42), (0.1, 0.22)  # warmth 0 .. 1
+_BODY_HEAT = 0.06  # per-identity offset of skin (half of it through garments), +-
+_FOLD_TEMP = 0.08  # a fold: + pressed to the body (warmer), - an air pocket (cooler)
+_FOLD_SHADING = 0.15  # in RGB and NIR a fold is a shadow
+_FOLD_HALF_WIDTH = 0.012  # body heights
 _IR_AMBIENT = {True: 0.32, False: 0.12}  # indoor, outdoor background temperature
 _HOT_CLUTTER_PROB = 0.15  # lamps, radiators, engines: warm distractors in IR
 
@@ -134,9 +195,47 @@ class Colours:
     hair: tuple
     upper: tuple
     upper_print: tuple
+    inner: tuple  # the layer under an open jacket or coat
     lower: tuple
     shoes: tuple
     bag: tuple
+
+
+@dataclasses.dataclass(frozen=True)
+class Infrared:
+    """What the IR cameras see of an identity's materials; the IR renderers read
+    these (and the shapes), never ``Colours``.
+
+    ``nir_*``: near-infrared reflectance in [0, 1] (SYSU-MM01 cams 3 and 6).
+    ``warmth_*``: thermal warmth in [0, 1] of a part (RegDB thermal), mapped to a
+    temperature by ``part_temperatures``. Garment values are coupled to the
+    visible luminance of the garment's colour at sampling time (module docstring).
+    """
+
+    nir_skin: float
+    nir_hair: float
+    nir_upper: float
+    nir_print: float
+    nir_inner: float
+    nir_lower: float
+    nir_shoes: float
+    nir_bag: float
+    warmth_hair: float
+    warmth_upper: float
+    warmth_inner: float
+    warmth_lower: float
+    warmth_shoes: float
+    warmth_bag: float
+    body_heat: float  # offset of the skin temperature, in [-1, 1] x _BODY_HEAT
+
+
+@dataclasses.dataclass(frozen=True)
+class Fold:
+    """A horizontal fold of a garment, at a fixed place on it."""
+
+    garment: str  # "upper" (torso and sleeves) or "lower"
+    offset: float  # body heights below the shoulder line (upper) or the hip line (lower)
+    sign: int  # +1 pressed to the body (warmer), -1 an air pocket (cooler)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -161,7 +260,11 @@ class Identity:
     lower_thickness: float
     bag: str
     bag_side: int  # +1 the person's right, -1 the left
+    open_front: bool  # a jacket or coat worn open: the inner layer shows from the front
+    collar: bool
+    folds: tuple  # of Fold
     colours: Colours
+    infrared: Infrared
 
 
 @dataclasses.dataclass(frozen=True)
@@ -183,7 +286,7 @@ class Camera:
 
     name: str
     stream: int  # random stream of this camera's image draws
-    infrared: bool
+    infrared: str | None  # None: RGB; NIR: near-infrared; THERMAL: thermal
     indoor: bool
     wall: tuple = (0.5, 0.5, 0.5)  # RGB background above the floor line
     floor: tuple = (0.4, 0.4, 0.4)
@@ -191,20 +294,20 @@ class Camera:
     exposure: tuple = (0.85, 1.15)  # range of the per-image gain
 
 
-REGDB_VISIBLE = Camera("regdb_visible", 100, infrared=False, indoor=False, wall=(0.55, 0.55, 0.52),
+REGDB_VISIBLE = Camera("regdb_visible", 100, infrared=None, indoor=False, wall=(0.55, 0.55, 0.52),
                        floor=(0.38, 0.37, 0.36), white_balance=(0.97, 1.0, 1.04))
-REGDB_THERMAL = Camera("regdb_thermal", 101, infrared=True, indoor=False)
+REGDB_THERMAL = Camera("regdb_thermal", 101, infrared=THERMAL, indoor=False)
 SYSU_CAMERAS = {
-    1: Camera("sysu_cam1", 201, infrared=False, indoor=True, wall=(0.74, 0.68, 0.56), floor=(0.5, 0.45, 0.38),
+    1: Camera("sysu_cam1", 201, infrared=None, indoor=True, wall=(0.74, 0.68, 0.56), floor=(0.5, 0.45, 0.38),
               white_balance=(1.08, 1.0, 0.84), exposure=(0.7, 1.0)),
-    2: Camera("sysu_cam2", 202, infrared=False, indoor=True, wall=(0.55, 0.6, 0.66), floor=(0.42, 0.42, 0.44),
+    2: Camera("sysu_cam2", 202, infrared=None, indoor=True, wall=(0.55, 0.6, 0.66), floor=(0.42, 0.42, 0.44),
               white_balance=(1.04, 1.0, 0.9), exposure=(0.65, 0.95)),
-    3: Camera("sysu_cam3", 203, infrared=True, indoor=True),
-    4: Camera("sysu_cam4", 204, infrared=False, indoor=False, wall=(0.45, 0.55, 0.42), floor=(0.5, 0.5, 0.5),
+    3: Camera("sysu_cam3", 203, infrared=NIR, indoor=True),
+    4: Camera("sysu_cam4", 204, infrared=None, indoor=False, wall=(0.45, 0.55, 0.42), floor=(0.5, 0.5, 0.5),
               white_balance=(0.95, 1.0, 1.06), exposure=(0.9, 1.3)),
-    5: Camera("sysu_cam5", 205, infrared=False, indoor=False, wall=(0.62, 0.4, 0.34), floor=(0.58, 0.56, 0.52),
+    5: Camera("sysu_cam5", 205, infrared=None, indoor=False, wall=(0.62, 0.4, 0.34), floor=(0.58, 0.56, 0.52),
               white_balance=(0.96, 1.0, 1.08), exposure=(0.95, 1.3)),
-    6: Camera("sysu_cam6", 206, infrared=True, indoor=False),
+    6: Camera("sysu_cam6", 206, infrared=NIR, indoor=False),
 }
 
 
@@ -218,6 +321,54 @@ def _pick(rng, table):
     return tuple(np.clip(colour, 0.0, 1.0).tolist())
 
 
+def _luminance(colour):
+    """Visible brightness in [0, 1] of an RGB colour."""
+    return float(np.dot(_LUMA, colour))
+
+
+def _coupled(rng, visible):
+    """An IR attribute in [0, 1]: ``IR_VISIBLE_COUPLING`` of it follows ``visible``
+    (in [0, 1]), the rest is an independent uniform draw."""
+    return float(IR_VISIBLE_COUPLING * visible + (1.0 - IR_VISIBLE_COUPLING) * rng.random())
+
+
+def _span(bounds, fraction):
+    return float(bounds[0] + (bounds[1] - bounds[0]) * fraction)
+
+
+def _sample_infrared(rng, colours):
+    """The identity's IR attributes. Reads the colours here, at sampling time only:
+    NIR reflectance rises with visible luminance, thermal warmth with darkness."""
+    lum = {name: _luminance(getattr(colours, name)) for name in ("hair", "upper", "upper_print", "inner", "lower",
+                                                                   "shoes", "bag")}
+    nir = dict(
+        nir_skin=_span(_NIR_SKIN, rng.random()), nir_hair=_span(_NIR_HAIR, _coupled(rng, lum["hair"])),
+        nir_upper=_span(_NIR_GARMENT, _coupled(rng, lum["upper"])),
+        nir_print=_span(_NIR_GARMENT, _coupled(rng, lum["upper_print"])),
+        nir_inner=_span(_NIR_GARMENT, _coupled(rng, lum["inner"])),
+        nir_lower=_span(_NIR_GARMENT, _coupled(rng, lum["lower"])),
+        nir_shoes=_span(_NIR_SHOES, _coupled(rng, lum["shoes"])),
+        nir_bag=_span(_NIR_GARMENT, _coupled(rng, lum["bag"])))
+    warmth = dict(
+        warmth_hair=float(rng.random()), warmth_upper=_coupled(rng, 1.0 - lum["upper"]),
+        warmth_inner=_coupled(rng, 1.0 - lum["inner"]), warmth_lower=_coupled(rng, 1.0 - lum["lower"]),
+        warmth_shoes=_coupled(rng, 1.0 - lum["shoes"]), warmth_bag=_coupled(rng, 1.0 - lum["bag"]))
+    return Infrared(**nir, **warmth, body_heat=float(rng.uniform(-1.0, 1.0)))
+
+
+def _sample_folds(rng, hip_height, lower_type, lower_cover):
+    """0-2 folds on the upper garment (waist, elbows) and 0-2 on the lower one."""
+    folds = [Fold("upper", float(rng.uniform(0.12, 0.32)), int(rng.choice((-1, 1))))
+             for _ in range(rng.choice(3, p=(0.2, 0.45, 0.35)))]
+    reach = lower_cover * (hip_height - _ANKLE)  # what the lower garment covers below the hip
+    if lower_type == "skirt":
+        reach = max(0.0, reach - 0.05)
+    if reach > 0.1:
+        folds += [Fold("lower", float(rng.uniform(0.08, reach)), int(rng.choice((-1, 1))))
+                  for _ in range(rng.choice(3, p=(0.2, 0.45, 0.35)))]
+    return tuple(folds)
+
+
 def sample_identity(seed, pid):
     """The fixed attributes of person ``pid``; depends on ``(seed, pid)`` only."""
     rng = _rng(seed, pid, _STREAM_IDENTITY)
@@ -228,20 +379,24 @@ def sample_identity(seed, pid):
         rng.choice(3, p=(0.15, 0.45, 0.4))]
     colours = Colours(
         skin=_pick(rng, _SKIN_TONES), hair=_pick(rng, _HAIR_COLOURS), upper=_pick(rng, _CLOTHING_COLOURS),
-        upper_print=_pick(rng, _CLOTHING_COLOURS), lower=_pick(rng, _CLOTHING_COLOURS),
-        shoes=_pick(rng, _SHOE_COLOURS), bag=_pick(rng, _CLOTHING_COLOURS))
+        upper_print=_pick(rng, _CLOTHING_COLOURS), inner=_pick(rng, _CLOTHING_COLOURS),
+        lower=_pick(rng, _CLOTHING_COLOURS), shoes=_pick(rng, _SHOE_COLOURS), bag=_pick(rng, _CLOTHING_COLOURS))
+    hip_height = rng.uniform(0.46, 0.52)
+    lower_cover = rng.uniform(*_LOWER_COVER[lower_type])
     return Identity(
         height=rng.uniform(0.82, 0.93), build=rng.uniform(0.85, 1.2),
         shoulder_width=rng.uniform(0.2, 0.25), hip_width=rng.uniform(0.15, 0.19),
-        head_radius=rng.uniform(0.056, 0.068), hip_height=rng.uniform(0.46, 0.52),
+        head_radius=rng.uniform(0.056, 0.068), hip_height=hip_height,
         hair_length=HAIR_LENGTHS[rng.integers(3)],
         upper_type=upper_type, upper_print=UPPER_PRINTS[rng.integers(3)],
         stripe_period=rng.uniform(0.025, 0.05), sleeve_cover=sleeve,
         upper_thickness=rng.uniform(*_UPPER_THICKNESS[upper_type]), upper_drop=rng.uniform(*_UPPER_DROP[upper_type]),
-        lower_type=lower_type, lower_cover=rng.uniform(*_LOWER_COVER[lower_type]),
-        lower_thickness=rng.uniform(0.1, 0.7),
+        lower_type=lower_type, lower_cover=lower_cover, lower_thickness=rng.uniform(0.1, 0.7),
         bag=BAG_TYPES[rng.choice(4, p=(0.4, 0.25, 0.15, 0.2))], bag_side=int(rng.choice((-1, 1))),
-        colours=colours)
+        open_front=bool(upper_type != "shirt" and rng.random() < 0.5),
+        collar=bool(rng.random() < (0.3 if upper_type == "shirt" else 0.6)),
+        folds=_sample_folds(rng, hip_height, lower_type, lower_cover),
+        colours=colours, infrared=_sample_infrared(rng, colours))
 
 
 def sample_image_draw(seed, pid, camera, index):
@@ -317,7 +472,7 @@ class _Canvas:
         inside = dist <= radius
         self._fill(region, inside, dist / radius, label, None)
 
-    def trapezoid(self, top, bottom, half_top, half_bottom, label):
+    def trapezoid(self, top, bottom, half_top, half_bottom, label, over=None):
         """Rows from ``top`` down to ``bottom`` (centres), half-width interpolated."""
         (ut, vt), (ub, vb) = top, bottom
         reach = max(half_top, half_bottom)
@@ -329,7 +484,7 @@ class _Canvas:
         offset = np.abs(u - (ut + s * (ub - ut)))
         half = half_top + s * (half_bottom - half_top)
         inside = (offset <= half) & (s >= 0.0) & (s <= 1.0)
-        self._fill(region, inside, offset / half, label, None)
+        self._fill(region, inside, offset / half, label, over)
 
     def box(self, centre, half_size, corner, label, over=None):
         """A rounded rectangle (bags, logos)."""
@@ -342,11 +497,34 @@ class _Canvas:
         outside = np.hypot(np.maximum(qu, 0.0), np.maximum(qv, 0.0)) + np.minimum(np.maximum(qu, qv), 0.0) - corner
         self._fill(region, outside <= 0.0, np.abs(u - uc) / hu, label, over)
 
+    def rows_v(self):
+        """[height] body-unit ``v`` of each pixel row's centre."""
+        return (self._ground - np.arange(self.labels.shape[0], dtype=np.float32) - 0.5) / self._unit
+
     def stripes(self, v0, period, label, over):
         """Horizontal bands: every other ``period`` above ``v0`` becomes ``label``."""
-        rows = (self._ground - np.arange(self.labels.shape[0]) - 0.5) / self._unit
-        band = (np.floor((rows - v0) / period) % 2 == 1)[:, None]
+        band = (np.floor((self.rows_v() - v0) / period) % 2 == 1)[:, None]
         self.labels[band & (self.labels == over)] = label
+
+    def folds(self, folds, shoulder_v, hip_v):
+        """[height, width] float32: each fold's signed profile (+-1 on its line, 0 off
+        it) over the pixels of its garment; zero where there is no fold."""
+        crease = np.zeros(self.labels.shape, np.float32)
+        rows = self.rows_v()
+        for garment, parts, line in (("upper", (UPPER, UPPER_PRINT, INNER), shoulder_v), ("lower", (LOWER,), hip_v)):
+            profile = np.zeros_like(rows)
+            for fold in folds:
+                if fold.garment == garment:
+                    profile += fold.sign * np.maximum(1.0 - np.abs(rows - (line - fold.offset)) / _FOLD_HALF_WIDTH, 0.0)
+            rows_on = np.flatnonzero(profile)
+            if rows_on.size:
+                band = slice(rows_on[0], rows_on[-1] + 1)
+                labels = self.labels[band]
+                on = labels == parts[0]
+                for part in parts[1:]:
+                    on |= labels == part
+                crease[band] += np.where(on, profile[band, None], 0.0)
+        return crease
 
 
 def _limb(canvas, joints, radii, cover, cover_label, puff):
@@ -470,6 +648,14 @@ def _paint_legs_and_trunk(canvas, ident, pose, side_view):
     if ident.upper_drop > 0.0:  # jackets and coats hang over the hips
         canvas.trapezoid((0.0, waist_v), (0.0, waist_v - ident.upper_drop - 0.03), 1.02 * hip_half,
                          hip_half + 0.02 + 0.1 * ident.upper_drop, UPPER)
+    if ident.collar:  # around the neck, seen from every side
+        canvas.trapezoid((lean, pose.shoulder_v + 0.028), (lean, pose.shoulder_v - 0.002), 0.045, 0.06, COLLAR)
+
+
+def _paint_open_front(canvas, ident, pose):
+    """An open jacket or coat: the inner layer between its fronts, chest to hem."""
+    canvas.trapezoid((0.0, pose.shoulder_v + 0.01), (0.0, pose.hip_v - ident.upper_drop), 0.4 * pose.shoulder_half,
+                     0.22 * pose.hip_half, INNER, over=UPPER)
 
 
 def _paint_head(canvas, ident, pose, view):
@@ -518,6 +704,8 @@ def _bag_wrist(pose):
 def _paint_front(canvas, ident, pose):
     _paint_hair_fall(canvas, ident, pose)  # behind the shoulders
     _paint_legs_and_trunk(canvas, ident, pose, side_view=False)
+    if ident.open_front:
+        _paint_open_front(canvas, ident, pose)
     if ident.bag == "shoulder":
         _paint_shoulder_bag(canvas, pose, strap=True)
     for arm in (0, 1):
@@ -529,8 +717,9 @@ def _paint_front(canvas, ident, pose):
                              (side * 0.5 * pose.shoulder_half, pose.shoulder_v - 0.17), 0.012, 0.012, BAG)
     if ident.bag == "handbag":
         _paint_handbag(canvas, _bag_wrist(pose))
-    if ident.upper_print == "logo":  # printed on the chest only
-        canvas.box((0.0, pose.shoulder_v - 0.08), (0.035, 0.028), 0.008, UPPER_PRINT, over=UPPER)
+    if ident.upper_print == "logo":  # printed on the chest only; beside the opening of an open front
+        centre_u = 0.62 * pose.shoulder_half if ident.open_front else 0.0
+        canvas.box((centre_u, pose.shoulder_v - 0.08), (0.035, 0.028), 0.008, UPPER_PRINT, over=UPPER)
 
 
 def _paint_back(canvas, ident, pose):
@@ -574,33 +763,71 @@ def _paint_side(canvas, ident, pose):
 _PAINTERS = {"front": _paint_front, "back": _paint_back, "side": _paint_side}
 
 
-def render_parts(identity, draw, height, width):
-    """The part-label map of one image: shapes painted back to front for the view.
+def render_maps(identity, draw, height, width):
+    """The maps every modality is rendered from: shapes painted back to front for the view.
 
     Returns:
-      labels: [height, width] uint8 part labels (BACKGROUND ... BAG).
+      labels: [height, width] uint8 part labels (BACKGROUND ... COLLAR).
       rim: [height, width] float32 in [0, 1], distance from each shape's axis to its
-        outline (0 on the axis): shading in RGB, cooling in IR.
+        outline (0 on the axis): shading in RGB and NIR, cooling in thermal.
+      crease: [height, width] float32 in [-1, 1], the identity's folds: a shadow in
+        RGB and NIR, warmer (+) or cooler (-) in thermal; 0 elsewhere.
     """
     unit = identity.height * draw.scale * height  # pixels per body height
     canvas = _Canvas(height, width, width * (0.5 + draw.dx), height * (0.97 + draw.dy), unit)
     pose = _pose(identity, draw)
     _PAINTERS[draw.view](canvas, identity, pose)
-    if identity.upper_print == "stripes":  # a print recolours the garment only: invisible in IR
+    if identity.upper_print == "stripes":  # a print recolours the garment (and its NIR reflectance) only
         canvas.stripes(pose.shoulder_v, identity.stripe_period, UPPER_PRINT, over=UPPER)
-    return canvas.labels, canvas.rim
+    crease = canvas.folds(identity.folds, pose.shoulder_v, pose.hip_v)
+    return canvas.labels, canvas.rim, crease
+
+
+def render_parts(identity, draw, height, width):
+    """The part-label map and rim map of one image (``render_maps`` without folds)."""
+    labels, rim, _ = render_maps(identity, draw, height, width)
+    return labels, rim
 
 
 def part_temperatures(identity):
-    """[NUM_PARTS] temperature of each part (BACKGROUND's is unused). Reads no colour."""
-    def garment(thickness):
-        return _THIN_GARMENT_TEMP + (_THICK_GARMENT_TEMP - _THIN_GARMENT_TEMP) * thickness
+    """[NUM_PARTS] thermal temperature of each part (BACKGROUND's is unused).
+
+    Reads ``identity.infrared`` and garment thickness, no colour. Skin is warm,
+    thin garments warmer than thick ones, bags cold; each garment's warmth and the
+    identity's body heat move these. A print has its garment's temperature.
+    """
+    ir = identity.infrared
+    heat = _BODY_HEAT * ir.body_heat
+
+    def garment(thickness, warmth):
+        base = _THIN_GARMENT_TEMP + (_THICK_GARMENT_TEMP - _THIN_GARMENT_TEMP) * thickness
+        return base + _GARMENT_WARMTH_SPAN * (warmth - 0.5) + 0.5 * heat
 
     temps = np.zeros(NUM_PARTS, np.float32)
-    temps[[FACE, SKIN, HAIR, SHOES, BAG]] = (_FACE_TEMP, _SKIN_TEMP, _HAIR_TEMP, _SHOE_TEMP, _BAG_TEMP)
-    temps[[UPPER, UPPER_PRINT]] = garment(identity.upper_thickness)
-    temps[LOWER] = garment(identity.lower_thickness)
+    temps[FACE], temps[SKIN] = _FACE_TEMP + heat, _SKIN_TEMP + heat
+    temps[HAIR] = _span(_HAIR_TEMPS, ir.warmth_hair) + 0.5 * heat
+    temps[[UPPER, UPPER_PRINT]] = garment(identity.upper_thickness, ir.warmth_upper)
+    temps[COLLAR] = temps[UPPER] + _COLLAR_WARMTH
+    temps[INNER] = _INNER_TEMP + _INNER_WARMTH_SPAN * (ir.warmth_inner - 0.5) + 0.5 * heat
+    temps[LOWER] = garment(identity.lower_thickness, ir.warmth_lower)
+    temps[SHOES] = _span(_SHOE_TEMPS, ir.warmth_shoes)
+    temps[BAG] = _span(_BAG_TEMPS, ir.warmth_bag)
     return temps
+
+
+def part_nir_reflectance(identity):
+    """[NUM_PARTS] near-infrared reflectance of each part (BACKGROUND's is unused).
+
+    Reads ``identity.infrared``, no colour. A print has its own reflectance; a
+    collar is the upper garment's fabric.
+    """
+    ir = identity.infrared
+    reflectance = np.zeros(NUM_PARTS, np.float32)
+    for label, value in ((FACE, ir.nir_skin), (SKIN, ir.nir_skin), (HAIR, ir.nir_hair), (UPPER, ir.nir_upper),
+                         (UPPER_PRINT, ir.nir_print), (LOWER, ir.nir_lower), (SHOES, ir.nir_shoes),
+                         (BAG, ir.nir_bag), (INNER, ir.nir_inner), (COLLAR, ir.nir_upper)):
+        reflectance[label] = value
+    return reflectance
 
 
 def _part_colours(identity):
@@ -608,7 +835,8 @@ def _part_colours(identity):
     c = identity.colours
     colours = np.zeros((NUM_PARTS, 3), np.float32)
     for label, colour in ((FACE, c.skin), (SKIN, c.skin), (HAIR, c.hair), (UPPER, c.upper),
-                          (UPPER_PRINT, c.upper_print), (LOWER, c.lower), (SHOES, c.shoes), (BAG, c.bag)):
+                          (UPPER_PRINT, c.upper_print), (LOWER, c.lower), (SHOES, c.shoes), (BAG, c.bag),
+                          (INNER, c.inner), (COLLAR, c.upper)):
         colours[label] = colour
     return colours
 
@@ -638,7 +866,7 @@ def _to_uint8(image):
     return np.clip(image * 255.0 + 0.5, 0.0, 255.0).astype(np.uint8)
 
 
-def _render_rgb(identity, labels, rim, camera, rng):
+def _render_rgb(identity, labels, rim, crease, camera, rng):
     """uint8 [H, W, 3]: the camera's scene, the person's colours, light and sensor."""
     height, width = labels.shape
     # The camera's own wall and floor, lit a little differently in every image.
@@ -654,7 +882,7 @@ def _render_rgb(identity, labels, rim, camera, rng):
 
     _clutter(rng, height, width, image, clutter_colours)
     person = labels != BACKGROUND
-    shading = 1.0 - _RGB_RIM_DARKENING * np.square(rim[person])
+    shading = (1.0 - _RGB_RIM_DARKENING * np.square(rim[person])) * (1.0 - _FOLD_SHADING * np.abs(crease[person]))
     image[person] = _part_colours(identity)[labels[person]] * shading[:, None]
     # Light from above, camera white balance and exposure.
     light = np.linspace(1.1, 0.85, height, dtype=np.float32)[:, None, None]
@@ -664,7 +892,30 @@ def _render_rgb(identity, labels, rim, camera, rng):
     return _to_uint8(_blur_and_noise(image, rng, blur, noise))
 
 
-def _render_ir(identity, labels, rim, camera, rng):
+def _render_nir(identity, labels, rim, crease, camera, rng):
+    """uint8 [H, W]: NIR reflectance of the scene and the person's parts under the
+    camera's own illuminator (brightest at a hot spot, falling off outwards), sensor."""
+    height, width = labels.shape
+    # Walls, floor and clutter have their own reflectance; being farther from the
+    # illuminator than the person, they stay dim.
+    scene = np.empty((height, width), np.float32)
+    horizon = int(height * rng.uniform(0.55, 0.8))
+    scene[:horizon], scene[horizon:] = rng.uniform(*_NIR_SCENE, 2)
+    _clutter(rng, height, width, scene, lambda n: rng.uniform(*_NIR_SCENE, n))
+    scene *= rng.uniform(*_NIR_SCENE_FALLOFF)
+    person = labels != BACKGROUND
+    shading = (1.0 - _RGB_RIM_DARKENING * np.square(rim[person])) * (1.0 - _FOLD_SHADING * np.abs(crease[person]))
+    scene[person] = part_nir_reflectance(identity)[labels[person]] * shading
+    # Illumination: a hot spot near the image centre, vignetting outwards, per-image gain.
+    centre_y, centre_x = rng.uniform(-0.2, 0.2, 2)
+    y = np.square(np.linspace(-1.0, 1.0, height, dtype=np.float32) - centre_y)[:, None]
+    x = np.square(np.linspace(-1.0, 1.0, width, dtype=np.float32) - centre_x)[None, :]
+    light = rng.uniform(*_NIR_GAIN) * (1.0 - 0.5 * rng.uniform(*_NIR_VIGNETTING) * (x + y))
+    blur = rng.uniform(0.5, 1.1) * height / _REFERENCE_HEIGHT
+    return _to_uint8(_blur_and_noise(scene * light, rng, blur, rng.uniform(0.015, 0.035)))
+
+
+def _render_thermal(identity, labels, rim, crease, camera, rng):
     """uint8 [H, W]: temperatures of the scene and the person's parts, sensor."""
     height, width = labels.shape
     ambient = _IR_AMBIENT[camera.indoor] + rng.uniform(-0.05, 0.05)
@@ -677,6 +928,7 @@ def _render_ir(identity, labels, rim, camera, rng):
 
     _clutter(rng, height, width, background, temperatures)
     person = part_temperatures(identity)[labels] + rng.uniform(-0.03, 0.03)  # warmer or colder day
+    person += _FOLD_TEMP * crease
     person = ambient + (person - ambient) * (1.0 - _IR_RIM_COOLING * np.square(rim))
     temperature = np.where(labels == BACKGROUND, background, person)
     # Automatic gain control: the display range follows the scene, not absolute temperature.
@@ -689,12 +941,14 @@ def _render_ir(identity, labels, rim, camera, rng):
     return _to_uint8(image)
 
 
+_RENDERERS = {None: _render_rgb, NIR: _render_nir, THERMAL: _render_thermal}
+
+
 def render_image(identity, draw, camera, height=256, width=128):
     """One image of ``identity``: uint8 [height, width, 3] RGB, or [height, width] IR."""
-    labels, rim = render_parts(identity, draw, height, width)
+    labels, rim, crease = render_maps(identity, draw, height, width)
     rng = np.random.default_rng(draw.scene_seed)
-    render = _render_ir if camera.infrared else _render_rgb
-    return render(identity, labels, rim, camera, rng)
+    return _RENDERERS[camera.infrared](identity, labels, rim, crease, camera, rng)
 
 
 def render_identity_images(seed, pid, camera, num_images, height=256, width=128):
@@ -704,13 +958,19 @@ def render_identity_images(seed, pid, camera, num_images, height=256, width=128)
             for index in range(1, num_images + 1)]
 
 
+SHEET_CAMERAS = (REGDB_VISIBLE, REGDB_THERMAL, SYSU_CAMERAS[3])  # the rows of example_sheet
+
+
 def example_sheet(seed=0, num_ids=6, height=256, width=128):
-    """uint8 [2 * height, num_ids * width, 3]: RegDB visible images above thermal ones."""
-    pids = range(1, num_ids + 1)
-    rgb = [render_identity_images(seed, pid, REGDB_VISIBLE, 1, height, width)[0] for pid in pids]
-    ir = [render_identity_images(seed, pid, REGDB_THERMAL, 1, height, width)[0] for pid in pids]
-    ir_rgb = [np.repeat(image[..., None], 3, axis=-1) for image in ir]
-    return np.concatenate([np.concatenate(rgb, axis=1), np.concatenate(ir_rgb, axis=1)], axis=0)
+    """uint8 [3 * height, num_ids * width, 3]: persons 1..num_ids in columns; rows
+    RegDB visible, RegDB thermal, SYSU-MM01 near-infrared (camera 3)."""
+    rows = []
+    for camera in SHEET_CAMERAS:
+        images = [render_identity_images(seed, pid, camera, 1, height, width)[0] for pid in range(1, num_ids + 1)]
+        if camera.infrared:
+            images = [np.repeat(image[..., None], 3, axis=-1) for image in images]
+        rows.append(np.concatenate(images, axis=1))
+    return np.concatenate(rows, axis=0)
 
 
 # --- Dataset layouts ----------------------------------------------------------
@@ -819,6 +1079,13 @@ def _write_person(root, seed, height, width, pid, shots):
                 Image.fromarray(image).save(os.path.join(root, path), format="BMP")
 
 
+def metadata(layout, num_ids, seed, height, width):
+    """What ``generate`` records in ``METADATA_FILE``: a cached dataset is current
+    when its file holds exactly this."""
+    return {"render_version": RENDER_VERSION, "layout": layout, "num_ids": int(num_ids), "seed": int(seed),
+            "height": int(height), "width": int(width)}
+
+
 def layout_entries(layout):
     """Top-level folders of a layout, index folder last."""
     if layout == "regdb":
@@ -859,7 +1126,9 @@ def generate(out_dir, layout, num_ids, seed, height=256, width=128, *, images_pe
     The files do not depend on ``num_workers`` (processes rendering persons in
     parallel). Everything is first written to a sibling temporary folder and moved
     in with the index folder last, so an interrupted run never leaves a dataset
-    that a reader accepts.
+    that a reader accepts. ``METADATA_FILE`` (``synthetic.json``: ``metadata(...)``,
+    with ``RENDER_VERSION``) is removed first and moved in after the index, so it
+    is present only beside a complete dataset of those arguments.
 
     Raises:
       ValueError: a bad argument (the message names it).
@@ -887,11 +1156,16 @@ def generate(out_dir, layout, num_ids, seed, height=256, width=128, *, images_pe
             with concurrent.futures.ProcessPoolExecutor(num_workers, mp_context=context) as pool:
                 list(pool.map(write, plan.keys(), plan.values(), chunksize=4))
         (_write_regdb_index if layout == "regdb" else _write_sysu_index)(staging, seed, plan)
+        with open(os.path.join(staging, METADATA_FILE), "w") as out:
+            json.dump(metadata(layout, num_ids, seed, height, width), out, indent=2, sort_keys=True)
+            out.write("\n")
         os.makedirs(out_dir, exist_ok=True)
+        if os.path.exists(os.path.join(out_dir, METADATA_FILE)):
+            os.remove(os.path.join(out_dir, METADATA_FILE))
         for name in reversed(entries):  # index first out, last in
             if os.path.exists(os.path.join(out_dir, name)):
                 shutil.rmtree(os.path.join(out_dir, name))
-        for name in entries:
+        for name in entries + (METADATA_FILE,):
             os.replace(os.path.join(staging, name), os.path.join(out_dir, name))
     finally:
         shutil.rmtree(staging)
@@ -915,7 +1189,8 @@ def _define_flags():
     flags.DEFINE_integer("images_per_id", REGDB_IMAGES_PER_ID, "RegDB: images per person and modality.")
     flags.DEFINE_integer("num_workers", os.cpu_count() or 1, "Processes rendering persons in parallel.")
     flags.DEFINE_bool("overwrite", False, "Replace a dataset of this layout already in --out.")
-    flags.DEFINE_string("sheet", None, "Also write a PNG of example persons (RGB row above thermal row).")
+    flags.DEFINE_string("sheet", None, "Also write a PNG of example persons (rows: RegDB visible, RegDB "
+                        "thermal, SYSU-MM01 near-infrared).")
 
 
 def main(argv):

@@ -281,6 +281,34 @@ def evaluate_regdb(features, labels, cams, direction="v2t", rerank=None):
     return metrics.summarize(metrics.score_similarity(-distance, labels[query], labels[gallery]))
 
 
+# The RGB cameras of each dataset (the others are IR).
+RGB_CAMS = {"regdb": (REGDB_VISIBLE_CAM,), "sysu": SYSU_RGB_CAMS}
+
+
+def evaluate_intra_modality(features, labels, cams, dataset):
+    """Same-modality retrieval, a diagnostic beside the cross-modality protocol.
+
+    Each test image queries every other test image of its own modality (RGB -> RGB,
+    IR -> IR), itself excluded; image-level CMC, mAP, mINP. Not part of either official
+    protocol: it shows how far the cross-modality numbers are from what each modality
+    alone allows (on the synthetic benchmark, the modality gap must stay the hard part).
+
+    Returns:
+      {"intra_rgb": summary, "intra_ir": summary} (``metrics.summarize``).
+    """
+    _check_choice("dataset", dataset, PROTOCOLS)
+    features = _check_features(features)
+    labels, cams = _check_int_arrays(len(features), labels=labels, cams=cams)
+    rgb = np.isin(cams, RGB_CAMS[dataset])
+    out = {}
+    for name, mask in (("intra_rgb", rgb), ("intra_ir", ~rgb)):
+        if mask.sum() < 2:
+            raise ValueError(f"{dataset} intra-modality: fewer than 2 {name[6:]} test images")
+        valid = ~np.eye(int(mask.sum()), dtype=bool)  # a query is not its own match
+        out[name] = metrics.evaluate(features[mask], features[mask], labels[mask], labels[mask], valid=valid)
+    return out
+
+
 def evaluate_features(features, labels, cams, image_index=None, protocol="sysu", *, sysu_mode="all", sysu_shots=1,
                       sysu_rand_perm=None, trials=SYSU_TRIALS, regdb_direction="v2t", seed=0, rerank=None):
     """Evaluates test features under ``protocol`` ("sysu" or "regdb").
