@@ -10,8 +10,8 @@ finished run is then read back:
 - the table: mean +- sample std over seeds of rank-1 and mAP, visible->thermal and
   thermal->visible (RegDB protocol) or each SYSU-MM01 setting, replaces the part of
   ``--results`` between :data:`BEGIN` and :data:`END`;
-- the learning curves (``--curve``, a PNG): test mAP, the mean of the two directions
-  and of the seeds, against the training step, from each run's ``eval_history.json``
+- the learning curves (``--curve``, a PNG): test mAP, the mean over the protocol's
+  settings (RegDB: both directions) and the seeds, against the global training step, from each run's ``eval_history.json``
   (``--eval_every``), for rows 1 (F only) and 6 (the full model).
 
 The seed changes the weights' initialisation, the identity sampler and the
@@ -133,7 +133,8 @@ def _mean_std(values):
 
 def table(found):
     """The markdown table: one line per row, mean ± std over its finished seeds."""
-    settings = sorted({s for runs in found.values() for m in runs.values() for s in m if "intra" not in s})
+    # The protocol's settings in the order the runs wrote them; the intra-modality diagnostic left out.
+    settings = list(dict.fromkeys(s for runs in found.values() for m in runs.values() for s in m if "intra" not in s))
     head = ["index", "SL", "IL", "LR", "UI", "seeds"] + [f"{s} {k}" for s in settings for k in ("R1", "mAP")]
     lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
     for row, runs in sorted(found.items()):
@@ -182,11 +183,12 @@ def curve_figure(series, size=(640, 400), margin=48):
     draw.rectangle([margin, margin, margin + width, margin + height], outline="black")
     for k in range(5):
         y = margin + height - k * height / 4
-        draw.text((4, y - 6), f"{k * y_max / 4:.0f}", fill="black", font=font)
+        draw.text((4, y - 6), f"{k * y_max / 4:.1f}", fill="black", font=font)
         x = margin + k * width / 4
         draw.text((x - 8, margin + height + 6), f"{k * x_max / 4:.0f}", fill="black", font=font)
     draw.text((margin, margin + height + 22), "training step", fill="black", font=font)
-    draw.text((margin, 8), "test mAP (%), mean of both directions and the seeds", fill="black", font=font)
+    draw.text((margin, 8), "test mAP (%), mean over the protocol's settings and the seeds", fill="black",
+              font=font)
     for (label, (steps, values)), colour in zip(series.items(), _COLOURS):
         points = [(margin + s / x_max * width, margin + height - v / y_max * height) for s, v in zip(steps, values)]
         draw.line(points, fill=colour, width=2)

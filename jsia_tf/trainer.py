@@ -1,6 +1,7 @@
 """The JSIA-ReID trainer: modules F, G, V and the discriminators trained jointly (paper Sec. 3, 4.2).
 
-:class:`Trainer` owns the networks, one Adam optimizer per variable group (STYLE 5)
+:class:`Trainer` owns the networks, one AdamW optimizer per variable group (STYLE 5;
+module F's groups and the others each with their own settings)
 and one ``tf.function`` step per training phase (STYLE 6). Each step consumes one
 re-ID batch (P x K images per modality, Sec. 4.2) and one generation batch (the
 official code's smaller P x K batch for module G), both id-major so that ``rgb[i]``
@@ -45,7 +46,11 @@ discriminator is warmed up there on the not yet trained E^sl). The adversarial t
 weights) but the discriminators' objective never contains them: each group's
 gradient is taken only of the terms routed to it.
 
-Data flow of a joint step (caffe-normalised inputs; module G works on [-1, 1] images):
+Data flow of a joint step (caffe-normalised inputs; module G works on [-1, 1] images).
+Every network call on an RGB and an IR batch is one call on their concatenation
+(:meth:`Trainer.per_modality`, ``--modality_bn``), and images that are not real
+training images go through F without moving its batch-norm statistics
+(:meth:`Trainer.on_generated`, ``--generated_bn``):
 
 - generation batch: M^i_m = E^i(X_m) (``FeatureAlignment.set_level``), style codes
   E^s_m, reconstructions G_m.decode(M^i_m, s_m), cross-modality pairs
@@ -57,8 +62,9 @@ Data flow of a joint step (caffe-normalised inputs; module G works on [-1, 1] im
   codes of each image and the image K positions further in its batch (another
   identity), alpha ~ U[0, 1] per example from a stateless seed (data seed, step,
   replica);
-- re-ID batch: Eq. 13 on the real images of both modalities; with ``--sl=gan`` the
-  modality terms on their set-level maps M = E^sl(X);
+- re-ID batch: Eq. 13 on the real images of both modalities, and each local
+  classifier C^k's identity loss on its stripe (PCB); with ``--sl=gan`` the modality
+  terms on their set-level maps M = E^sl(X);
 - alignment: Eqs. 11, 12 between the generation batch's real images and their
   generated pairs (the official code aligns on the GAN batch as well).
 

@@ -36,11 +36,11 @@ def test_table_is_mean_and_sample_std_over_the_finished_seeds(tmp_path):
     found = experiments.collect([1, 6], [0, 1, 2], tmp_path)
     assert {row: sorted(runs) for row, runs in found.items()} == {1: [0, 1], 6: [0]}
     lines = experiments.table(found).splitlines()
-    assert lines[0] == ("| index | SL | IL | LR | UI | seeds | regdb_t2v R1 | regdb_t2v mAP | regdb_v2t R1 | "
-                        "regdb_v2t mAP |")
+    assert lines[0] == ("| index | SL | IL | LR | UI | seeds | regdb_v2t R1 | regdb_v2t mAP | regdb_t2v R1 | "
+                        "regdb_t2v mAP |")
     # t2v R1 of row 1: 30 and 50 -> mean 40, sample std 14.1; mAP 40 and 40 -> 0.0.
-    assert lines[2] == "| 1 | × | × | × | × | 0,1 | 40.0 ± 14.1 | 40.0 ± 0.0 | 15.0 ± 7.1 | 25.0 ± 7.1 |"
-    assert lines[3] == "| 6 | ✓ | ✓ | ✓ | ✓ | 0 | 60.0 | 70.0 | 40.0 | 50.0 |"
+    assert lines[2] == "| 1 | × | × | × | × | 0,1 | 15.0 ± 7.1 | 25.0 ± 7.1 | 40.0 ± 14.1 | 40.0 ± 0.0 |"
+    assert lines[3] == "| 6 | ✓ | ✓ | ✓ | ✓ | 0 | 40.0 | 50.0 | 60.0 | 70.0 |"
 
 
 def test_results_are_replaced_between_the_markers_only(tmp_path):

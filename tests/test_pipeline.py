@@ -128,6 +128,34 @@ def test_channel_augment_gives_a_gray_image_from_one_channel_or_luminance():
     np.testing.assert_array_equal(pipeline.channel_augment(image, 0.0, _seed(0)).numpy(), image.numpy())
 
 
+def test_intensity_augment_inverts_or_not_then_applies_one_gamma():
+    """Each output pixel is 255 (p / 255)^g or 255 (1 - p / 255)^g with one g in [1/2, 2] per
+    image; both polarities occur; probability 0 leaves the image alone."""
+    pixels = np.random.default_rng(5).uniform(1, 254, size=(HEIGHT, WIDTH, 3)).astype(np.float32)
+    image = pipeline.normalize(pixels)
+    bgr = pixels[..., ::-1] / 255.0
+    polarities, gammas = set(), []
+    for i in range(40):
+        out = (pipeline.intensity_augment(image, 1.0, _seed(i)) + pipeline.CAFFE_MEAN_BGR).numpy() / 255.0
+        for inverted, base in ((False, bgr), (True, 1.0 - bgr)):
+            gamma = np.log(out) / np.log(base)  # the same exponent for every pixel
+            if np.allclose(gamma, gamma.mean(), rtol=1e-3, atol=1e-3):
+                polarities.add(inverted)
+                gammas.append(float(gamma.mean()))
+                break
+        else:
+            raise AssertionError(f"seed {i}: not a gamma of the image or of its inverse")
+    assert polarities == {False, True}
+    assert 0.5 - 1e-3 <= min(gammas) and max(gammas) <= 2.0 + 1e-3 and min(gammas) < 0.8 and max(gammas) > 1.3
+    np.testing.assert_array_equal(pipeline.intensity_augment(image, 0.0, _seed(0)).numpy(), image.numpy())
+    # In augment_image it draws from its own stream: the other augmentations are unchanged.
+    plain = pipeline.AugmentConfig(pad=4, random_erasing=0.5)
+    both = pipeline.AugmentConfig(pad=4, random_erasing=0.5, intensity_aug=1e-9)
+    for i in range(5):
+        np.testing.assert_array_equal(pipeline.augment_image(image, plain, _seed(i), rgb=True).numpy(),
+                                      pipeline.augment_image(image, both, _seed(i), rgb=True).numpy())
+
+
 def test_flip_and_pad_crop():
     pixels = np.random.default_rng(4).uniform(0, 255, size=(HEIGHT, WIDTH, 3)).astype(np.float32)
     image = pipeline.normalize(pixels)

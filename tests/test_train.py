@@ -173,20 +173,20 @@ def test_bad_model_and_schedule_flags_name_the_flag(flag, expected):
     assert expected in str(error.value)
 
 
-@pytest.mark.parametrize("preset", ["demo", "smoke", "regdb", "sysu"])
+@pytest.mark.parametrize("preset", ["demo", "smoke", "learning", "regdb", "sysu"])
 def test_presets_parse_into_valid_configs(preset):
     from absl import flags
     from jsia_tf import train
 
     argv = ["train", f"--flagfile={REPO / 'configs' / f'{preset}.flags'}"]
-    if preset == "smoke":  # the tests give it its folders
+    if preset in ("smoke", "learning"):  # the tests give them their folders
         argv += ["--data_dir=data", "--run_dir=run"]
     try:
         flags.FLAGS(argv)
         cfg = train.config_from_flags()
     finally:
         flags.FLAGS.unparse_flags()
-    assert cfg.data.dataset == ("sysu" if preset == "sysu" else "regdb")
+    assert cfg.data.dataset == ("regdb" if preset in ("smoke", "regdb") else "sysu")
     if preset in ("regdb", "sysu"):
         # Paper Sec. 4.2: 256x128 inputs, 16 persons x (4 RGB + 4 IR), flip only; ImageNet
         # ResNet-50; G pre-trained 100 epochs, then 50 joint epochs with lr x 0.1 at 30.
