@@ -37,7 +37,7 @@ MODALITY_BN = ("joint", "separate")
 # with the moving statistics) or "update" (official: they update the statistics too).
 GENERATED_BN = ("restore", "inference", "update")
 OPTIMIZERS = ("adam", "sgd")
-# The trainer's variable groups (STYLE 5), one Adam optimizer each; see jsia_tf.trainer.
+# The trainer's variable groups (STYLE 5), one AdamW optimizer each; see jsia_tf.trainer.
 GROUPS = ("generation", "discriminators", "reid_set_level", "reid_instance_level", "variation")
 # Phase names of the paper's schedule (Sec. 4.2): G pre-trained, then joint training.
 PRETRAIN_PHASE, JOINT_PHASE = "pretrain_g", "joint"
@@ -235,8 +235,9 @@ class LossConfig:
     """Weights and options of the losses of Eqs. 8 and 16 (``jsia_tf.losses``).
 
     Attributes:
-      lambda_recon, lambda_cyc, lambda_gan: Eq. 8 (paper 1, lambda_cyc and lambda_cyc:
-        it writes lambda_cyc on the GAN term too, a typo; official 10, 10 and 1).
+      lambda_recon, lambda_cyc, lambda_gan: Eq. 8. Paper: 1 on the reconstruction and
+        lambda_cyc on the cycle term (it writes lambda_cyc on the GAN term too, a typo);
+        official: 10, 10 and 1.
       lambda_il, lambda_lr, lambda_ui: Eq. 16 (0 turns the term off: the IL / LR / UI
         ablations of Table 3). The paper cross-validates them without giving values;
         0.01 is the official instance-level alignment weight.

@@ -11,8 +11,9 @@ finished run is then read back:
   thermal->visible (RegDB protocol) or each SYSU-MM01 setting, replaces the part of
   ``--results`` between :data:`BEGIN` and :data:`END`;
 - the learning curves (``--curve``, a PNG): test mAP, the mean over the protocol's
-  settings (RegDB: both directions) and the seeds, against the global training step, from each run's ``eval_history.json``
-  (``--eval_every``), for rows 1 (F only) and 6 (the full model).
+  settings (RegDB: both directions) and the seeds, against the global training step,
+  from each run's ``eval_history.json`` (``--eval_every``), for rows 1 (F only) and 6
+  (the full model).
 
 The seed changes the weights' initialisation, the identity sampler and the
 augmentation; the synthetic benchmark itself is drawn from ``--synthetic_seed``, so
@@ -84,7 +85,7 @@ def run_missing(rows, seeds, base_flagfile, out, extra=(), budget_s=0, parallel=
     env = {**os.environ, "TF_NUM_INTRAOP_THREADS": threads, "TF_NUM_INTEROP_THREADS": threads} \
         if parallel > 1 else None
     running, started, failed = [], [], None
-    while todo or running:
+    while (todo and failed is None) or running:
         while todo and len(running) < parallel and failed is None:
             if budget_s and time.monotonic() - start > budget_s:
                 logging.info("Budget of %d s spent: %s wait for the next call", budget_s, todo)
@@ -95,8 +96,6 @@ def run_missing(rows, seeds, base_flagfile, out, extra=(), budget_s=0, parallel=
             logging.info("Row %d, seed %d: %s", row, seed, " ".join(command[1:]))
             running.append((row, seed, command, time.monotonic(), subprocess.Popen(command, env=env)))
             started.append((row, seed))
-        if failed is not None:
-            todo = []
         for entry in list(running):
             row, seed, command, began, process = entry
             if process.poll() is None:
@@ -125,16 +124,22 @@ def collect(rows, seeds, out):
     return found
 
 
+def protocol_settings(metrics):
+    """A run's metrics without the intra-modality diagnostic (``<dataset>_intra_*``)."""
+    return {setting: values for setting, values in metrics.items() if "_intra_" not in setting}
+
+
 def _mean_std(values):
     values = 100.0 * np.asarray(values)
-    std = values.std(ddof=1) if len(values) > 1 else float("nan")
-    return f"{values.mean():.1f} ± {std:.1f}" if len(values) > 1 else f"{values.mean():.1f}"
+    if len(values) < 2:
+        return f"{values.mean():.1f}"
+    return f"{values.mean():.1f} ± {values.std(ddof=1):.1f}"
 
 
 def table(found):
     """The markdown table: one line per row, mean ± std over its finished seeds."""
-    # The protocol's settings in the order the runs wrote them; the intra-modality diagnostic left out.
-    settings = list(dict.fromkeys(s for runs in found.values() for m in runs.values() for s in m if "intra" not in s))
+    # The protocol's settings in the order the runs wrote them.
+    settings = list(dict.fromkeys(s for runs in found.values() for m in runs.values() for s in protocol_settings(m)))
     head = ["index", "SL", "IL", "LR", "UI", "seeds"] + [f"{s} {k}" for s in settings for k in ("R1", "mAP")]
     lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
     for row, runs in sorted(found.items()):
@@ -167,7 +172,7 @@ def curves(rows, seeds, out):
         if not histories:
             continue
         steps = sorted(set.intersection(*({e["step"] for e in h} for h in histories)))
-        means = [100 * np.mean([np.mean([v["mAP"] for k, v in entry["metrics"].items() if "intra" not in k])
+        means = [100 * np.mean([np.mean([v["mAP"] for v in protocol_settings(entry["metrics"]).values()])
                                 for h in histories for entry in h if entry["step"] == step]) for step in steps]
         result[row] = (steps, means)
     return result

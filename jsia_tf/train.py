@@ -160,8 +160,7 @@ def config_from_flags():
     data = config_lib.DataConfig(
         dataset=_DATASET.value, data_dir=_DATA_DIR.value or "", trial=_TRIAL.value,
         synthetic_ids=_SYNTHETIC_IDS.value, synthetic_seed=_SYNTHETIC_SEED.value, height=_HEIGHT.value,
-        width=_WIDTH.value,
-        num_ids=_NUM_IDS.value, num_instances=_NUM_INSTANCES.value,
+        width=_WIDTH.value, num_ids=_NUM_IDS.value, num_instances=_NUM_INSTANCES.value,
         gan_num_ids=_GAN_NUM_IDS.value, gan_num_instances=_GAN_NUM_INSTANCES.value,
         flip=_FLIP.value, pad=_PAD.value, random_erasing=_RANDOM_ERASING.value,
         channel_aug=_CHANNEL_AUG.value, intensity_aug=_INTENSITY_AUG.value, seed=_SEED.value)
@@ -182,9 +181,10 @@ def config_from_flags():
         variation_latent_channels=_VARIATION_LATENT.value, variation_num_downsample=_VARIATION_DOWNSAMPLE.value)
     loss = config_lib.LossConfig(
         lambda_recon=_LAMBDA_RECON.value, lambda_cyc=_LAMBDA_CYC.value, lambda_gan=_LAMBDA_GAN.value,
-        lambda_il=_LAMBDA_IL.value, lambda_lr=_LAMBDA_LR.value, lambda_ui=_LAMBDA_UI.value, triplet_margin=_TRIPLET_MARGIN.value,
-        label_smoothing=_LABEL_SMOOTHING.value, il_convention=_IL_CONVENTION.value,
-        variation_distribution=_VARIATION_DISTRIBUTION.value, ui_direction=_UI_DIRECTION.value,
+        lambda_il=_LAMBDA_IL.value, lambda_lr=_LAMBDA_LR.value, lambda_ui=_LAMBDA_UI.value,
+        triplet_margin=_TRIPLET_MARGIN.value, label_smoothing=_LABEL_SMOOTHING.value,
+        il_convention=_IL_CONVENTION.value, variation_distribution=_VARIATION_DISTRIBUTION.value,
+        ui_direction=_UI_DIRECTION.value,
         instance_alignment=_IL.value, local_alignment=_LR_ALIGN.value, unseen_identity=_UI.value,
         lambda_local_id=_LAMBDA_LOCAL_ID.value, lambda_modality=_LAMBDA_MODALITY.value)
     phases = config_lib.paper_phases(_PRETRAIN_EPOCHS.value, _JOINT_EPOCHS.value,
@@ -194,10 +194,10 @@ def config_from_flags():
         beta2=_BETA2.value, weight_decay=_WEIGHT_DECAY.value, gan_lr=_GAN_LR.value, gan_beta1=_GAN_BETA1.value,
         gan_beta2=_GAN_BETA2.value, gan_weight_decay=_GAN_WEIGHT_DECAY.value, warmup_steps=_WARMUP_STEPS.value,
         eval_every=_EVAL_EVERY.value, checkpoint_every=_CHECKPOINT_EVERY.value,
-        keep_checkpoints=_KEEP_CHECKPOINTS.value,
-        log_every=_LOG_EVERY.value, image_every=_IMAGE_EVERY.value, strategy=_STRATEGY.value,
-        cpu_replicas=_CPU_REPLICAS.value, mixed_precision=_MIXED_PRECISION.value, optimizer=_OPTIMIZER.value,
-        jit_compile=_JIT_COMPILE.value, profile_steps=_int_list("profile_steps", _PROFILE_STEPS.value))
+        keep_checkpoints=_KEEP_CHECKPOINTS.value, log_every=_LOG_EVERY.value, image_every=_IMAGE_EVERY.value,
+        strategy=_STRATEGY.value, cpu_replicas=_CPU_REPLICAS.value, mixed_precision=_MIXED_PRECISION.value,
+        optimizer=_OPTIMIZER.value, jit_compile=_JIT_COMPILE.value,
+        profile_steps=_int_list("profile_steps", _PROFILE_STEPS.value))
     return config_lib.Config(run_dir=_RUN_DIR.value or "", data=data, eval=eval_cfg, model=model, loss=loss,
                              train=train)
 
@@ -440,8 +440,9 @@ def run_training(trainer, batches, train_cfg, manager, writer, data_cfg, images=
     window_start, window_steps, window_images = time.perf_counter(), 0, 0
     while step < total:
         phase, _ = train_cfg.phase_at(step)
-        if train_cfg.learning_rates_at(step) != rates:
-            rates = train_cfg.learning_rates_at(step)
+        now = train_cfg.learning_rates_at(step)
+        if now != rates:
+            rates = now
             trainer.set_learning_rates(rates)  # assigns the optimizers' variables: no retracing
         if not profiling and first_traced <= step + 1 <= last_traced:
             tf.profiler.experimental.start(str(profile_dir))

@@ -381,7 +381,8 @@ class Trainer:
         loss = self.config.loss
         return {"recon": loss.lambda_recon, "cycle": loss.lambda_cyc, "gan": loss.lambda_gan, "discriminator": 1.0,
                 "variation": 1.0, "id_cls": 1.0, "id_triplet": 1.0, "local_id": loss.lambda_local_id,
-                "il": loss.lambda_il, "lr": loss.lambda_lr, "ui": loss.lambda_ui, "modality_discriminator": 1.0, "modality_adversarial": loss.lambda_modality}
+                "il": loss.lambda_il, "lr": loss.lambda_lr, "ui": loss.lambda_ui, "modality_discriminator": 1.0,
+                "modality_adversarial": loss.lambda_modality}
 
     @property
     def terms(self):
@@ -576,25 +577,25 @@ class Trainer:
             if terms & {"modality_discriminator", "modality_adversarial"}:
                 self._modality_losses({m: reid[m]["maps"] for m in MODALITIES}, terms, out)
             labels = {m: reid_batch[f"{m}_labels"] for m in MODALITIES}
-        if "id_cls" in terms:
-            per_image = tf.concat([losses.label_smoothed_cross_entropy(labels[m], reid[m]["logits"],
-                                                                       cfg.label_smoothing) for m in MODALITIES],
-                                  axis=0)  # [2B]: the official mean of the RGB and IR means
-            out["id_cls"] = losses.mean_over_global_batch(per_image, 2 * reid_size)
-        if "local_id" in terms:
-            # PCB (Sun et al. 2018), which Sec. 3.3's LR follows: each C^k is an identity
-            # classifier of its stripe; Eq. 12's KL then aligns trained classifiers.
-            per_image = tf.concat([
-                tf.add_n([losses.label_smoothed_cross_entropy(labels[m], logits, cfg.label_smoothing)
-                          for logits in reid[m]["local_logits"]]) / len(reid[m]["local_logits"])
-                for m in MODALITIES], axis=0)  # [2B], the mean over the n regions
-            out["local_id"] = losses.mean_over_global_batch(per_image, 2 * reid_size)
-        if "id_triplet" in terms:
-            # This replica's anchors mine in the GLOBAL batch of the other modality, as on one device.
-            per_anchor = losses.cross_modal_triplet_loss(reid["rgb"]["features"], reid["ir"]["features"],
-                                                         labels["rgb"], labels["ir"], cfg.triplet_margin,
-                                                         gallery=_from_all_replicas)  # [2B]
-            out["id_triplet"] = losses.mean_over_global_batch(per_anchor, 2 * reid_size)
+            if "id_cls" in terms:
+                per_image = tf.concat([losses.label_smoothed_cross_entropy(labels[m], reid[m]["logits"],
+                                                                           cfg.label_smoothing) for m in MODALITIES],
+                                      axis=0)  # [2B]: the official mean of the RGB and IR means
+                out["id_cls"] = losses.mean_over_global_batch(per_image, 2 * reid_size)
+            if "local_id" in terms:
+                # PCB (Sun et al. 2018), which Sec. 3.3's LR follows: each C^k is an identity
+                # classifier of its stripe; Eq. 12's KL then aligns trained classifiers.
+                per_image = tf.concat([
+                    tf.add_n([losses.label_smoothed_cross_entropy(labels[m], logits, cfg.label_smoothing)
+                              for logits in reid[m]["local_logits"]]) / len(reid[m]["local_logits"])
+                    for m in MODALITIES], axis=0)  # [2B], the mean over the n regions
+                out["local_id"] = losses.mean_over_global_batch(per_image, 2 * reid_size)
+            if "id_triplet" in terms:
+                # This replica's anchors mine in the GLOBAL batch of the other modality, as on one device.
+                per_anchor = losses.cross_modal_triplet_loss(reid["rgb"]["features"], reid["ir"]["features"],
+                                                             labels["rgb"], labels["ir"], cfg.triplet_margin,
+                                                             gallery=_from_all_replicas)  # [2B]
+                out["id_triplet"] = losses.mean_over_global_batch(per_anchor, 2 * reid_size)
         return out
 
     def _modality_losses(self, maps, terms, out):
