@@ -354,6 +354,12 @@ class TrainConfig:
         (tf.distribute.MultiWorkerMirroredStrategy configured from TF_CONFIG).
       cpu_replicas: with "mirrored", split the CPU into this many logical devices
         (0: use the visible GPUs); for testing the distributed path on a CPU.
+      collective_timeout_s: with "multi_worker", a collective (all-reduce, all-gather)
+        that waits longer than this for a peer fails the step, so a worker that is stuck
+        without dying (the coordination service already catches one that died) ends the
+        run instead of hanging it (0: no limit). It must exceed the longest time one
+        worker spends between collectives while the others wait: tracing a step
+        function, the chief's evaluation (``eval_every``), a checkpoint.
       mixed_precision: Keras dtype policy, "float32", "mixed_bfloat16" or
         "mixed_float16" (dynamic loss scaling per variable group, see
         ``jsia_tf.trainer``).
@@ -383,6 +389,7 @@ class TrainConfig:
     eval_every: int = 0
     strategy: str = "default"
     cpu_replicas: int = 0
+    collective_timeout_s: float = 1800.0
     mixed_precision: str = "float32"
     optimizer: str = "adam"
     jit_compile: bool = False
@@ -405,6 +412,8 @@ class TrainConfig:
         _require(self.eval_every >= 0, "eval_every", self.eval_every, ">= 0")
         _require(self.strategy in STRATEGIES, "strategy", self.strategy, f"one of {STRATEGIES}")
         _require(self.cpu_replicas >= 0, "cpu_replicas", self.cpu_replicas, ">= 0")
+        _require(self.collective_timeout_s >= 0, "collective_timeout_s", self.collective_timeout_s,
+                 "seconds >= 0 (0: no limit)")
         _require(self.mixed_precision in PRECISIONS, "mixed_precision", self.mixed_precision,
                  f"one of {PRECISIONS}")
         _require(self.optimizer in OPTIMIZERS, "optimizer", self.optimizer, f"one of {OPTIMIZERS}")

@@ -141,6 +141,9 @@ _STRATEGY = flags.DEFINE_enum("strategy", "default", config_lib.STRATEGIES,
                               "default: one device; mirrored: tf.distribute.MirroredStrategy (local GPUs); "
                               "multi_worker: MultiWorkerMirroredStrategy from TF_CONFIG.")
 _CPU_REPLICAS = flags.DEFINE_integer("cpu_replicas", 0, "With --strategy=mirrored: logical CPU replicas (tests).")
+_COLLECTIVE_TIMEOUT_S = flags.DEFINE_float(
+    "collective_timeout_s", 1800, "With --strategy=multi_worker: a collective that waits longer than this for a "
+    "peer ends the run (0: no limit); above the longest tracing, evaluation or checkpoint of one worker.")
 _MIXED_PRECISION = flags.DEFINE_enum("mixed_precision", "float32", config_lib.PRECISIONS, "Keras dtype policy.")
 _OPTIMIZER = flags.DEFINE_enum("optimizer", "adam", config_lib.OPTIMIZERS,
                                "adam (paper) or plain sgd (tests of distributed gradient scaling).")
@@ -195,7 +198,8 @@ def config_from_flags():
         gan_beta2=_GAN_BETA2.value, gan_weight_decay=_GAN_WEIGHT_DECAY.value, warmup_steps=_WARMUP_STEPS.value,
         eval_every=_EVAL_EVERY.value, checkpoint_every=_CHECKPOINT_EVERY.value,
         keep_checkpoints=_KEEP_CHECKPOINTS.value, log_every=_LOG_EVERY.value, image_every=_IMAGE_EVERY.value,
-        strategy=_STRATEGY.value, cpu_replicas=_CPU_REPLICAS.value, mixed_precision=_MIXED_PRECISION.value,
+        strategy=_STRATEGY.value, cpu_replicas=_CPU_REPLICAS.value,
+        collective_timeout_s=_COLLECTIVE_TIMEOUT_S.value, mixed_precision=_MIXED_PRECISION.value,
         optimizer=_OPTIMIZER.value, jit_compile=_JIT_COMPILE.value,
         profile_steps=_int_list("profile_steps", _PROFILE_STEPS.value))
     return config_lib.Config(run_dir=_RUN_DIR.value or "", data=data, eval=eval_cfg, model=model, loss=loss,
@@ -320,7 +324,8 @@ def make_strategy(train_cfg):
         read_tf_config(os.environ.get("TF_CONFIG"))
         # AUTO: NCCL all-reduce between GPUs, RING (gRPC) between CPUs.
         communication = tf.distribute.experimental.CommunicationOptions(
-            implementation=tf.distribute.experimental.CommunicationImplementation.AUTO)
+            implementation=tf.distribute.experimental.CommunicationImplementation.AUTO,
+            timeout_seconds=train_cfg.collective_timeout_s or None)
         return tf.distribute.MultiWorkerMirroredStrategy(communication_options=communication)
     if train_cfg.cpu_replicas:
         cpus = tf.config.list_physical_devices("CPU")
@@ -552,20 +557,65 @@ def main(argv):
     except ClusterError as err:
         sys.exit(f"error: {err}")
     keras.mixed_precision.set_global_policy(cfg.train.mixed_precision)
+    if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        run_as_worker(cfg, strategy)
+        return
+    try:
+        run_as_worker(cfg, strategy)
+    except BaseException as err:  # pylint: disable=broad-except
+        if isinstance(err, SystemExit) and not err.code:
+            raise
+        end_worker(err, cfg)
+
+
+def run_as_worker(cfg, strategy):
+    """Trains, evaluates and exports: into the run folder on the chief, into a scratch
+    folder elsewhere (every worker saves checkpoints and the export, because saving runs
+    collectives; TF's multi-worker guide)."""
     run_dir = pathlib.Path(cfg.run_dir)
     if is_chief(strategy):
         run_dir.mkdir(parents=True, exist_ok=True)
         cfg.save(run_dir / "config.json")
         train_evaluate_export(cfg, strategy, run_dir)
         return
-    # Every worker saves checkpoints and the export (saving runs collectives); the
-    # non-chief ones into a scratch folder, removed at the end (TF's multi-worker guide).
     scratch = pathlib.Path(tempfile.mkdtemp(prefix="jsia_worker_"))
     logging.info("Not the chief: no summaries; checkpoints and export go to %s, removed at the end", scratch)
     try:
         train_evaluate_export(cfg, strategy, scratch)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+
+
+def end_worker(err, cfg):
+    """Ends this worker of a multi-worker run now, with ``err``'s message and exit status 1.
+
+    ``os._exit`` skips the interpreter's shutdown, which waits on TensorFlow's threads
+    (the input pipeline's generator, the coordination-service agent) and is where a
+    failed two-worker run was once reported to hang. The other workers learn that a
+    peer is gone from the coordination service (its heartbeats stop; their next
+    collective fails within seconds) and end here too. A peer that is stuck but alive
+    is caught by ``--collective_timeout_s``.
+    """
+    if isinstance(err, SystemExit):
+        message = str(err.code)
+    elif isinstance(err, app.UsageError):
+        message = f"error: {err}"
+    elif isinstance(err, tf.errors.DeadlineExceededError):
+        message = (f"error: a collective waited longer than --collective_timeout_s={cfg.train.collective_timeout_s:g} "
+                   "for another worker: one is stuck, or the timeout is below the longest pause between steps")
+    elif isinstance(err, (tf.errors.UnavailableError, tf.errors.CancelledError, tf.errors.AbortedError)):
+        message = (f"error: another worker failed or cannot be reached ({type(err).__name__}); "
+                   "its own output has the cause")
+    else:
+        logging.exception("This worker failed")
+        message = f"error: {type(err).__name__}: {err}"
+    checkpoints = tf.train.latest_checkpoint(str(pathlib.Path(cfg.run_dir) / "checkpoints"))
+    print(f"{message}\nEnding this worker. Restart every worker with the same command to resume from "
+          f"{checkpoints or 'the start (no checkpoint was written yet)'}.", file=sys.stderr)
+    logging.flush()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(1)  # pylint: disable=protected-access
 
 
 def train_evaluate_export(cfg, strategy, out_dir):

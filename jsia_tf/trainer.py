@@ -188,11 +188,16 @@ def _from_all_replicas(value):
     ``ReplicaContext.all_gather`` is differentiable (its gradient sums over replicas
     and hands each replica its slice), so a loss of the gathered tensor trains every
     replica's share as one device would. One replica: ``value`` itself.
+
+    ``all_gather`` sends to the device of the tensor it is given; an input of the step
+    function (e.g. the labels) has none under MultiWorkerMirroredStrategy ("destinations
+    can not be empty"), so the value is first copied by an op created in the replica's
+    device scope.
     """
     context = tf.distribute.get_replica_context()
     if context is None or context.num_replicas_in_sync == 1:
         return value
-    return context.all_gather(value, axis=0)
+    return context.all_gather(tf.identity(value), axis=0)
 
 
 class Trainer:
@@ -498,10 +503,11 @@ class Trainer:
         return out
 
     def mixing_ratios(self, batch_size):
-        """alpha ~ U[0, 1] per example (Eq. 14), stateless from (data seed, step, replica)."""
+        """alpha ~ U[0, 1] per example (Eq. 14), stateless from (data seed, step): drawn for
+        the global batch, this replica's slice, so alpha is what one device would draw."""
         seed = tf.stack([tf.constant(self.config.data.seed, tf.int64), tf.convert_to_tensor(self.step)])
-        seed = tf.random.experimental.stateless_fold_in(seed, _replica_id())
-        return tf.random.stateless_uniform([batch_size], seed)
+        replicas = self.strategy.num_replicas_in_sync
+        return tf.random.stateless_uniform([replicas, batch_size], seed)[_replica_id()]
 
     def mix_images(self, generated, z, alpha, modality):
         """Eq. 14 then Eq. 9 and Eq. 3: images mixing each example with the one K further.
