@@ -49,11 +49,10 @@ from PIL import Image, ImageDraw, ImageFont
 import tensorflow as tf
 
 from jsia_tf import config as config_lib
-from jsia_tf import export
+from jsia_tf import runs
 from jsia_tf.data import pipeline, records
-from jsia_tf.eval import metrics, protocols, quality
+from jsia_tf.eval import metrics, protocols, quality, similarity
 from jsia_tf.models.generation import from_unit_range, to_unit_range
-from jsia_tf.models.variation import mix
 
 KINDS = ("paired", "mixing", "similarity", "ranked", "quality")
 MODALITIES = ("rgb", "ir")
@@ -61,9 +60,7 @@ ALPHAS = (1.0, 0.75, 0.5, 0.25, 0.0)  # Fig. 7, weights of x_1
 # Pixels around each image of a grid; their colour tells the role of the image.
 BORDER = 3
 WHITE, BLUE, GREEN, RED = (255, 255, 255), (40, 90, 220), (0, 170, 0), (220, 0, 0)
-# Fig. 4 histograms: bins of width 0.04 over the cosine range; the figure's size.
-HISTOGRAM_BINS = 50
-SIMILARITY_RANGE = (-1.0, 1.0)
+# Fig. 4 histogram's size.
 FIGURE_SIZE = (560, 360)  # width, height
 TABLE_SIZE = (380, 110)
 
@@ -100,35 +97,6 @@ class Options:
 # -- pure parts: similarities, overlap, grids, figures ---------------------------------------------
 
 
-def cross_modality_similarities(features, test, dataset_name, max_inter=None, seed=0):
-    """Fig. 4's two samples: cosine similarities of every (IR, RGB) test pair.
-
-    Args:
-      features: L2-normalised Eq. 17 features [N, D], row i embeds ``test.paths[i]``.
-      test: the test ImageList; dataset_name: "regdb" or "sysu" (which cameras are RGB).
-      max_inter: keep a random sample (``seed``) of at most this many inter-person values.
-    Returns:
-      (intra-person similarities [P], inter-person similarities [Q]).
-    """
-    is_rgb = np.isin(test.cams, protocols.RGB_CAMS[dataset_name])
-    similarity = features[~is_rgb] @ features[is_rgb].T  # [N_ir, N_rgb]
-    same = test.pids[~is_rgb][:, None] == test.pids[is_rgb][None, :]  # [N_ir, N_rgb]
-    inter = similarity[~same]
-    if max_inter is not None and inter.size > max_inter:
-        inter = np.random.default_rng(seed).choice(inter, max_inter, replace=False)
-    return similarity[same], inter
-
-
-def overlap_area(a, b, bins=HISTOGRAM_BINS, value_range=SIMILARITY_RANGE):
-    """Area shared by the histogram densities of ``a`` and ``b``: sum over bins of min(p_a, p_b) * width.
-
-    1 for identically distributed samples (same bins), 0 when no bin holds both.
-    """
-    p_a, edges = np.histogram(a, bins=bins, range=value_range, density=True)
-    p_b, _ = np.histogram(b, bins=edges, density=True)
-    return float(np.sum(np.minimum(p_a, p_b) * np.diff(edges)))
-
-
 def tile(cells, colors, border=BORDER):
     """One image of a grid of images, each framed in its colour.
 
@@ -148,7 +116,7 @@ def histogram_figure(intra, inter, overlap, size=FIGURE_SIZE):
     """Fig. 4 as uint8 [height, width, 3]: the two densities overlaid, green intra, red inter."""
     width, height = size
     left, right, top, bottom = 50, 20, 50, 35
-    edges = np.linspace(*SIMILARITY_RANGE, HISTOGRAM_BINS + 1)
+    edges = np.linspace(*similarity.SIMILARITY_RANGE, similarity.HISTOGRAM_BINS + 1)
     densities = [np.histogram(x, bins=edges, density=True)[0] for x in (intra, inter)]
     y_max = max(float(d.max()) for d in densities) * 1.05 or 1.0
 
@@ -169,7 +137,7 @@ def histogram_figure(intra, inter, overlap, size=FIGURE_SIZE):
     draw, font = ImageDraw.Draw(figure), ImageFont.load_default()
     draw.line([(left, to_y(0)), (width - right, to_y(0))], fill=(0, 0, 0))
     draw.line([(left, to_y(0)), (left, top)], fill=(0, 0, 0))
-    for tick in np.linspace(*SIMILARITY_RANGE, 5):
+    for tick in np.linspace(*similarity.SIMILARITY_RANGE, 5):
         draw.line([(to_x(tick), to_y(0)), (to_x(tick), to_y(0) + 4)], fill=(0, 0, 0))
         draw.text((to_x(tick), to_y(0) + 6), f"{tick:g}", fill=(0, 0, 0), font=font, anchor="ma")
     draw.text((left - 4, top), f"{y_max:.2g}", fill=(0, 0, 0), font=font, anchor="rm")
@@ -187,8 +155,9 @@ def table_figure(values, size=TABLE_SIZE):
     figure = Image.new("RGB", size, WHITE)
     draw, font = ImageDraw.Draw(figure), ImageFont.load_default()
     draw.text((10, 8), f"Table 4 for this model ({values['pairs']} test pairs)", fill=(0, 0, 0), font=font)
+    fid = [f"{values[name]:.4g}" if values[name] is not None else "skipped" for name in ("FID_FRI", "FID_FLS")]
     rows = [("", "FRI", "FLS"), ("MD (identity)", f"{values['MD_FRI']:.4f}", f"{values['MD_FLS']:.4f}"),
-            ("FID (distribution)", f"{values['FID_FRI']:.4g}", f"{values['FID_FLS']:.4g}")]
+            ("FID (distribution)", *fid)]
     for i, row in enumerate(rows):
         for x, text in zip((10, 170, 270), row):
             draw.text((x, 36 + 22 * i), text, fill=(0, 0, 0), font=font)
@@ -254,16 +223,6 @@ def latent_codes(trainer, gen, modality):
     return z, gen["style"][modality]
 
 
-def decode_mixture(trainer, modality, codes_1, codes_2, alpha):
-    """Eq. 14, then D^v (Eq. 9) and the modality's decoder (Eq. 3): unit-range [B, H, W, 3].
-
-    ``codes_1``, ``codes_2``: (z, style) pairs of [B, ...] codes; alpha [B], the weight of codes_1.
-    """
-    generator = trainer.generator_rgb if modality == "rgb" else trainer.generator_ir
-    (z_1, s_1), (z_2, s_2) = codes_1, codes_2
-    return generator.decode(trainer.variation.decode(mix(z_1, z_2, alpha)), mix(s_1, s_2, alpha))
-
-
 def paired_figure(trainer, test, dataset_name, options):
     """Fig. 6 grid [n (H + 2b), 4 (W + 2b), 3]: real RGB | X_rgb2ir | real IR | X_ir2rgb per person."""
     data = trainer.config.data
@@ -287,8 +246,8 @@ def mixing_figure(trainer, test, dataset_name, options):
     rows = []
     for modality in MODALITIES:
         z, style = latent_codes(trainer, gen, modality)
-        mixed = decode_mixture(trainer, modality, (tf.gather(z, first), tf.gather(style, first)),
-                               (tf.gather(z, second), tf.gather(style, second)), alpha)
+        mixed = trainer.decode_mixture(modality, (tf.gather(z, first), tf.gather(style, first)),
+                                       (tf.gather(z, second), tf.gather(style, second)), alpha)
         real = to_pixels(gen["real"][modality])  # [n, H, W, 3]
         mixed = to_pixels(mixed).reshape(n, steps, *real.shape[1:])  # [n, steps, H, W, 3]
         rows.append(np.concatenate([real[:, None], mixed, np.roll(real, -1, axis=0)[:, None]], axis=1))
@@ -303,8 +262,8 @@ def embed_test_images(trainer, test, batch_size):
 
 def similarity_figure(features, test, dataset_name):
     """Fig. 4 figure and the overlap area of its two densities."""
-    intra, inter = cross_modality_similarities(features, test, dataset_name)
-    overlap = overlap_area(intra, inter)
+    intra, inter = similarity.cross_modality_similarities(features, test, dataset_name)
+    overlap = similarity.overlap_area(intra, inter)
     return histogram_figure(intra, inter, overlap), overlap
 
 
@@ -333,9 +292,9 @@ def ranked_figure(trainer, features, test, dataset_name, options):
                          f"{allowed.sum(axis=1).min()} gallery images")
     rng = np.random.default_rng(options.seed)
     picked = np.sort(rng.choice(len(queries), min(options.num_queries, len(queries)), replace=False))
-    similarity = metrics.cosine_similarity(features[queries[picked]], features[gallery])  # [q, G]
-    similarity[~allowed[picked]] = -np.inf
-    top = gallery[np.argsort(-similarity, axis=1, kind="stable")[:, :options.top_k]]  # [q, top_k] rows
+    scores = metrics.cosine_similarity(features[queries[picked]], features[gallery])  # [q, G]
+    scores[~allowed[picked]] = -np.inf
+    top = gallery[np.argsort(-scores, axis=1, kind="stable")[:, :options.top_k]]  # [q, top_k] rows
     rows = np.concatenate([queries[picked][:, None], top], axis=1)  # [q, 1 + top_k]
     pixels = to_pixels(load_images(test, rows.ravel(), data.height, data.width), unit_range=False)
     correct = test.pids[top] == test.pids[queries[picked]][:, None]  # [q, top_k]
@@ -365,21 +324,23 @@ def generated_sets(trainer, test, dataset_name, options):
         gen = trainer.generate(rgb_1, ir_1, training=False)
         alpha = alphas[start:start + len(rgb_1)]
         for m, images_2 in (("rgb", rgb_2), ("ir", ir_2)):
-            generator = trainer.generator_rgb if m == "rgb" else trainer.generator_ir
             z_2, _, _ = trainer.variation(trainer.content(images_2, training=False), training=False)
-            codes_2 = (z_2, generator.encode_style(to_unit_range(images_2)))
+            codes_2 = (z_2, trainer.generators[m].encode_style(to_unit_range(images_2)))
             out["real"][m].append(to_pixels(gen["real"][m]))
             out["fri"][m].append(to_pixels(gen["cross"][m]))
-            out["fls"][m].append(to_pixels(decode_mixture(trainer, m, latent_codes(trainer, gen, m), codes_2, alpha)))
+            out["fls"][m].append(to_pixels(trainer.decode_mixture(m, latent_codes(trainer, gen, m), codes_2, alpha)))
     return {name: {m: np.concatenate(images) for m, images in sets.items()} for name, sets in out.items()}
 
 
 def quality_numbers(images, inception):
-    """Table 4 for one model from :func:`generated_sets`' images and an :func:`quality.inception_model`."""
-    features = {name: {m: quality.inception_features(inception, x) for m, x in sets.items()}
-                for name, sets in images.items()}
-    fid = {name: float(np.mean([quality.fid(features["real"][m], features[name][m]) for m in MODALITIES]))
-           for name in ("fri", "fls")}
+    """Table 4 for one model from :func:`generated_sets`' images and an :func:`quality.inception_model`
+    (None: the FIDs are None)."""
+    fid = {"fri": None, "fls": None}
+    if inception is not None:
+        features = {name: {m: quality.inception_features(inception, x) for m, x in sets.items()}
+                    for name, sets in images.items()}
+        fid = {name: float(np.mean([quality.fid(features["real"][m], features[name][m]) for m in MODALITIES]))
+               for name in fid}
     md_fri = np.mean([quality.identity_distance(images["real"]["rgb"], images["fri"]["ir"]),  # (X_rgb, X_rgb2ir)
                       quality.identity_distance(images["real"]["ir"], images["fri"]["rgb"])])  # (X_ir, X_ir2rgb)
     md_fls = quality.identity_distance(images["fls"]["rgb"], images["fls"]["ir"])
@@ -394,7 +355,7 @@ def analyze(run_dir, out=None, options=Options(), data_dir=None, dataset=None, t
     """Writes ``out/<kind>.png`` (and ``quality.json``) for each kind of ``options.what``, and TensorBoard images.
 
     Args:
-      run_dir: a training run folder (``export.load_run``); out: default ``run_dir/analysis``.
+      run_dir: a training run folder (``runs.load_run``); out: default ``run_dir/analysis``.
       data_dir, dataset, trial: the test set; default the run's config.
       checkpoint: default the newest of the run.
     Returns:
@@ -412,8 +373,17 @@ def analyze(run_dir, out=None, options=Options(), data_dir=None, dataset=None, t
         test = pipeline.load_dataset(dataset, data_dir, trial=trial or data.trial).test
     except ValueError as err:
         raise ValueError(f"--data_dir={data_dir}: not a {dataset} dataset ({err})") from err
-    inception = quality.inception_model(options.inception_weights) if "quality" in options.what else None
-    trainer, checkpoint = export.load_run(run_dir, checkpoint)
+    inception = None
+    if "quality" in options.what:
+        try:
+            inception = quality.inception_model(options.inception_weights)
+        except ValueError as err:
+            if options.inception_weights != "imagenet":  # a file the user named: their mistake
+                raise
+            # Offline (the default weights are downloaded): every other number and view still helps.
+            print(f"FID skipped: {err}. MD and every view are drawn; for FID pass --inception_weights=PATH "
+                  "(InceptionV3, include_top=False) or run once online to cache the ImageNet weights.")
+    trainer, checkpoint = runs.load_run(run_dir, checkpoint)
     results = {}
     features = None
     for kind in options.what:
@@ -432,8 +402,10 @@ def analyze(run_dir, out=None, options=Options(), data_dir=None, dataset=None, t
             numbers = quality_numbers(generated_sets(trainer, test, dataset, options), inception)
             numbers.update(inception_weights=options.inception_weights, checkpoint=checkpoint)
             results[kind], results["quality_numbers"] = table_figure(numbers), numbers
+            fid = (f"FID FRI {numbers['FID_FRI']:.4g} FLS {numbers['FID_FLS']:.4g}" if inception is not None
+                   else "FID skipped")
             print(f"Table 4 ({numbers['pairs']} test pairs): MD FRI {numbers['MD_FRI']:.4f} FLS "
-                  f"{numbers['MD_FLS']:.4f} | FID FRI {numbers['FID_FRI']:.4g} FLS {numbers['FID_FLS']:.4g}")
+                  f"{numbers['MD_FLS']:.4f} | {fid}")
     write(results, out, options.what, int(trainer.step.numpy()))
     return results
 
@@ -448,7 +420,8 @@ def write(results, out, kinds, step):
             tf.summary.image(f"analysis/{kind}", results[kind][None])
         if "quality_numbers" in results:
             for name in ("MD_FRI", "MD_FLS", "FID_FRI", "FID_FLS"):
-                tf.summary.scalar(f"analysis/{name}", results["quality_numbers"][name])
+                if results["quality_numbers"][name] is not None:
+                    tf.summary.scalar(f"analysis/{name}", results["quality_numbers"][name])
             with open(os.path.join(out, "quality.json"), "w") as f:
                 json.dump(results["quality_numbers"], f, indent=2)
                 f.write("\n")

@@ -9,17 +9,26 @@ import dataclasses
 import json
 import pathlib
 
-from jsia_tf import losses
-from jsia_tf.data import regdb
-from jsia_tf.eval import protocols
-from jsia_tf.models import alignment
-from jsia_tf.models import backbone as backbone_lib
-
-DATASETS = protocols.PROTOCOLS
-SYSU_MODES = tuple(protocols.SYSU_MODES)
-SYSU_SHOTS = protocols.SYSU_SHOTS
-REGDB_DIRECTIONS = tuple(protocols.REGDB_DIRECTIONS)
-BACKBONES = backbone_lib.BACKBONES
+# The choices of every option live here, so that importing the config needs neither
+# TensorFlow nor Keras; the modules that act on a choice import it from here.
+DATASETS = ("sysu", "regdb")  # the evaluation protocols too
+SYSU_MODES = ("all", "indoor")  # search modes; eval.protocols maps each to its gallery cameras
+SYSU_SHOTS = (1, 10)  # single-shot, multi-shot: gallery images per (person, camera)
+REGDB_DIRECTIONS = ("v2t", "t2v")  # visible query -> thermal gallery, and back
+REGDB_TRIALS = range(1, 11)  # the 10 random train/test splits
+BACKBONES = ("resnet50", "resnet18")
+# Widths of the backbone stages conv2..conv5 (the stem has the first); a ResNet-50
+# stage outputs 4x its width (bottleneck blocks), a ResNet-18 stage its width.
+DEFAULT_WIDTHS = (64, 128, 256, 512)
+# Number of local regions n of Eq. 12: the paper does not say; PCB (Sun et al. 2018),
+# which Sec. 3.3 follows, uses 6.
+DEFAULT_NUM_REGIONS = 6
+# Which vector Eq. 17 returns: "bn", the classifier's batch-norm output (official code),
+# or "pool", V = GAP(T) (the paper's text).
+TEST_FEATURES = ("bn", "pool")
+ALIGNMENT_CONVENTIONS = ("paper", "official")  # Eqs. 11, 12 (losses.instance_alignment_loss)
+VARIATION_DISTRIBUTIONS = ("paper", "kl")  # Eq. 10 (losses.variation_loss)
+UNSEEN_ID_DIRECTIONS = ("paper", "target_first")  # Eq. 15 (losses.unseen_identity_loss)
 # Set-level alignment (Table 3): E^i = E^sl (the paper's SL), a separate E^i (no SL), or
 # a separate E^i with E^sl trained by a modality-adversarial loss (the degraded SL).
 SET_LEVEL_SHARING = ("shared", "separate", "gan")
@@ -37,7 +46,7 @@ MODALITY_BN = ("joint", "separate")
 # with the moving statistics) or "update" (official: they update the statistics too).
 GENERATED_BN = ("restore", "inference", "update")
 OPTIMIZERS = ("adam", "sgd")
-# The trainer's variable groups (STYLE 5), one AdamW optimizer each; see jsia_tf.trainer.
+# The trainer's variable groups, one AdamW optimizer each; see jsia_tf.trainer.
 GROUPS = ("generation", "discriminators", "reid_set_level", "reid_instance_level", "variation")
 # Phase names of the paper's schedule (Sec. 4.2): G pre-trained, then joint training.
 PRETRAIN_PHASE, JOINT_PHASE = "pretrain_g", "joint"
@@ -108,7 +117,7 @@ class DataConfig:
     def __post_init__(self):
         _require(self.dataset in DATASETS, "dataset", self.dataset, f"one of {DATASETS}")
         _require(bool(self.data_dir), "data_dir", self.data_dir, "a dataset folder")
-        _require(self.trial in regdb.TRIALS, "trial", self.trial, "a RegDB trial in 1..10")
+        _require(self.trial in REGDB_TRIALS, "trial", self.trial, "a RegDB trial in 1..10")
         _require(self.synthetic_ids >= 0, "synthetic_ids", self.synthetic_ids, ">= 0")
         _require(self.synthetic_seed >= 0, "synthetic_seed", self.synthetic_seed, ">= 0")
         for flag in ("height", "width", "num_ids", "num_instances", "gan_num_ids", "gan_num_instances"):
@@ -180,8 +189,8 @@ class ModelConfig:
 
     backbone: str = "resnet50"
     backbone_weights: str = "imagenet"
-    backbone_widths: tuple = backbone_lib.DEFAULT_WIDTHS
-    num_regions: int = alignment.DEFAULT_NUM_REGIONS
+    backbone_widths: tuple = DEFAULT_WIDTHS
+    num_regions: int = DEFAULT_NUM_REGIONS
     gray_input: bool = False
     generation: bool = True
     modality_bn: str = "joint"
@@ -209,11 +218,11 @@ class ModelConfig:
                  "backbone_weights", self.backbone_weights, "'imagenet', 'none' or an existing weights file")
         _require(len(self.backbone_widths) == 4 and all(w > 0 for w in self.backbone_widths), "backbone_widths",
                  self.backbone_widths, "4 positive integers")
-        _require(self.backbone == "resnet18" or tuple(self.backbone_widths) == backbone_lib.DEFAULT_WIDTHS,
-                 "backbone_widths", self.backbone_widths, f"{backbone_lib.DEFAULT_WIDTHS} for resnet50")
+        _require(self.backbone == "resnet18" or tuple(self.backbone_widths) == DEFAULT_WIDTHS,
+                 "backbone_widths", self.backbone_widths, f"{DEFAULT_WIDTHS} for resnet50")
         _require(self.num_regions >= 0, "num_regions", self.num_regions, ">= 0")
-        _require(self.test_features in alignment.TEST_FEATURES, "test_features", self.test_features,
-                 f"one of {alignment.TEST_FEATURES}")
+        _require(self.test_features in TEST_FEATURES, "test_features", self.test_features,
+                 f"one of {TEST_FEATURES}")
         _require(self.set_level in SET_LEVEL_SHARING, "sl", self.set_level, f"one of {SET_LEVEL_SHARING}")
         _require(self.modality_bn in MODALITY_BN, "modality_bn", self.modality_bn, f"one of {MODALITY_BN}")
         _require(self.generated_bn in GENERATED_BN, "generated_bn", self.generated_bn, f"one of {GENERATED_BN}")
@@ -282,19 +291,19 @@ class LossConfig:
                      "triplet_margin", "lambda_local_id", "lambda_modality"):
             _require(getattr(self, flag) >= 0, flag, getattr(self, flag), ">= 0")
         _require(0.0 <= self.label_smoothing < 1.0, "label_smoothing", self.label_smoothing, "a value in [0, 1)")
-        _require(self.il_convention in losses.ALIGNMENT_CONVENTIONS, "il_convention", self.il_convention,
-                 f"one of {losses.ALIGNMENT_CONVENTIONS}")
-        _require(self.variation_distribution in losses.VARIATION_DISTRIBUTIONS, "variation_distribution",
-                 self.variation_distribution, f"one of {losses.VARIATION_DISTRIBUTIONS}")
-        _require(self.ui_direction in losses.UNSEEN_ID_DIRECTIONS, "ui_direction", self.ui_direction,
-                 f"one of {losses.UNSEEN_ID_DIRECTIONS}")
+        _require(self.il_convention in ALIGNMENT_CONVENTIONS, "il_convention", self.il_convention,
+                 f"one of {ALIGNMENT_CONVENTIONS}")
+        _require(self.variation_distribution in VARIATION_DISTRIBUTIONS, "variation_distribution",
+                 self.variation_distribution, f"one of {VARIATION_DISTRIBUTIONS}")
+        _require(self.ui_direction in UNSEEN_ID_DIRECTIONS, "ui_direction", self.ui_direction,
+                 f"one of {UNSEEN_ID_DIRECTIONS}")
         _require(self.local_alignment in LOCAL_ALIGNMENTS, "lr_align", self.local_alignment,
                  f"one of {LOCAL_ALIGNMENTS}")
 
 
 @dataclasses.dataclass(frozen=True)
 class Phase:
-    """One training phase (STYLE 6: the schedule is data).
+    """One training phase (the schedule is data).
 
     Attributes:
       name: e.g. "pretrain_g", "joint".
@@ -500,7 +509,7 @@ class Config:
             _require(all(set(p.groups) <= set(REID_GROUPS) for p in self.train.phases), "generation", False,
                      "phases that step only module F's groups")
         # Whole identities per replica: checked against the strategy's replica count once it
-        # exists (train.check_replica_split), whatever the strategy.
+        # exists (distribute.check_replica_split), whatever the strategy.
 
     def to_json(self):
         return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)

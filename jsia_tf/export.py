@@ -33,11 +33,9 @@ import shutil
 import tempfile
 
 from absl import app, flags
-import keras
 import tensorflow as tf
 
-from jsia_tf import config as config_lib
-from jsia_tf import trainer as trainer_lib
+from jsia_tf import runs
 from jsia_tf.data import pipeline
 from jsia_tf.models import alignment
 
@@ -212,41 +210,9 @@ def export_trainer(trainer, export_dir, checkpoint=None):
     return export_embedder(trainer.alignment, export_dir, cfg.data.height, cfg.data.width, metadata=metadata)
 
 
-def load_run(run_dir, checkpoint=None):
-    """Rebuilds a training run's networks from ``run_dir`` with a checkpoint's weights.
-
-    The one way to load a trained run: ``export_run`` and ``jsia_tf.analyze`` use it.
-    Sets the run's mixed-precision policy (globally) before building the networks.
-
-    Args:
-      run_dir: a ``python -m jsia_tf.train`` run folder (config.json, dataset.json,
-        checkpoints/).
-      checkpoint: a checkpoint prefix; default the newest in ``run_dir/checkpoints``.
-    Returns:
-      ``(trainer, checkpoint)``: a :class:`jsia_tf.trainer.Trainer` with the restored
-      weights, and the checkpoint prefix they come from.
-    Raises:
-      ValueError: the run folder or checkpoint is missing or not a jsia_tf run.
-    """
-    cfg = config_lib.Config.load(os.path.join(run_dir, "config.json"))
-    summary_path = os.path.join(run_dir, "dataset.json")
-    try:
-        with open(summary_path) as f:
-            num_classes = int(json.load(f)["num_classes"])
-    except (OSError, ValueError, KeyError) as err:
-        raise ValueError(f"{summary_path}: expected the run's dataset summary with num_classes ({err})") from err
-    checkpoint = checkpoint or tf.train.latest_checkpoint(os.path.join(run_dir, "checkpoints"))
-    if not checkpoint or not tf.io.gfile.exists(checkpoint + ".index"):
-        raise ValueError(f"--checkpoint={checkpoint!r}: no checkpoint of {run_dir} to load")
-    keras.mixed_precision.set_global_policy(cfg.train.mixed_precision)
-    trainer = trainer_lib.Trainer(cfg, num_classes)
-    trainer.checkpoint().restore(checkpoint).assert_existing_objects_matched()
-    return trainer, checkpoint
-
-
 def export_run(run_dir, export_dir, checkpoint=None):
-    """Exports the embedder of a training run (:func:`load_run`'s arguments and errors)."""
-    trainer, checkpoint = load_run(run_dir, checkpoint)
+    """Exports the embedder of a training run (:func:`jsia_tf.runs.load_run`'s arguments and errors)."""
+    trainer, checkpoint = runs.load_run(run_dir, checkpoint)
     return export_trainer(trainer, export_dir, checkpoint)
 
 

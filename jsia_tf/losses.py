@@ -9,22 +9,19 @@ Conventions shared by every function:
   optimizers sum gradients over replicas under ``tf.distribute``. Maps (images,
   discriminator outputs, feature maps) are reduced to one value per example by the
   mean over their non-batch axes, so the batch mean equals the official code's mean.
-- Batch-hard triplet mining sees only the tensors it is given, i.e. one replica's
-  batch under a distribution strategy.
+- Batch-hard triplet mining searches the candidates it is given: the trainer passes
+  the all-gathered features of every replica, so replicas mine in the global batch.
 - Classifier outputs are LOGITS; probabilities are handled as log-softmax.
 """
 
 import tensorflow as tf
 
+from jsia_tf.config import ALIGNMENT_CONVENTIONS, UNSEEN_ID_DIRECTIONS, VARIATION_DISTRIBUTIONS
+
 # Squared distances at or below this are treated as 0 by `_safe_sqrt`: d(sqrt x)/dx
 # = 1 / (2 sqrt(x)) would be infinite at 0 (coinciding features); the floor bounds it
 # by 5e5 and changes a distance by at most 1e-6.
 _SQRT_FLOOR = 1e-12
-
-ALIGNMENT_CONVENTIONS = ("paper", "official")
-VARIATION_DISTRIBUTIONS = ("paper", "kl")
-UNSEEN_ID_DIRECTIONS = ("paper", "target_first")
-
 
 def _f32(x):
     return tf.cast(x, tf.float32)

@@ -1,26 +1,24 @@
 """``python -m jsia_tf.train --flagfile=configs/demo.flags``: the main job.
 
 Flags are defined here and turned into one frozen :class:`jsia_tf.config.Config`
-(written to ``<run_dir>/config.json``). The run generates the synthetic dataset when
-the preset asks for it, builds the :class:`jsia_tf.trainer.Trainer` (modules F, G, V
-and the discriminators of Sec. 3), resumes from the newest checkpoint in
-``<run_dir>/checkpoints`` if there is one (the step counter and the data streams
-continue where they stopped), trains through the schedule's phases (G pre-training,
-then joint training, Sec. 4.2), then evaluates module F's Eq. 17 features with the
-dataset's protocol (``metrics.json``) and exports the embedder as a SavedModel
-for TF Serving (``<run_dir>/export/<version>/``, :mod:`jsia_tf.export`). TensorBoard scalars, images and histograms go to
-``--run_dir``. A non-finite loss stops the run; the last checkpoint written before it
-is kept.
+(written to ``<run_dir>/config.json``). The run prepares its data and resumes from
+the newest checkpoint in ``<run_dir>/checkpoints`` if there is one (:mod:`jsia_tf.runs`:
+the step counter and the data streams continue where they stopped), builds the
+:class:`jsia_tf.trainer.Trainer` (modules F, G, V and the discriminators of Sec. 3),
+trains through the schedule's phases (G pre-training, then joint training, Sec. 4.2)
+in the loop below, then evaluates module F's Eq. 17 features with the dataset's
+protocol (``metrics.json``) and exports the embedder as a SavedModel for TF Serving
+(``<run_dir>/export/<version>/``, :mod:`jsia_tf.export`). TensorBoard scalars, images
+and histograms go to ``--run_dir``. A non-finite loss stops the run; the last
+checkpoint written before it is kept.
 
 ``--strategy=mirrored`` trains on every local GPU, ``--strategy=multi_worker`` on
-several hosts (``TF_CONFIG``, one process per host); only the chief writes to the run
-folder. See docs/DISTRIBUTED.md; :mod:`jsia_tf.launch_local` starts a local cluster.
-``--profile_steps=FIRST,LAST`` traces those steps with the TensorFlow profiler
-(TensorBoard's Profile tab).
+several hosts (``TF_CONFIG``, one process per host; :mod:`jsia_tf.distribute`); only
+the chief writes to the run folder. See docs/DISTRIBUTED.md; :mod:`jsia_tf.launch_local`
+starts a local cluster. ``--profile_steps=FIRST,LAST`` traces those steps with the
+TensorFlow profiler (TensorBoard's Profile tab).
 """
 
-import fcntl
-import hashlib
 import json
 import os
 import pathlib
@@ -31,16 +29,16 @@ import time
 
 from absl import app, flags, logging
 import keras
-import numpy as np
 import tensorflow as tf
 
-from jsia_tf import analyze
 from jsia_tf import config as config_lib
+from jsia_tf import distribute
 from jsia_tf import export
+from jsia_tf import runs
 from jsia_tf import trainer as trainer_lib
-from jsia_tf.data import pipeline, records, synthetic
+from jsia_tf.data import pipeline, records
 from jsia_tf.eval import metrics as metrics_lib
-from jsia_tf.eval import protocols
+from jsia_tf.eval import protocols, similarity
 
 _RUN_DIR = flags.DEFINE_string("run_dir", None, "Run folder: config.json, TensorBoard events, metrics.")
 _DATASET = flags.DEFINE_enum("dataset", "regdb", config_lib.DATASETS, "Dataset layout and protocol.")
@@ -83,7 +81,8 @@ _MODALITY_BN = flags.DEFINE_enum("modality_bn", "joint", config_lib.MODALITY_BN,
 _GENERATED_BN = flags.DEFINE_enum("generated_bn", "restore", config_lib.GENERATED_BN,
                                   "Generated images and F's BN moving statistics: restore them, inference mode, "
                                   "or update them (official).")
-_TEST_FEATURES = flags.DEFINE_enum("test_features", "bn", ("bn", "pool"), "Eq. 17 vector: BN output or pooled.")
+_TEST_FEATURES = flags.DEFINE_enum("test_features", "bn", config_lib.TEST_FEATURES,
+                                    "Eq. 17 vector: BN output or pooled.")
 _SL = flags.DEFINE_enum("sl", "shared", config_lib.SET_LEVEL_SHARING,
                         "Set-level alignment (Table 3): E^i = E^sl (shared, the paper), a separate E^i (no SL), "
                         "or a separate E^i with E^sl trained modality-adversarially (gan, the degraded SL).")
@@ -108,9 +107,11 @@ _LAMBDA_LR = flags.DEFINE_float("lambda_lr", 0.01, "Eq. 16 local-region alignmen
 _LAMBDA_UI = flags.DEFINE_float("lambda_ui", 0.01, "Eq. 16 unseen-identity weight (0: no UI).")
 _TRIPLET_MARGIN = flags.DEFINE_float("triplet_margin", 0.3, "Eq. 13 triplet margin.")
 _LABEL_SMOOTHING = flags.DEFINE_float("label_smoothing", 0.1, "Eq. 13 label smoothing (0: the paper's CE).")
-_IL_CONVENTION = flags.DEFINE_enum("il_convention", "paper", ("paper", "official"), "Eqs. 11, 12 convention.")
-_VARIATION_DISTRIBUTION = flags.DEFINE_enum("variation_distribution", "paper", ("paper", "kl"), "Eq. 10 term.")
-_UI_DIRECTION = flags.DEFINE_enum("ui_direction", "paper", ("paper", "target_first"), "Eq. 15 KL direction.")
+_IL_CONVENTION = flags.DEFINE_enum("il_convention", "paper", config_lib.ALIGNMENT_CONVENTIONS,
+                                   "Eqs. 11, 12 convention.")
+_VARIATION_DISTRIBUTION = flags.DEFINE_enum("variation_distribution", "paper", config_lib.VARIATION_DISTRIBUTIONS,
+                                            "Eq. 10 term.")
+_UI_DIRECTION = flags.DEFINE_enum("ui_direction", "paper", config_lib.UNSEEN_ID_DIRECTIONS, "Eq. 15 KL direction.")
 _IL = flags.DEFINE_bool("il", True, "Eq. 11 instance-level alignment (Table 3 IL).")
 _LR_ALIGN = flags.DEFINE_enum("lr_align", "paired", config_lib.LOCAL_ALIGNMENTS,
                               "Eq. 12 local regions on generated pairs, on real unpaired images, or off (Table 3 LR).")
@@ -204,212 +205,6 @@ def config_from_flags():
         profile_steps=_int_list("profile_steps", _PROFILE_STEPS.value))
     return config_lib.Config(run_dir=_RUN_DIR.value or "", data=data, eval=eval_cfg, model=model, loss=loss,
                              train=train)
-
-
-def _synthetic_metadata(root):
-    """The ``synthetic.json`` of a generated dataset folder, None if there is none (or unreadable)."""
-    try:
-        return json.loads((root / synthetic.METADATA_FILE).read_text())
-    except (OSError, ValueError):
-        return None
-
-
-def prepare_dataset(data_cfg):
-    """Generates the synthetic dataset if the preset asks for it, then reads it.
-
-    The dataset is generated when ``data_dir`` is empty or holds a synthetic dataset
-    whose ``synthetic.json`` differs from what the flags ask for (another renderer
-    version, size, seed or number of ids): a cached demo dataset always matches the
-    code. A non-empty folder without ``synthetic.json`` is never overwritten.
-
-    Workers that share ``--data_dir`` (one host, or a shared filesystem) take turns
-    through an exclusive lock on ``.<data_dir name>.lock`` beside it: the first one
-    generates, the others then find the dataset. Workers on separate disks each
-    generate the same files (generation is seeded).
-    """
-    root = pathlib.Path(data_cfg.data_dir)
-    if data_cfg.synthetic_ids:
-        root.parent.mkdir(parents=True, exist_ok=True)
-        # Rendered at twice the network input so that, as with real data, the
-        # pipeline resizes what it reads.
-        wanted = synthetic.metadata(data_cfg.dataset, data_cfg.synthetic_ids, data_cfg.synthetic_seed,
-                                    2 * data_cfg.height, 2 * data_cfg.width)
-        with open(root.parent / f".{root.name}.lock", "w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file is closed
-            found = _synthetic_metadata(root)
-            if found != wanted:
-                if found is None and root.exists() and any(root.iterdir()):
-                    raise config_lib.ConfigError(
-                        "data_dir", str(root), f"an empty folder or a synthetic dataset (no "
-                        f"{synthetic.METADATA_FILE} here, so it is not regenerated: remove it, or pass "
-                        "--synthetic_ids=0 to read it as it is)")
-                logging.info("Generating a synthetic %s dataset (%d ids) in %s%s", data_cfg.dataset,
-                             data_cfg.synthetic_ids, root, "" if found is None else f" (it held {found})")
-                try:
-                    synthetic.generate(root, data_cfg.dataset, data_cfg.synthetic_ids, data_cfg.synthetic_seed,
-                                       height=2 * data_cfg.height, width=2 * data_cfg.width,
-                                       overwrite=found is not None, num_workers=os.cpu_count() or 1)
-                except ValueError as err:
-                    raise config_lib.ConfigError("synthetic_ids", data_cfg.synthetic_ids, str(err)) from None
-    return pipeline.load_dataset(data_cfg.dataset, root, trial=data_cfg.trial)
-
-
-# What --strategy=multi_worker expects in TF_CONFIG (docs/DISTRIBUTED.md has a 2-host example).
-_TF_CONFIG_EXAMPLE = ('{"cluster": {"worker": ["host0:2222", "host1:2222"]}, '
-                      '"task": {"type": "worker", "index": 0}}')
-
-
-class ClusterError(ValueError):
-    """TF_CONFIG does not describe a cluster and this process's task in it."""
-
-
-def read_tf_config(raw):
-    """(task type, task index, cluster) of a TF_CONFIG value, validated for MultiWorkerMirroredStrategy.
-
-    Raises:
-      ClusterError: naming TF_CONFIG, what is wrong and what was expected.
-    """
-    def fail(problem):
-        raise ClusterError(f"TF_CONFIG={raw!r}: {problem}; --strategy=multi_worker expects JSON like "
-                           f"{_TF_CONFIG_EXAMPLE}, the same cluster on every worker and its own task")
-
-    if not raw:
-        fail("not set")
-    try:
-        spec = json.loads(raw)
-    except json.JSONDecodeError as err:
-        fail(f"not JSON ({err})")
-    cluster = spec.get("cluster") if isinstance(spec, dict) else None
-    task = spec.get("task") if isinstance(spec, dict) else None
-    if not isinstance(cluster, dict) or not cluster:
-        fail('no "cluster" object')
-    for role, addresses in cluster.items():
-        if role not in ("chief", "worker"):
-            fail(f'cluster role "{role}" (MultiWorkerMirroredStrategy runs "chief" and "worker" tasks)')
-        if (not isinstance(addresses, list) or not addresses
-                or not all(isinstance(a, str) and a.rpartition(":")[2].isdigit() for a in addresses)):
-            fail(f'cluster "{role}" is not a list of "host:port" addresses')
-    if not isinstance(task, dict) or task.get("type") not in cluster:
-        fail(f'"task" has no "type" among the cluster\'s roles {sorted(cluster)}')
-    index = task.get("index")
-    if not isinstance(index, int) or not 0 <= index < len(cluster[task["type"]]):
-        fail(f'"task" "index" {index!r} is not in 0..{len(cluster[task["type"]]) - 1}')
-    return task["type"], index, cluster
-
-
-def is_chief(strategy):
-    """Whether this process writes the run folder: always, except on the non-chief workers of
-    a multi-worker run (the chief is task "chief", or worker 0 when there is none)."""
-    if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
-        return True
-    resolver = strategy.cluster_resolver  # built from the TF_CONFIG make_strategy validated
-    return resolver.task_type == "chief" or (resolver.task_type == "worker" and resolver.task_id == 0
-                                             and "chief" not in resolver.cluster_spec().as_dict())
-
-
-def make_strategy(train_cfg):
-    """The run's tf.distribute strategy; call before any TensorFlow op.
-
-    Raises:
-      ConfigError: --cpu_replicas with --strategy=multi_worker.
-      ClusterError: --strategy=multi_worker without a valid TF_CONFIG.
-    """
-    if train_cfg.strategy == "default":
-        return tf.distribute.get_strategy()
-    if train_cfg.strategy == "multi_worker":
-        if train_cfg.cpu_replicas:
-            raise config_lib.ConfigError("cpu_replicas", train_cfg.cpu_replicas,
-                                         "0 with --strategy=multi_worker (a worker uses its GPUs or its CPU; "
-                                         "start more workers instead)")
-        read_tf_config(os.environ.get("TF_CONFIG"))
-        # AUTO: NCCL all-reduce between GPUs, RING (gRPC) between CPUs.
-        communication = tf.distribute.experimental.CommunicationOptions(
-            implementation=tf.distribute.experimental.CommunicationImplementation.AUTO,
-            timeout_seconds=train_cfg.collective_timeout_s or None)
-        return tf.distribute.MultiWorkerMirroredStrategy(communication_options=communication)
-    if train_cfg.cpu_replicas:
-        cpus = tf.config.list_physical_devices("CPU")
-        tf.config.set_logical_device_configuration(
-            cpus[0], [tf.config.LogicalDeviceConfiguration()] * train_cfg.cpu_replicas)
-        return tf.distribute.MirroredStrategy([f"/cpu:{i}" for i in range(train_cfg.cpu_replicas)])
-    return tf.distribute.MirroredStrategy()
-
-
-def check_replica_split(data_cfg, num_replicas):
-    """Raises ConfigError unless both batches split into whole identities over ``num_replicas``."""
-    for flag in ("num_ids", "gan_num_ids"):
-        if getattr(data_cfg, flag) % num_replicas:
-            raise config_lib.ConfigError(flag, getattr(data_cfg, flag),
-                                         f"a multiple of the {num_replicas} replicas: each replica trains on "
-                                         "whole identities of the global batch")
-
-
-def training_batches(dataset, cfg, strategy, start_step):
-    """Iterator of distributed (re-ID batch, generation batch) pairs from step ``start_step`` on.
-
-    Two seeded streams (STYLE 7): P x K re-ID batches (seed) and the generation
-    module's smaller batches (seed + 1), global sizes; resuming skips ``start_step``
-    batches of each. Each input pipeline (one per worker) draws the same global batches
-    and reads only its own replicas' identities (``pipeline.train_dataset``); its
-    per-replica batches go to its local replicas in turn.
-    """
-    data = cfg.data
-    augment = pipeline.AugmentConfig(flip=data.flip, pad=data.pad, random_erasing=data.random_erasing,
-                                     channel_aug=data.channel_aug, intensity_aug=data.intensity_aug)
-
-    def worker_batches(context):
-        local = context.num_replicas_in_sync // context.num_input_pipelines
-        first = context.input_pipeline_id * local  # replica ids are worker-major
-        streams = [pipeline.train_dataset(dataset, num_ids, num_instances, data.height, data.width,
-                                          seed=data.seed + offset, augment=augment, start_batch=start_step,
-                                          num_replicas=context.num_replicas_in_sync,
-                                          replica_ids=range(first, first + local))
-                   for offset, (num_ids, num_instances) in enumerate(
-                       [(data.num_ids, data.num_instances), (data.gan_num_ids, data.gan_num_instances)])]
-        return tf.data.Dataset.zip(tuple(streams))
-
-    return iter(strategy.distribute_datasets_from_function(worker_batches))
-
-
-def restore_or_start(trainer, manager, checkpoint_dir=None):
-    """Restores the newest checkpoint of ``checkpoint_dir`` (default: the manager's) if any;
-    returns the step to continue from."""
-    latest = tf.train.latest_checkpoint(str(checkpoint_dir)) if checkpoint_dir else manager.latest_checkpoint
-    if latest:
-        manager.checkpoint.restore(latest).assert_existing_objects_matched()
-        logging.info("Resumed from %s (step %d)", latest, int(trainer.step.numpy()))
-        for group, (saved, wanted) in trainer.restored_settings_differ().items():
-            logging.warning("%s: the checkpoint was trained with (lr, beta1, beta2, weight_decay) %s; "
-                            "continuing with this start's %s", group, saved, wanted)
-    return int(trainer.step.numpy())
-
-
-def check_workers_agree(strategy, trainer):
-    """Raises ClusterError unless every worker restored the same step.
-
-    A worker that cannot read the chief's checkpoints would start over and then wait
-    forever in a collective for steps the others never take.
-    """
-    def mean_over_replicas(value):
-        return strategy.reduce(tf.distribute.ReduceOp.MEAN, strategy.run(tf.identity, args=(value,)), axis=None)
-
-    step = tf.cast(trainer.step, tf.float32)  # exact below 2**24 steps
-    mean = mean_over_replicas(step)
-    if mean_over_replicas(tf.square(step - mean)) > 0:  # the same on every worker: all stop
-        raise ClusterError(f"the workers resumed from different steps (this one {int(step)}, mean {float(mean):g}): "
-                           "every worker must read the chief's --run_dir/checkpoints (a shared filesystem)")
-
-
-def weights_digest(trainer):
-    """sha256 of every network weight (trainable and batch-norm statistics), networks by name.
-
-    Logged at the end of training by every worker: equal digests mean equal replicas.
-    """
-    digest = hashlib.sha256()
-    for _, model in sorted(trainer.models.items()):
-        for weight in model.weights:
-            digest.update(np.ascontiguousarray(weight.numpy()).tobytes())
-    return digest.hexdigest()
 
 
 def images_per_step(phase, data_cfg):
@@ -507,7 +302,7 @@ _MAX_HISTOGRAM_PAIRS = 1_000_000
 
 def write_similarity_histograms(features, test, dataset_name):
     """Fig. 4: cosine similarities of cross-modality (IR x RGB) test pairs, intra- vs inter-person."""
-    intra, inter = analyze.cross_modality_similarities(features, test, dataset_name, max_inter=_MAX_HISTOGRAM_PAIRS)
+    intra, inter = similarity.cross_modality_similarities(features, test, dataset_name, max_inter=_MAX_HISTOGRAM_PAIRS)
     tf.summary.histogram("eval/similarity_intra_person", intra)
     tf.summary.histogram("eval/similarity_inter_person", inter)
 
@@ -536,25 +331,27 @@ def evaluate(trainer, dataset, cfg, writer):
 
 
 # The test-set metrics of every evaluation of a run, by step (learning curves).
-EVAL_HISTORY = "eval_history.json"
+_TENSORFLOW_DIR = os.path.dirname(tf.__file__)
 
 
-def record_evaluation(path, step, metrics):
-    """Adds (or, after a resume, replaces) ``step``'s metrics in the run's eval history."""
-    history = json.loads(path.read_text()) if path.exists() else []
-    history = [entry for entry in history if entry["step"] != step] + [{"step": step, "metrics": metrics}]
-    path.write_text(json.dumps(sorted(history, key=lambda entry: entry["step"]), indent=1) + "\n")
+def _not_tensorflow_info(record):
+    """Drops TensorFlow's own INFO lines (checkpoint sharding, SavedModel assets,
+    collectives), which bury the progress lines; its warnings and errors stay."""
+    return record.levelno >= logging.converter.STANDARD_WARNING or not record.pathname.startswith(_TENSORFLOW_DIR)
 
 
 def main(argv):
     del argv
+    if logging.get_verbosity() < logging.DEBUG:  # --verbosity=1 brings them back
+        logging.get_absl_handler().addFilter(_not_tensorflow_info)
+        tf.get_logger().setLevel("WARNING")  # its "INFO:tensorflow:" copies
     try:
         cfg = config_from_flags()
-        strategy = make_strategy(cfg.train)
-        check_replica_split(cfg.data, strategy.num_replicas_in_sync)
+        strategy = distribute.make_strategy(cfg.train)
+        distribute.check_replica_split(cfg.data, strategy.num_replicas_in_sync)
     except config_lib.ConfigError as err:
         raise app.UsageError(str(err)) from None
-    except ClusterError as err:
+    except distribute.ClusterError as err:
         sys.exit(f"error: {err}")
     keras.mixed_precision.set_global_policy(cfg.train.mixed_precision)
     if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
@@ -565,7 +362,7 @@ def main(argv):
     except BaseException as err:  # pylint: disable=broad-except
         if isinstance(err, SystemExit) and not err.code:
             raise
-        end_worker(err, cfg)
+        distribute.end_worker(err, cfg)
 
 
 def run_as_worker(cfg, strategy):
@@ -573,7 +370,7 @@ def run_as_worker(cfg, strategy):
     folder elsewhere (every worker saves checkpoints and the export, because saving runs
     collectives; TF's multi-worker guide)."""
     run_dir = pathlib.Path(cfg.run_dir)
-    if is_chief(strategy):
+    if distribute.is_chief(strategy):
         run_dir.mkdir(parents=True, exist_ok=True)
         cfg.save(run_dir / "config.json")
         train_evaluate_export(cfg, strategy, run_dir)
@@ -584,38 +381,6 @@ def run_as_worker(cfg, strategy):
         train_evaluate_export(cfg, strategy, scratch)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-
-
-def end_worker(err, cfg):
-    """Ends this worker of a multi-worker run now, with ``err``'s message and exit status 1.
-
-    ``os._exit`` skips the interpreter's shutdown, which waits on TensorFlow's threads
-    (the input pipeline's generator, the coordination-service agent) and is where a
-    failed two-worker run was once reported to hang. The other workers learn that a
-    peer is gone from the coordination service (its heartbeats stop; their next
-    collective fails within seconds) and end here too. A peer that is stuck but alive
-    is caught by ``--collective_timeout_s``.
-    """
-    if isinstance(err, SystemExit):
-        message = str(err.code)
-    elif isinstance(err, app.UsageError):
-        message = f"error: {err}"
-    elif isinstance(err, tf.errors.DeadlineExceededError):
-        message = (f"error: a collective waited longer than --collective_timeout_s={cfg.train.collective_timeout_s:g} "
-                   "for another worker: one is stuck, or the timeout is below the longest pause between steps")
-    elif isinstance(err, (tf.errors.UnavailableError, tf.errors.CancelledError, tf.errors.AbortedError)):
-        message = (f"error: another worker failed or cannot be reached ({type(err).__name__}); "
-                   "its own output has the cause")
-    else:
-        logging.exception("This worker failed")
-        message = f"error: {type(err).__name__}: {err}"
-    checkpoints = tf.train.latest_checkpoint(str(pathlib.Path(cfg.run_dir) / "checkpoints"))
-    print(f"{message}\nEnding this worker. Restart every worker with the same command to resume from "
-          f"{checkpoints or 'the start (no checkpoint was written yet)'}.", file=sys.stderr)
-    logging.flush()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(1)  # pylint: disable=protected-access
 
 
 def train_evaluate_export(cfg, strategy, out_dir):
@@ -630,7 +395,7 @@ def train_evaluate_export(cfg, strategy, out_dir):
     # A dataset folder that is not what the flags say ends the run with its
     # message (it names the path), not a traceback.
     try:
-        dataset = prepare_dataset(cfg.data)
+        dataset = runs.prepare_dataset(cfg.data)
     except config_lib.ConfigError as err:
         raise app.UsageError(str(err)) from None
     except records.DatasetError as err:
@@ -639,7 +404,7 @@ def train_evaluate_export(cfg, strategy, out_dir):
                  dataset.name, dataset.num_classes, len(dataset.train_rgb), len(dataset.train_ir),
                  len(dataset.test))
     logging.info("%d replica(s), %s", strategy.num_replicas_in_sync, cfg.train.mixed_precision)
-    # Weight initialisation is seeded too: a run is reproducible from its config (STYLE 7).
+    # Weight initialisation is seeded too: a run is reproducible from its config.
     keras.utils.set_random_seed(cfg.data.seed)
     if chief:  # what `python -m jsia_tf.export` needs besides config.json to rebuild the networks
         (run_dir / "dataset.json").write_text(json.dumps(
@@ -648,27 +413,27 @@ def train_evaluate_export(cfg, strategy, out_dir):
     trainer = trainer_lib.Trainer(cfg, dataset.num_classes, strategy)
     manager = tf.train.CheckpointManager(trainer.checkpoint(), str(out_dir / "checkpoints"),
                                          max_to_keep=cfg.train.keep_checkpoints)
-    start = restore_or_start(trainer, manager, run_dir / "checkpoints")
+    start = runs.restore_or_start(trainer, manager, run_dir / "checkpoints")
     if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
         try:
-            check_workers_agree(strategy, trainer)
-        except ClusterError as err:
+            distribute.check_workers_agree(strategy, trainer)
+        except distribute.ClusterError as err:
             sys.exit(f"error: {err}")
     writer = tf.summary.create_file_writer(str(run_dir)) if chief else tf.summary.create_noop_writer()
 
     def evaluate_and_record():
         metrics = evaluate(trainer, dataset, cfg, writer)
-        record_evaluation(run_dir / EVAL_HISTORY, int(trainer.step.numpy()), metrics)
+        runs.record_evaluation(run_dir / runs.EVAL_HISTORY, int(trainer.step.numpy()), metrics)
         return metrics
 
     logging.info("Training steps %d..%d of %d", start, cfg.train.total_steps, cfg.train.total_steps)
     try:
-        run_training(trainer, training_batches(dataset, cfg, strategy, start), cfg.train, manager, writer,
+        run_training(trainer, distribute.training_batches(dataset, cfg, strategy, start), cfg.train, manager, writer,
                      cfg.data, images=chief, profile_dir=run_dir if chief else None,
                      evaluate_now=evaluate_and_record if chief else None)
     except trainer_lib.NonFiniteLossError as err:
         sys.exit(f"error: {err}: {manager.latest_checkpoint or 'no checkpoint was written yet'}")
-    logging.info("Final weights sha256 %s", weights_digest(trainer))
+    logging.info("Final weights sha256 %s", distribute.weights_digest(trainer))
     if chief:  # embedding is local to the chief: no collectives
         metrics = evaluate_and_record()
         (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")

@@ -1,8 +1,8 @@
 """The JSIA-ReID trainer: modules F, G, V and the discriminators trained jointly (paper Sec. 3, 4.2).
 
-:class:`Trainer` owns the networks, one AdamW optimizer per variable group (STYLE 5;
-module F's groups and the others each with their own settings)
-and one ``tf.function`` step per training phase (STYLE 6). Each step consumes one
+:class:`Trainer` owns the networks, one AdamW optimizer per variable group
+(module F's groups and the others each with their own settings) and one
+``tf.function`` step per training phase. Each step consumes one
 re-ID batch (P x K images per modality, Sec. 4.2) and one generation batch (the
 official code's smaller P x K batch for module G), both id-major so that ``rgb[i]``
 and ``ir[i]`` show the same person.
@@ -153,7 +153,7 @@ def check_finite(scalars, step):
 
 
 def check_variable_groups(groups, variables):
-    """Asserts the groups are disjoint and cover ``variables`` exactly (STYLE 5).
+    """Asserts the groups are disjoint and cover ``variables`` exactly.
 
     Args:
       groups: name -> list of variables.
@@ -509,6 +509,15 @@ class Trainer:
         replicas = self.strategy.num_replicas_in_sync
         return tf.random.stateless_uniform([replicas, batch_size], seed)[_replica_id()]
 
+    def decode_mixture(self, modality, codes_1, codes_2, alpha):
+        """Eq. 14, then D^v (Eq. 9) and the modality's decoder (Eq. 3): unit-range [B, H, W, 3].
+
+        ``codes_1``, ``codes_2``: (z [B, h', w', Z], style [B, style_dim]) pairs; alpha [B],
+        the weight of codes_1. Training (UI), the summaries and ``analyze`` all mix here.
+        """
+        (z_1, s_1), (z_2, s_2) = codes_1, codes_2
+        return self.generators[modality].decode(self.variation.decode(mix(z_1, z_2, alpha)), mix(s_1, s_2, alpha))
+
     def mix_images(self, generated, z, alpha, modality):
         """Eq. 14 then Eq. 9 and Eq. 3: images mixing each example with the one K further.
 
@@ -520,9 +529,8 @@ class Trainer:
         """
         shift = self.config.data.gan_num_instances  # the next identity in an id-major batch
         z1, s1 = z[modality], generated["style"][modality]
-        z_mix = mix(z1, tf.roll(z1, shift, axis=0), alpha)  # [B, h', w', Z]
-        s_mix = mix(s1, tf.roll(s1, shift, axis=0), alpha)  # [B, style_dim]
-        return self.generators[modality].decode(self.variation.decode(z_mix), s_mix)  # [B, H, W, 3]
+        return self.decode_mixture(modality, (z1, s1), (tf.roll(z1, shift, axis=0), tf.roll(s1, shift, axis=0)),
+                                   alpha)  # [B, H, W, 3]
 
     def compute_losses(self, reid_batch, gan_batch, terms=None, training=True):
         """Every requested loss term, each averaged over the global batch (one replica's share).
@@ -823,10 +831,9 @@ class Trainer:
         for m in MODALITIES:
             z, _, _ = self.variation(gen["content"][m], training=False)
             pick = tf.constant([0] * len(alphas))
-            z1, z2 = tf.gather(z, pick), tf.gather(z, pick + second)
-            s1, s2 = tf.gather(gen["style"][m], pick), tf.gather(gen["style"][m], pick + second)
-            alpha = tf.constant(alphas, tf.float32)
-            mixed = self.generators[m].decode(self.variation.decode(mix(z1, z2, alpha)), mix(s1, s2, alpha))
+            mixed = self.decode_mixture(m, (tf.gather(z, pick), tf.gather(gen["style"][m], pick)),
+                                        (tf.gather(z, pick + second), tf.gather(gen["style"][m], pick + second)),
+                                        tf.constant(alphas, tf.float32))
             strip = [gen["real"][m][:1], *tf.split(mixed, len(alphas)), gen["real"][m][second:second + 1]]
             out[f"mixing_{m}"] = pixels(tf.concat(strip, axis=2))  # [1, H, (2 + len(alphas)) W, 3]
         return out

@@ -7,6 +7,7 @@ local file (the FID arithmetic is tested in test_quality.py).
 """
 
 import json
+import os
 import pathlib
 import subprocess
 import sys
@@ -19,7 +20,7 @@ from tensorboard.backend.event_processing import event_accumulator
 
 from jsia_tf import analyze
 from jsia_tf.data import pipeline, records
-from jsia_tf.eval import protocols
+from jsia_tf.eval import protocols, similarity
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 HEIGHT, WIDTH = 32, 16  # the smoke preset
@@ -91,12 +92,12 @@ def read_png(out, kind):
 def test_overlap_area():
     rng = np.random.default_rng(0)
     sample = rng.uniform(-0.9, 0.9, 1000)
-    assert analyze.overlap_area(sample, sample) == pytest.approx(1.0)
-    assert analyze.overlap_area(sample, rng.permutation(sample)) == pytest.approx(1.0)
-    assert analyze.overlap_area(rng.uniform(-1, -0.1, 500), rng.uniform(0.1, 1, 50)) == 0.0
+    assert similarity.overlap_area(sample, sample) == pytest.approx(1.0)
+    assert similarity.overlap_area(sample, rng.permutation(sample)) == pytest.approx(1.0)
+    assert similarity.overlap_area(rng.uniform(-1, -0.1, 500), rng.uniform(0.1, 1, 50)) == 0.0
     # Uniform on [0, 0.4) vs on [0.2, 0.6) (bins of 0.04 on both edges): the shared half.
     a, b = np.linspace(0, 0.4, 400, endpoint=False), np.linspace(0.2, 0.6, 400, endpoint=False)
-    assert analyze.overlap_area(a, b) == pytest.approx(0.5)
+    assert similarity.overlap_area(a, b) == pytest.approx(0.5)
 
 
 def test_cross_modality_similarities_by_hand():
@@ -104,11 +105,11 @@ def test_cross_modality_similarities_by_hand():
     test = records.ImageList.from_lists(paths=["v1", "v2", "t1", "t2"], pids=[1, 2, 1, 2], cams=[1, 1, 2, 2],
                                         image_index=[1, 1, 1, 1])
     features = np.array([[1.0, 0.0], [0.0, 1.0], [0.6, 0.8], [1.0, 0.0]])
-    intra, inter = analyze.cross_modality_similarities(features, test, "regdb")
+    intra, inter = similarity.cross_modality_similarities(features, test, "regdb")
     # IR x RGB: t1 . v1 = 0.6 (same), t1 . v2 = 0.8, t2 . v1 = 1.0, t2 . v2 = 0.0 (same).
     np.testing.assert_allclose(np.sort(intra), [0.0, 0.6])
     np.testing.assert_allclose(np.sort(inter), [0.8, 1.0])
-    _, sampled = analyze.cross_modality_similarities(features, test, "regdb", max_inter=1)
+    _, sampled = similarity.cross_modality_similarities(features, test, "regdb", max_inter=1)
     assert sampled.shape == (1,) and sampled[0] in (0.8, 1.0)
 
 
@@ -227,3 +228,21 @@ def test_a_folder_that_is_not_a_run(tmp_path):
     result = run_cli(f"--run_dir={tmp_path}", "--what=paired")
     assert result.returncode != 0 and "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines()[-1].startswith(f"error: {tmp_path}/config.json: not a jsia_tf run config")
+
+
+def test_offline_without_weights_skips_fid_and_draws_the_rest(smoke, tmp_path):
+    """The default --inception_weights=imagenet is a download; this machine has no
+    internet (an empty KERAS_HOME holds no cached copy)."""
+    _, run_dir, _, _ = smoke
+    out = tmp_path / "out"
+    result = subprocess.run([sys.executable, "-m", "jsia_tf.analyze", f"--run_dir={run_dir}", f"--out={out}",
+                             "--what=similarity,quality", f"--fid_images={FID_IMAGES}", "--batch_size=4"],
+                            cwd=REPO, capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "KERAS_HOME": str(tmp_path / "keras_home")})
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "FID skipped: inception_weights='imagenet': the ImageNet weights could not be fetched" in result.stdout
+    numbers = json.loads((out / "quality.json").read_text())
+    assert numbers["FID_FRI"] is None and numbers["FID_FLS"] is None and 0.0 < numbers["MD_FRI"] < 1.0
+    assert f"MD FRI {numbers['MD_FRI']:.4f} FLS {numbers['MD_FLS']:.4f} | FID skipped" in result.stdout
+    assert read_png(out, "quality").shape == (analyze.TABLE_SIZE[1], analyze.TABLE_SIZE[0], 3)
+    assert read_png(out, "similarity").shape == (analyze.FIGURE_SIZE[1], analyze.FIGURE_SIZE[0], 3)

@@ -127,7 +127,8 @@ def _hand_started(command, tmp_path, env, limit_s):
     try:
         deadline = time.monotonic() + limit_s
         while len(ended) < 2 and time.monotonic() < deadline:
-            ended.update({i: time.monotonic() for i, w in enumerate(workers) if i not in ended and w.poll() is not None})
+            ended.update({i: time.monotonic() for i, worker in enumerate(workers)
+                          if i not in ended and worker.poll() is not None})
             time.sleep(0.2)
     finally:
         for worker in workers:
@@ -211,17 +212,17 @@ def test_a_failing_worker_ends_every_hand_started_worker_and_a_restart_resumes_b
 # 3 s collective timeout.
 _WORKER_1_STUCK = (
     "import json, os, sys, time\n"
-    "from jsia_tf import config, train\n"
+    "from jsia_tf import config, distribute\n"
     "cfg = config.Config(run_dir=sys.argv[1], data=config.DataConfig(data_dir=sys.argv[1]), "
     "train=config.TrainConfig(strategy='multi_worker', collective_timeout_s=3))\n"
-    "strategy = train.make_strategy(cfg.train)\n"
+    "strategy = distribute.make_strategy(cfg.train)\n"
     "import tensorflow as tf\n"
     "if strategy.cluster_resolver.task_id == 1:\n"
     "    time.sleep(20)\n"
     "try:\n"
     "    strategy.reduce('SUM', strategy.run(lambda: tf.ones([2])), axis=None)\n"
     "except Exception as err:\n"
-    "    train.end_worker(err, cfg)\n")
+    "    distribute.end_worker(err, cfg)\n")
 
 
 def test_a_stuck_worker_ends_the_others_after_the_collective_timeout(tmp_path):
@@ -275,20 +276,20 @@ def test_loopback_cluster_configs_name_distinct_free_ports_and_each_task():
     ('{"cluster": {"worker": ["a:1", "b:2"]}, "task": {"type": "worker", "index": 2}}', '"index" 2 is not in 0..1'),
 ])
 def test_bad_tf_config_names_tf_config_and_the_expected_form(raw, problem):
-    from jsia_tf import train
+    from jsia_tf import distribute
 
-    with pytest.raises(train.ClusterError) as error:
-        train.read_tf_config(raw)
+    with pytest.raises(distribute.ClusterError) as error:
+        distribute.read_tf_config(raw)
     message = str(error.value)
     assert message.startswith(f"TF_CONFIG={raw!r}: ") and problem in message
     assert '"task": {"type": "worker", "index": 0}' in message
 
 
 def test_tf_config_chief_is_worker_0_unless_there_is_a_chief_task():
-    from jsia_tf import train
+    from jsia_tf import distribute
 
     spec = {"cluster": {"worker": ["a:1", "b:2"]}, "task": {"type": "worker", "index": 1}}
-    assert train.read_tf_config(json.dumps(spec)) == ("worker", 1, spec["cluster"])
+    assert distribute.read_tf_config(json.dumps(spec)) == ("worker", 1, spec["cluster"])
 
 
 def test_multi_worker_without_tf_config_is_a_clear_error(tmp_path):
@@ -303,14 +304,14 @@ def test_multi_worker_without_tf_config_is_a_clear_error(tmp_path):
 
 
 def test_batches_must_split_into_whole_identities_per_replica():
-    from jsia_tf import train
+    from jsia_tf import distribute
 
     data = config_lib.DataConfig(data_dir="d", num_ids=4, gan_num_ids=3)
-    train.check_replica_split(data, 1)
+    distribute.check_replica_split(data, 1)
     with pytest.raises(config_lib.ConfigError, match=r"--gan_num_ids=3: expected a multiple of the 2 replicas"):
-        train.check_replica_split(data, 2)
+        distribute.check_replica_split(data, 2)
     with pytest.raises(config_lib.ConfigError, match=r"--num_ids=4: expected a multiple of the 3 replicas"):
-        train.check_replica_split(data, 3)
+        distribute.check_replica_split(data, 3)
 
 
 def test_a_negative_collective_timeout_names_the_flag():

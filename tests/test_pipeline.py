@@ -312,7 +312,7 @@ from jsia_tf.data import pipeline
 strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
 dataset = pipeline.load_dataset("regdb", sys.argv[1])
 whole = next(iter(pipeline.train_dataset(dataset, 2, 3, 32, 16, seed=7)))
-# As train.training_batches does: one input pipeline, its per-replica batches in turn.
+# As distribute.training_batches does: one input pipeline, its per-replica batches in turn.
 distributed = strategy.distribute_datasets_from_function(
     lambda context: pipeline.train_dataset(dataset, 2, 3, 32, 16, seed=7, num_replicas=2))
 local = {key: [t.numpy() for t in strategy.experimental_local_results(value)]

@@ -1,4 +1,4 @@
-"""A training job killed with SIGKILL resumes from its last checkpoint when started again (STYLE 9)."""
+"""A training job killed with SIGKILL resumes from its last checkpoint when started again."""
 
 import json
 import pathlib

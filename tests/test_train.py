@@ -254,24 +254,24 @@ def _data_cfg(data_dir, **overrides):
 
 def test_cached_synthetic_dataset_is_regenerated_when_the_flags_or_renderer_change(tmp_path):
     from jsia_tf import config as config_lib
-    from jsia_tf import train
+    from jsia_tf import runs
     from jsia_tf.data import synthetic
 
     data_dir = tmp_path / "synthetic"
-    assert len(train.prepare_dataset(_data_cfg(data_dir)).test) == 2 * 2 * 10
+    assert len(runs.prepare_dataset(_data_cfg(data_dir)).test) == 2 * 2 * 10
     stamp = json.loads((data_dir / synthetic.METADATA_FILE).read_text())
     assert stamp == synthetic.metadata("regdb", 4, 0, 32, 16)  # rendered at twice the input size
     before = (data_dir / "Visible" / "1" / "v_00001_01.bmp").read_bytes()
-    train.prepare_dataset(_data_cfg(data_dir))  # same flags: reused
+    runs.prepare_dataset(_data_cfg(data_dir))  # same flags: reused
     assert (data_dir / "Visible" / "1" / "v_00001_01.bmp").read_bytes() == before
-    dataset = train.prepare_dataset(_data_cfg(data_dir, synthetic_ids=6))  # more ids: regenerated
+    dataset = runs.prepare_dataset(_data_cfg(data_dir, synthetic_ids=6))  # more ids: regenerated
     assert dataset.num_classes == 3
     (data_dir / synthetic.METADATA_FILE).write_text(json.dumps({**stamp, "render_version": 1}))
-    train.prepare_dataset(_data_cfg(data_dir, synthetic_seed=1))  # an older renderer, another seed
+    runs.prepare_dataset(_data_cfg(data_dir, synthetic_seed=1))  # an older renderer, another seed
     assert json.loads((data_dir / synthetic.METADATA_FILE).read_text())["seed"] == 1
     assert (data_dir / "Visible" / "1" / "v_00001_01.bmp").read_bytes() != before
     # A folder that this code did not generate is never overwritten.
     (data_dir / synthetic.METADATA_FILE).unlink()
     with pytest.raises(config_lib.ConfigError, match="--data_dir=.*no synthetic.json here"):
-        train.prepare_dataset(_data_cfg(data_dir))
+        runs.prepare_dataset(_data_cfg(data_dir))
     assert (data_dir / "Visible").is_dir()

@@ -16,9 +16,8 @@ import os
 
 import numpy as np
 
+from jsia_tf.config import REGDB_TRIALS
 from jsia_tf.data import records
-
-TRIALS = range(1, 11)
 
 
 def read_idx(root, idx_file, cam):
@@ -53,7 +52,7 @@ def read_idx(root, idx_file, cam):
 
 def load_regdb(root, trial):
     """Reads RegDB split ``trial`` (1..10) at ``root`` into a CrossModalDataset."""
-    if not isinstance(trial, int) or trial not in TRIALS:
+    if not isinstance(trial, int) or trial not in REGDB_TRIALS:
         raise records.DatasetError(f"RegDB trial {trial!r} is not one of 1..10 (the AGW idx/*_{{t}}.txt splits)")
     root = os.path.abspath(root)
     for folder in (root, *(os.path.join(root, sub) for sub in ("Visible", "Thermal", "idx"))):

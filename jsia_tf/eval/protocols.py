@@ -43,6 +43,7 @@ import os
 import numpy as np
 import scipy.io
 
+from jsia_tf import config
 from jsia_tf.data.records import (
     REGDB_THERMAL_CAM,
     REGDB_VISIBLE_CAM,
@@ -54,20 +55,18 @@ from jsia_tf.data.records import (
 from jsia_tf.eval import metrics
 from jsia_tf.eval import rerank as reranking
 
-PROTOCOLS = ("sysu", "regdb")
+PROTOCOLS = config.DATASETS
 
 SYSU_CAMS = tuple(sorted(SYSU_RGB_CAMS + SYSU_IR_CAMS))  # 1..6
-SYSU_MODES = {"all": SYSU_RGB_CAMS, "indoor": SYSU_INDOOR_RGB_CAMS}  # search mode -> gallery cameras
-SYSU_SHOTS = (1, 10)  # single-shot, multi-shot: gallery images per (person, camera)
+SYSU_MODES = dict(zip(config.SYSU_MODES, (SYSU_RGB_CAMS, SYSU_INDOOR_RGB_CAMS)))  # search mode -> gallery cameras
+SYSU_SHOTS = config.SYSU_SHOTS
 SYSU_TRIALS = 10  # rows of rand_perm_cam.mat
 # IR camera -> the RGB camera filming the same room, never matched against it.
 SYSU_SAME_ROOM = {3: 2}
 
 # Direction -> (query camera, gallery camera).
-REGDB_DIRECTIONS = {
-    "v2t": (REGDB_VISIBLE_CAM, REGDB_THERMAL_CAM),
-    "t2v": (REGDB_THERMAL_CAM, REGDB_VISIBLE_CAM),
-}
+REGDB_DIRECTIONS = dict(zip(config.REGDB_DIRECTIONS, ((REGDB_VISIBLE_CAM, REGDB_THERMAL_CAM),
+                                                       (REGDB_THERMAL_CAM, REGDB_VISIBLE_CAM))))
 
 
 def load_rand_perm_cam(path):

@@ -12,18 +12,18 @@ is any of them), follow the paper and its reference implementation
    matrix by its maximum and transposes). N(p, k), p's k nearest images, starts
    with p itself, then ascending distance, ties in image order (stable sort):
    p stays first even among exact duplicates, so p is in every set below.
-2. k-reciprocal set (Eq. 4): R(p, k) = {j in N(p, k+1) : p in N(j, k+1)}.
-3. Expansion (Eq. 6): R*(p) = R(p, k1) united with R(c, round(k1/2)) of each c in
+2. k-reciprocal set (Zhong Eq. 4): R(p, k) = {j in N(p, k+1) : p in N(j, k+1)}.
+3. Expansion (Zhong Eq. 6): R*(p) = R(p, k1) united with R(c, round(k1/2)) of each c in
    R(p, k1) with |R(c, round(k1/2)) & R(p, k1)| > 2/3 |R(c, round(k1/2))|
    (round halves to even, as ``np.around`` in the reference code).
-4. Gaussian kernel encoding (Eq. 7): V[p, j] = exp(-d(p, j)) over j in R*(p),
+4. Gaussian kernel encoding (Zhong Eq. 7): V[p, j] = exp(-d(p, j)) over j in R*(p),
    zero elsewhere, each row normalised to sum 1.
-5. Local query expansion (Eq. 11): V[p] is replaced by the mean of V over N(p, k2)
+5. Local query expansion (Zhong Eq. 11): V[p] is replaced by the mean of V over N(p, k2)
    (for k2 = 1 that is V[p] itself).
-6. Jaccard distance (Eq. 10): d_J(p, g) = 1 - sum_j min(V[p, j], V[g, j]) /
+6. Jaccard distance (Zhong Eq. 10): d_J(p, g) = 1 - sum_j min(V[p, j], V[g, j]) /
    sum_j max(V[p, j], V[g, j]), where the max-sum is 2 - the min-sum because
    every row of V sums to 1.
-7. Final distance (Eq. 12): (1 - lambda) d_J + lambda d, query rows x gallery
+7. Final distance (Zhong Eq. 12): (1 - lambda) d_J + lambda d, query rows x gallery
    columns.
 
 Everything is float64 (the reference code stores V in float16). V is a sparse
@@ -67,9 +67,9 @@ def k_reciprocal_rerank(query_features, gallery_features, k1=DEFAULT_K1, k2=DEFA
     Args:
       query_features: [Q, D] float.
       gallery_features: [G, D] float.
-      k1: size of the k-reciprocal neighbourhood (Eq. 4-6).
-      k2: neighbours averaged by the local query expansion (Eq. 11); 1 disables it.
-      lambda_value: weight of the original distance in the final one (Eq. 12);
+      k1: size of the k-reciprocal neighbourhood (Zhong Eqs. 4-6).
+      k2: neighbours averaged by the local query expansion (Zhong Eq. 11); 1 disables it.
+      lambda_value: weight of the original distance in the final one (Zhong Eq. 12);
         1 returns the original distance (step 1), 0 the Jaccard distance.
 
     Returns:
@@ -155,7 +155,7 @@ def _indicator(rows, columns, n):
 
 
 def _reciprocal_sets(neighbours, k):
-    """[N, N] sparse 0/1: row p marks R(p, k) = {j in N(p, k+1) : p in N(j, k+1)} (Eq. 4)."""
+    """[N, N] sparse 0/1: row p marks R(p, k) = {j in N(p, k+1) : p in N(j, k+1)} (Zhong Eq. 4)."""
     n = len(neighbours)
     top = neighbours[:, :k + 1]  # [N, min(k+1, N)]
     forward = _indicator(np.repeat(np.arange(n), top.shape[1]), top.ravel(), n)  # j in N(p, k+1)
@@ -163,7 +163,7 @@ def _reciprocal_sets(neighbours, k):
 
 
 def _expanded_reciprocal_sets(neighbours, k1):
-    """[N, N] sparse 0/1: row p marks R*(p), R(p, k1) expanded by the 2/3 rule (Eq. 6)."""
+    """[N, N] sparse 0/1: row p marks R*(p), R(p, k1) expanded by the 2/3 rule (Zhong Eq. 6)."""
     reciprocal = _reciprocal_sets(neighbours, k1)  # R(p, k1)
     half = _reciprocal_sets(neighbours, int(np.around(k1 / 2)))  # R(c, k1/2)
     # overlap[p, c] = |R(p, k1) & R(c, k1/2)|, kept for candidates c in R(p, k1).
@@ -177,7 +177,7 @@ def _expanded_reciprocal_sets(neighbours, k1):
 
 
 def _gaussian_encoding(features, row_max, expanded):
-    """V (Eq. 7) as [N, N] sparse CSR with rows summing to 1: exp(-d(p, j)) on the
+    """V (Zhong Eq. 7) as [N, N] sparse CSR with rows summing to 1: exp(-d(p, j)) on the
     entries (p, j) of ``expanded``, d normalised by ``row_max`` [N] (step 1)."""
     n = len(features)
     rows = np.repeat(np.arange(n), np.diff(expanded.indptr))  # [nnz] p of each entry
@@ -194,7 +194,7 @@ def _gaussian_encoding(features, row_max, expanded):
 
 
 def _local_query_expansion(encoding, neighbours):
-    """V with row p replaced by the mean of the rows of N(p, k2) (Eq. 11); neighbours [N, k2]."""
+    """V with row p replaced by the mean of the rows of N(p, k2) (Zhong Eq. 11); neighbours [N, k2]."""
     n, k2 = neighbours.shape
     mean = scipy.sparse.csr_array((np.full(n * k2, 1 / k2), (np.repeat(np.arange(n), k2), neighbours.ravel())),
                                   shape=(n, n))
@@ -202,7 +202,7 @@ def _local_query_expansion(encoding, neighbours):
 
 
 def _jaccard_distance(query_encoding, gallery_encoding):
-    """d_J [Q, G] (Eq. 10) of sparse V rows: query [Q, N] and gallery [G, N].
+    """d_J [Q, G] (Zhong Eq. 10) of sparse V rows: query [Q, N] and gallery [G, N].
 
     sum_j min(V[q, j], V[g, j]) runs over the columns j that both rows hold: every
     (query entry, gallery entry) pair of a column is formed (the gallery side read

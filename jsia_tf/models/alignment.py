@@ -38,15 +38,10 @@ on TensorFlow, ``tf.train.Checkpoint`` silently skips layers held in lists.
 import keras
 import tensorflow as tf
 
+from jsia_tf.config import DEFAULT_NUM_REGIONS, TEST_FEATURES
 from jsia_tf.data.pipeline import CAFFE_MEAN_BGR
 from jsia_tf.models.layers import build_sublayer
 
-# Which vector Eq. 17 returns: "bn", the classifier's batch-norm output (official code),
-# or "pool", V = GAP(T) (the paper's text).
-TEST_FEATURES = ("bn", "pool")
-# Default number of local regions n of Eq. 12: the paper does not say; PCB (Sun et al.
-# 2018), which Sec. 3.3 follows, uses 6.
-DEFAULT_NUM_REGIONS = 6
 # Luminance weights of the official `togray` (ITU-R BT.601: 0.2989 R + 0.5870 G +
 # 0.1140 B), in the B, G, R order of caffe-normalised images.
 LUMINANCE_BGR = (0.1140, 0.5870, 0.2989)

@@ -40,10 +40,7 @@ import os
 import h5py
 import keras
 
-BACKBONES = ("resnet50", "resnet18")
-# Widths of the stages conv2..conv5 (the stem has the first); a ResNet-50 stage outputs
-# 4x its width (bottleneck blocks), a ResNet-18 stage its width.
-DEFAULT_WIDTHS = (64, 128, 256, 512)
+from jsia_tf.config import BACKBONES, DEFAULT_WIDTHS
 _BLOCKS = {"resnet50": (3, 4, 6, 3), "resnet18": (2, 2, 2, 2)}
 _EXPANSION = {"resnet50": 4, "resnet18": 1}
 # keras.applications' batch-norm epsilon; its ImageNet weights were converted with it.

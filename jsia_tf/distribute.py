@@ -1,0 +1,194 @@
+"""Training over several devices or hosts (docs/DISTRIBUTED.md): the strategy from the
+flags and ``TF_CONFIG``, which process is the chief, each replica's share of the input,
+the check that the workers resumed together, and how a failed worker ends the run.
+"""
+
+import hashlib
+import json
+import os
+import pathlib
+import sys
+
+from absl import app, logging
+import numpy as np
+import tensorflow as tf
+
+from jsia_tf import config as config_lib
+from jsia_tf.data import pipeline
+
+
+# What --strategy=multi_worker expects in TF_CONFIG (docs/DISTRIBUTED.md has a 2-host example).
+_TF_CONFIG_EXAMPLE = ('{"cluster": {"worker": ["host0:2222", "host1:2222"]}, '
+                      '"task": {"type": "worker", "index": 0}}')
+
+
+class ClusterError(ValueError):
+    """TF_CONFIG does not describe a cluster and this process's task in it."""
+
+
+def read_tf_config(raw):
+    """(task type, task index, cluster) of a TF_CONFIG value, validated for MultiWorkerMirroredStrategy.
+
+    Raises:
+      ClusterError: naming TF_CONFIG, what is wrong and what was expected.
+    """
+    def fail(problem):
+        raise ClusterError(f"TF_CONFIG={raw!r}: {problem}; --strategy=multi_worker expects JSON like "
+                           f"{_TF_CONFIG_EXAMPLE}, the same cluster on every worker and its own task")
+
+    if not raw:
+        fail("not set")
+    try:
+        spec = json.loads(raw)
+    except json.JSONDecodeError as err:
+        fail(f"not JSON ({err})")
+    cluster = spec.get("cluster") if isinstance(spec, dict) else None
+    task = spec.get("task") if isinstance(spec, dict) else None
+    if not isinstance(cluster, dict) or not cluster:
+        fail('no "cluster" object')
+    for role, addresses in cluster.items():
+        if role not in ("chief", "worker"):
+            fail(f'cluster role "{role}" (MultiWorkerMirroredStrategy runs "chief" and "worker" tasks)')
+        if (not isinstance(addresses, list) or not addresses
+                or not all(isinstance(a, str) and a.rpartition(":")[2].isdigit() for a in addresses)):
+            fail(f'cluster "{role}" is not a list of "host:port" addresses')
+    if not isinstance(task, dict) or task.get("type") not in cluster:
+        fail(f'"task" has no "type" among the cluster\'s roles {sorted(cluster)}')
+    index = task.get("index")
+    if not isinstance(index, int) or not 0 <= index < len(cluster[task["type"]]):
+        fail(f'"task" "index" {index!r} is not in 0..{len(cluster[task["type"]]) - 1}')
+    return task["type"], index, cluster
+
+
+def is_chief(strategy):
+    """Whether this process writes the run folder: always, except on the non-chief workers of
+    a multi-worker run (the chief is task "chief", or worker 0 when there is none)."""
+    if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        return True
+    resolver = strategy.cluster_resolver  # built from the TF_CONFIG make_strategy validated
+    return resolver.task_type == "chief" or (resolver.task_type == "worker" and resolver.task_id == 0
+                                             and "chief" not in resolver.cluster_spec().as_dict())
+
+
+def make_strategy(train_cfg):
+    """The run's tf.distribute strategy; call before any TensorFlow op.
+
+    Raises:
+      ConfigError: --cpu_replicas with --strategy=multi_worker.
+      ClusterError: --strategy=multi_worker without a valid TF_CONFIG.
+    """
+    if train_cfg.strategy == "default":
+        return tf.distribute.get_strategy()
+    if train_cfg.strategy == "multi_worker":
+        if train_cfg.cpu_replicas:
+            raise config_lib.ConfigError("cpu_replicas", train_cfg.cpu_replicas,
+                                         "0 with --strategy=multi_worker (a worker uses its GPUs or its CPU; "
+                                         "start more workers instead)")
+        read_tf_config(os.environ.get("TF_CONFIG"))
+        # AUTO: NCCL all-reduce between GPUs, RING (gRPC) between CPUs.
+        communication = tf.distribute.experimental.CommunicationOptions(
+            implementation=tf.distribute.experimental.CommunicationImplementation.AUTO,
+            timeout_seconds=train_cfg.collective_timeout_s or None)
+        return tf.distribute.MultiWorkerMirroredStrategy(communication_options=communication)
+    if train_cfg.cpu_replicas:
+        cpus = tf.config.list_physical_devices("CPU")
+        tf.config.set_logical_device_configuration(
+            cpus[0], [tf.config.LogicalDeviceConfiguration()] * train_cfg.cpu_replicas)
+        return tf.distribute.MirroredStrategy([f"/cpu:{i}" for i in range(train_cfg.cpu_replicas)])
+    return tf.distribute.MirroredStrategy()
+
+
+def check_replica_split(data_cfg, num_replicas):
+    """Raises ConfigError unless both batches split into whole identities over ``num_replicas``."""
+    for flag in ("num_ids", "gan_num_ids"):
+        if getattr(data_cfg, flag) % num_replicas:
+            raise config_lib.ConfigError(flag, getattr(data_cfg, flag),
+                                         f"a multiple of the {num_replicas} replicas: each replica trains on "
+                                         "whole identities of the global batch")
+
+
+def training_batches(dataset, cfg, strategy, start_step):
+    """Iterator of distributed (re-ID batch, generation batch) pairs from step ``start_step`` on.
+
+    Two seeded streams: P x K re-ID batches (seed) and the generation
+    module's smaller batches (seed + 1), global sizes; resuming skips ``start_step``
+    batches of each. Each input pipeline (one per worker) draws the same global batches
+    and reads only its own replicas' identities (``pipeline.train_dataset``); its
+    per-replica batches go to its local replicas in turn.
+    """
+    data = cfg.data
+    augment = pipeline.AugmentConfig(flip=data.flip, pad=data.pad, random_erasing=data.random_erasing,
+                                     channel_aug=data.channel_aug, intensity_aug=data.intensity_aug)
+
+    def worker_batches(context):
+        local = context.num_replicas_in_sync // context.num_input_pipelines
+        first = context.input_pipeline_id * local  # replica ids are worker-major
+        streams = [pipeline.train_dataset(dataset, num_ids, num_instances, data.height, data.width,
+                                          seed=data.seed + offset, augment=augment, start_batch=start_step,
+                                          num_replicas=context.num_replicas_in_sync,
+                                          replica_ids=range(first, first + local))
+                   for offset, (num_ids, num_instances) in enumerate(
+                       [(data.num_ids, data.num_instances), (data.gan_num_ids, data.gan_num_instances)])]
+        return tf.data.Dataset.zip(tuple(streams))
+
+    return iter(strategy.distribute_datasets_from_function(worker_batches))
+
+
+def check_workers_agree(strategy, trainer):
+    """Raises ClusterError unless every worker restored the same step.
+
+    A worker that cannot read the chief's checkpoints would start over and then wait
+    forever in a collective for steps the others never take.
+    """
+    def mean_over_replicas(value):
+        return strategy.reduce(tf.distribute.ReduceOp.MEAN, strategy.run(tf.identity, args=(value,)), axis=None)
+
+    step = tf.cast(trainer.step, tf.float32)  # exact below 2**24 steps
+    mean = mean_over_replicas(step)
+    if mean_over_replicas(tf.square(step - mean)) > 0:  # the same on every worker: all stop
+        raise ClusterError(f"the workers resumed from different steps (this one {int(step)}, mean {float(mean):g}): "
+                           "every worker must read the chief's --run_dir/checkpoints (a shared filesystem)")
+
+
+def weights_digest(trainer):
+    """sha256 of every network weight (trainable and batch-norm statistics), networks by name.
+
+    Logged at the end of training by every worker: equal digests mean equal replicas.
+    """
+    digest = hashlib.sha256()
+    for _, model in sorted(trainer.models.items()):
+        for weight in model.weights:
+            digest.update(np.ascontiguousarray(weight.numpy()).tobytes())
+    return digest.hexdigest()
+
+
+def end_worker(err, cfg):
+    """Ends this worker of a multi-worker run now, with ``err``'s message and exit status 1.
+
+    ``os._exit`` skips the interpreter's shutdown, which waits on TensorFlow's threads
+    (the input pipeline's generator, the coordination-service agent) and is where a
+    failed two-worker run was once reported to hang. The other workers learn that a
+    peer is gone from the coordination service (its heartbeats stop; their next
+    collective fails within seconds) and end here too. A peer that is stuck but alive
+    is caught by ``--collective_timeout_s``.
+    """
+    if isinstance(err, SystemExit):
+        message = str(err.code)
+    elif isinstance(err, app.UsageError):
+        message = f"error: {err}"
+    elif isinstance(err, tf.errors.DeadlineExceededError):
+        message = (f"error: a collective waited longer than --collective_timeout_s={cfg.train.collective_timeout_s:g} "
+                   "for another worker: one is stuck, or the timeout is below the longest pause between steps")
+    elif isinstance(err, (tf.errors.UnavailableError, tf.errors.CancelledError, tf.errors.AbortedError)):
+        message = (f"error: another worker failed or cannot be reached ({type(err).__name__}); "
+                   "its own output has the cause")
+    else:
+        logging.exception("This worker failed")
+        message = f"error: {type(err).__name__}: {err}"
+    checkpoints = tf.train.latest_checkpoint(str(pathlib.Path(cfg.run_dir) / "checkpoints"))
+    print(f"{message}\nEnding this worker. Restart every worker with the same command to resume from "
+          f"{checkpoints or 'the start (no checkpoint was written yet)'}.", file=sys.stderr)
+    logging.flush()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(1)  # pylint: disable=protected-access
