@@ -7,26 +7,8 @@ re-ID batch (P x K images per modality, Sec. 4.2) and one generation batch (the
 official code's smaller P x K batch for module G), both id-major so that ``rgb[i]``
 and ``ir[i]`` show the same person.
 
-Which loss updates which variable group (:data:`TERM_ROUTES`):
-
-=================  =========================================  ===============================
-term               what it is                                 groups it updates
-=================  =========================================  ===============================
-recon              Eq. 4, L1 self-reconstruction              generation, reid_set_level
-cycle              Eq. 5/6, L1 cycle reconstruction           generation, reid_set_level
-gan                Eq. 7, LSGAN generator side                generation, reid_set_level
-discriminator      Eq. 7, LSGAN on DETACHED fakes             discriminators
-variation          Eq. 10 on stop_gradient(M^i)               variation
-id_cls, id_triplet Eq. 13 on real re-ID images                reid_set_level, reid_instance_level
-local_id           C^k's identity loss on the real re-ID       reid_set_level, reid_instance_level
-                   images' stripes (PCB; Eq. 12's LR)
-il, lr             Eqs. 11, 12 on (real, DETACHED generated)  reid_set_level, reid_instance_level
-ui                 Eq. 15 on DETACHED mixed images            reid_set_level, reid_instance_level
-modality_          ``--sl=gan`` only: LSGAN modality          discriminators
- discriminator     discriminator on STOPPED E^sl maps
-modality_          ``--sl=gan`` only: E^sl's maps pushed to   reid_set_level
- adversarial       D = 1/2 (Dai et al. 2018)
-=================  =========================================  ===============================
+Which loss term updates which variable group is :data:`TERM_ROUTES`, with what each
+term is beside it.
 
 Table 3's switches decide which terms exist (:attr:`Trainer.terms`): ``--il=false``
 drops il (Eq. 11), ``--lr_align=off`` (or ``--num_regions=0``) lr (Eq. 12),
@@ -60,8 +42,8 @@ training images go through F without moving its batch-norm statistics
   and style (Eq. 6);
 - module V on the stopped maps of both modalities; Eq. 14 mixes the latent and style
   codes of each image and the image K positions further in its batch (another
-  identity), alpha ~ U[0, 1] per example from a stateless seed (data seed, step,
-  replica);
+  identity), alpha ~ U[0, 1] per example from a stateless seed (data seed, step),
+  drawn for the global batch;
 - re-ID batch: Eq. 13 on the real images of both modalities, and each local
   classifier C^k's identity loss on its stripe (PCB); with ``--sl=gan`` the modality
   terms on their set-level maps M = E^sl(X);
@@ -103,19 +85,21 @@ from jsia_tf.models.variation import VariationModule, mix
 GROUPS = config_lib.GROUPS
 _GENERATION_ROUTE = ("generation", "reid_set_level")
 _REID_ROUTE = ("reid_set_level", "reid_instance_level")
-# Loss term -> the variable groups its gradient updates (see the module docstring).
+# Loss term -> the variable groups its gradient updates.
 TERM_ROUTES = {
-    "recon": _GENERATION_ROUTE,
-    "cycle": _GENERATION_ROUTE,
-    "gan": _GENERATION_ROUTE,
-    "discriminator": ("discriminators",),
-    "variation": ("variation",),
-    "id_cls": _REID_ROUTE,
-    "id_triplet": _REID_ROUTE,
-    "local_id": _REID_ROUTE,
-    "il": _REID_ROUTE,
-    "lr": _REID_ROUTE,
-    "ui": _REID_ROUTE,
+    "recon": _GENERATION_ROUTE,  # Eq. 4, L1 self-reconstruction
+    "cycle": _GENERATION_ROUTE,  # Eqs. 5, 6, L1 cycle reconstruction
+    "gan": _GENERATION_ROUTE,  # Eq. 7, LSGAN, generator side
+    "discriminator": ("discriminators",),  # Eq. 7, LSGAN on DETACHED fakes
+    "variation": ("variation",),  # Eq. 10 on stop_gradient(M^i)
+    "id_cls": _REID_ROUTE,  # Eq. 13 on the real re-ID images
+    "id_triplet": _REID_ROUTE,  # Eq. 13
+    "local_id": _REID_ROUTE,  # C^k's identity loss on the real images' stripes (PCB; Eq. 12's LR)
+    "il": _REID_ROUTE,  # Eq. 11 on (real, DETACHED generated)
+    "lr": _REID_ROUTE,  # Eq. 12 on (real, DETACHED generated)
+    "ui": _REID_ROUTE,  # Eq. 15 on DETACHED mixed images
+    # --sl=gan only (Dai et al. 2018): the modality discriminator on STOPPED E^sl maps,
+    # and E^sl's maps pushed to D = 1/2.
     "modality_discriminator": ("discriminators",),
     "modality_adversarial": ("reid_set_level",),
 }

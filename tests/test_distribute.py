@@ -312,8 +312,3 @@ def test_batches_must_split_into_whole_identities_per_replica():
         distribute.check_replica_split(data, 2)
     with pytest.raises(config_lib.ConfigError, match=r"--num_ids=4: expected a multiple of the 3 replicas"):
         distribute.check_replica_split(data, 3)
-
-
-def test_a_negative_collective_timeout_names_the_flag():
-    with pytest.raises(config_lib.ConfigError, match=r"--collective_timeout_s=-1: expected seconds >= 0"):
-        config_lib.TrainConfig(collective_timeout_s=-1)

@@ -218,6 +218,9 @@ def test_decoder_rejects_mismatched_inputs():
 def test_generator_style_codes_control_the_image():
     # he_normal: at PyTorch's default initialisation the MLP's AdaIN parameters start
     # around 1e-3 (the residual blocks are then near-identities and style barely shows).
+    # Seeded: the effect depends on the draw (seeds 1-11: mean difference 0.03-0.30;
+    # seed 0: 0), and unseeded the draw depended on the tests run before this one.
+    keras.utils.set_random_seed(2)
     gen = generation.Generator(**TINY, kernel_initializer="he_normal")
     rng = _rng(9)
     content = tf.constant(rng.normal(size=(2, 8, 4, 16)).astype(np.float32))
