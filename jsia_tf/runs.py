@@ -88,6 +88,17 @@ def record_evaluation(path, step, metrics):
     path.write_text(json.dumps(sorted(history, key=lambda entry: entry["step"]), indent=1) + "\n")
 
 
+# What a run needs besides config.json to rebuild its networks (the classifier's size).
+DATASET_SUMMARY = "dataset.json"
+
+
+def write_dataset_summary(run_dir, dataset):
+    """Writes the run's :data:`DATASET_SUMMARY`, which :func:`load_run` reads."""
+    summary = {"name": dataset.name, "num_classes": dataset.num_classes, "train_rgb": len(dataset.train_rgb),
+               "train_ir": len(dataset.train_ir), "test": len(dataset.test)}
+    (pathlib.Path(run_dir) / DATASET_SUMMARY).write_text(json.dumps(summary, indent=2) + "\n")
+
+
 def load_run(run_dir, checkpoint=None):
     """Rebuilds a training run's networks from ``run_dir`` with a checkpoint's weights.
 
@@ -105,7 +116,7 @@ def load_run(run_dir, checkpoint=None):
       ValueError: the run folder or checkpoint is missing or not a jsia_tf run.
     """
     cfg = config_lib.Config.load(os.path.join(run_dir, "config.json"))
-    summary_path = os.path.join(run_dir, "dataset.json")
+    summary_path = os.path.join(run_dir, DATASET_SUMMARY)
     try:
         with open(summary_path) as f:
             num_classes = int(json.load(f)["num_classes"])

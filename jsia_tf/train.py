@@ -354,15 +354,13 @@ def main(argv):
     except distribute.ClusterError as err:
         sys.exit(f"error: {err}")
     keras.mixed_precision.set_global_policy(cfg.train.mixed_precision)
-    if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
-        run_as_worker(cfg, strategy)
-        return
     try:
         run_as_worker(cfg, strategy)
     except BaseException as err:  # pylint: disable=broad-except
-        if isinstance(err, SystemExit) and not err.code:
+        multi_worker = isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
+        if not multi_worker or (isinstance(err, SystemExit) and not err.code):
             raise
-        distribute.end_worker(err, cfg)
+        distribute.end_worker(err, cfg)  # every worker of the run must end, not only this one
 
 
 def run_as_worker(cfg, strategy):
@@ -406,10 +404,8 @@ def train_evaluate_export(cfg, strategy, out_dir):
     logging.info("%d replica(s), %s", strategy.num_replicas_in_sync, cfg.train.mixed_precision)
     # Weight initialisation is seeded too: a run is reproducible from its config.
     keras.utils.set_random_seed(cfg.data.seed)
-    if chief:  # what `python -m jsia_tf.export` needs besides config.json to rebuild the networks
-        (run_dir / "dataset.json").write_text(json.dumps(
-            {"name": dataset.name, "num_classes": dataset.num_classes, "train_rgb": len(dataset.train_rgb),
-             "train_ir": len(dataset.train_ir), "test": len(dataset.test)}, indent=2) + "\n")
+    if chief:
+        runs.write_dataset_summary(run_dir, dataset)
     trainer = trainer_lib.Trainer(cfg, dataset.num_classes, strategy)
     manager = tf.train.CheckpointManager(trainer.checkpoint(), str(out_dir / "checkpoints"),
                                          max_to_keep=cfg.train.keep_checkpoints)

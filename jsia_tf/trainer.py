@@ -352,7 +352,8 @@ class Trainer:
         """{group: (checkpoint's, config's) (lr, beta1, beta2, weight_decay)} where they differ.
 
         After a restore the variables hold the checkpoint's settings; the optimizers run
-        with the config's (the flags of this start).
+        with the config's (the flags of this start). The variables are then set to the
+        config's, so the next checkpoint records what this start trains with.
         """
         out = {}
         for name, variable in self.optimizer_settings.items():
