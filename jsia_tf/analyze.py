@@ -218,8 +218,8 @@ def to_pixels(images, unit_range=True):
 
 
 def latent_codes(trainer, gen, modality):
-    """(z = u [B, h', w', Z], style [B, style_dim]) of :meth:`Trainer.generate`'s real images of ``modality``."""
-    z, _, _ = trainer.variation(gen["content"][modality], training=False)
+    """(z = u [B, h', w', Z], style [B, style_dim]) of :meth:`JSIA.generate`'s real images of ``modality``."""
+    z, _, _ = trainer.model.variation(gen["content"][modality], training=False)
     return z, gen["style"][modality]
 
 
@@ -227,8 +227,8 @@ def paired_figure(trainer, test, dataset_name, options):
     """Fig. 6 grid [n (H + 2b), 4 (W + 2b), 3]: real RGB | X_rgb2ir | real IR | X_ir2rgb per person."""
     data = trainer.config.data
     rgb_rows, ir_rows = pick_persons(test, dataset_name, options.num_identities, np.random.default_rng(options.seed))
-    gen = trainer.generate(load_images(test, rgb_rows, data.height, data.width),
-                           load_images(test, ir_rows, data.height, data.width), training=False)
+    gen = trainer.model.generate(load_images(test, rgb_rows, data.height, data.width),
+                                 load_images(test, ir_rows, data.height, data.width), training=False)
     columns = [gen["real"]["rgb"], gen["cross"]["ir"], gen["real"]["ir"], gen["cross"]["rgb"]]
     return tile(np.stack([to_pixels(c) for c in columns], axis=1), WHITE)  # cells [n, 4, H, W, 3]
 
@@ -237,8 +237,8 @@ def mixing_figure(trainer, test, dataset_name, options):
     """Fig. 7 grid [2n (H + 2b), (2 + 5)(W + 2b), 3]: per pair (x_1, x_2) and modality, x_1 | mixtures | x_2."""
     data = trainer.config.data
     rgb_rows, ir_rows = pick_persons(test, dataset_name, options.num_identities, np.random.default_rng(options.seed))
-    gen = trainer.generate(load_images(test, rgb_rows, data.height, data.width),
-                           load_images(test, ir_rows, data.height, data.width), training=False)
+    gen = trainer.model.generate(load_images(test, rgb_rows, data.height, data.width),
+                                 load_images(test, ir_rows, data.height, data.width), training=False)
     n, steps = len(rgb_rows), len(ALPHAS)
     first = np.repeat(np.arange(n), steps)  # [n * steps]: x_1 of each mixture
     second = (first + 1) % n  # x_2: the next person
@@ -246,8 +246,8 @@ def mixing_figure(trainer, test, dataset_name, options):
     rows = []
     for modality in MODALITIES:
         z, style = latent_codes(trainer, gen, modality)
-        mixed = trainer.decode_mixture(modality, (tf.gather(z, first), tf.gather(style, first)),
-                                       (tf.gather(z, second), tf.gather(style, second)), alpha)
+        mixed = trainer.model.decode_mixture(modality, (tf.gather(z, first), tf.gather(style, first)),
+                                             (tf.gather(z, second), tf.gather(style, second)), alpha)
         real = to_pixels(gen["real"][modality])  # [n, H, W, 3]
         mixed = to_pixels(mixed).reshape(n, steps, *real.shape[1:])  # [n, steps, H, W, 3]
         rows.append(np.concatenate([real[:, None], mixed, np.roll(real, -1, axis=0)[:, None]], axis=1))
@@ -321,14 +321,15 @@ def generated_sets(trainer, test, dataset_name, options):
                for rows in (rgb, ir, rgb[partner], ir[partner])]
     out = {name: {m: [] for m in MODALITIES} for name in ("real", "fri", "fls")}
     for start, (rgb_1, ir_1, rgb_2, ir_2) in zip(range(0, len(pids), options.batch_size), zip(*batches)):
-        gen = trainer.generate(rgb_1, ir_1, training=False)
+        gen = trainer.model.generate(rgb_1, ir_1, training=False)
         alpha = alphas[start:start + len(rgb_1)]
         for m, images_2 in (("rgb", rgb_2), ("ir", ir_2)):
-            z_2, _, _ = trainer.variation(trainer.content(images_2, training=False), training=False)
-            codes_2 = (z_2, trainer.generators[m].encode_style(to_unit_range(images_2)))
+            z_2, _, _ = trainer.model.variation(trainer.model.content(images_2, training=False), training=False)
+            codes_2 = (z_2, trainer.model.generators[m].encode_style(to_unit_range(images_2)))
             out["real"][m].append(to_pixels(gen["real"][m]))
             out["fri"][m].append(to_pixels(gen["cross"][m]))
-            out["fls"][m].append(to_pixels(trainer.decode_mixture(m, latent_codes(trainer, gen, m), codes_2, alpha)))
+            mixed = trainer.model.decode_mixture(m, latent_codes(trainer, gen, m), codes_2, alpha)
+            out["fls"][m].append(to_pixels(mixed))
     return {name: {m: np.concatenate(images) for m, images in sets.items()} for name, sets in out.items()}
 
 

@@ -1,8 +1,10 @@
 """The run configuration: frozen, validated dataclasses.
 
-Flags become a :class:`Config` once, in the entry point (``train.py``); nothing
-below it reads absl flags. Validation names the flag and the value it rejects.
-The resolved config is written to ``<run_dir>/config.json``.
+Each option is a field written once, with its default, help and choices
+(:func:`option`); ``train.py`` defines one flag per field from it and turns the flags
+into a :class:`Config` once; nothing below it reads absl flags. Validation names the
+flag and the value it rejects. The resolved config is written to
+``<run_dir>/config.json``. Imports neither TensorFlow nor Keras.
 """
 
 import dataclasses
@@ -73,46 +75,50 @@ def _require(ok, flag, value, expected):
         raise ConfigError(flag, value, expected)
 
 
+def option(default, help, flag=None, choices=None):  # pylint: disable=redefined-builtin
+    """A field that is also the flag ``--<flag or the field's name>`` of ``jsia_tf.train``.
+
+    Its default, help and choices are written here once; ``train`` defines the flag
+    from them (``choices``: an enum flag) and ``__post_init__`` checks the value.
+    """
+    return dataclasses.field(default=default, metadata={"help": help, "flag": flag, "choices": choices})
+
+
+def flag_name(field):
+    """The flag of a dataclass field made by :func:`option`."""
+    return field.metadata["flag"] or field.name
+
+
+# The schedule's flags (TrainConfig.phases is built from them, paper_phases): the paper's
+# 100 epochs of G pre-training, 50 joint, the learning rate x 0.1 at joint epoch 30.
+PAPER_PRETRAIN_EPOCHS, PAPER_JOINT_EPOCHS, PAPER_LR_DECAY_EPOCHS = 100, 50, (30,)
+
+
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
-    """Dataset, image size and the cross-modal identity sampler (paper Sec. 4.2).
+    """Dataset, image size and the cross-modal identity sampler (paper Sec. 4.2)."""
 
-    Attributes:
-      dataset: "regdb" or "sysu" (the folder layout and evaluation protocol).
-      data_dir: dataset root.
-      trial: RegDB train/test split, 1..10.
-      synthetic_ids: when > 0 and ``data_dir`` holds no dataset yet (or one rendered
-        with other settings), generate a synthetic one with this many identities there
-        first (demo/smoke presets).
-      synthetic_seed: seeds the synthetic dataset; separate from ``seed``, so runs with
-        several training seeds share one benchmark.
-      height, width: network input size (paper: 256 x 128).
-      num_ids, num_instances: P identities x K images per modality per re-ID
-        batch (paper: 16 x 4, so 128 images).
-      gan_num_ids, gan_num_instances: the same for the generation batches
-        (official code: 3 x 3).
-      flip, pad, random_erasing, channel_aug, intensity_aug: training augmentation
-        (``jsia_tf.data.pipeline.AugmentConfig``).
-      seed: seeds the sampler and the augmentation.
-    """
-
-    dataset: str = "regdb"
-    data_dir: str = ""
-    trial: int = 1
-    synthetic_ids: int = 0
-    synthetic_seed: int = 0
-    height: int = 256
-    width: int = 128
-    num_ids: int = 16
-    num_instances: int = 4
-    gan_num_ids: int = 3
-    gan_num_instances: int = 3
-    flip: bool = True
-    pad: int = 10
-    random_erasing: float = 0.5
-    channel_aug: float = 0.0
-    intensity_aug: float = 0.0
-    seed: int = 0
+    dataset: str = option("regdb", "Dataset layout and evaluation protocol.", choices=DATASETS)
+    data_dir: str = option("", "Dataset root folder.")
+    trial: int = option(1, "RegDB train/test split, 1..10.")
+    synthetic_ids: int = option(
+        0, "If > 0 and --data_dir holds no dataset yet (or one rendered with other settings), generate a synthetic "
+        "one with this many identities there first (demo and smoke presets).")
+    synthetic_seed: int = option(0, "Seed of the synthetic dataset; not --seed, so that runs with several training "
+                                    "seeds share one benchmark.")
+    height: int = option(256, "Network input height (paper: 256).")
+    width: int = option(128, "Network input width (paper: 128).")
+    num_ids: int = option(16, "P: identities per re-ID batch (paper: 16).")
+    num_instances: int = option(4, "K: images per identity and modality in a re-ID batch (paper: 4; 128 images).")
+    gan_num_ids: int = option(3, "Identities per generation batch (official code: 3).")
+    gan_num_instances: int = option(3, "Images per identity and modality in a generation batch (official code: 3).")
+    flip: bool = option(True, "Random horizontal flip (jsia_tf.data.pipeline.AugmentConfig).")
+    pad: int = option(10, "Zero padding before the random crop (0: no crop).")
+    random_erasing: float = option(0.5, "Random erasing probability.")
+    channel_aug: float = option(0.0, "Channel augmentation probability (RGB images).")
+    intensity_aug: float = option(0.0, "Random intensity remapping probability (inversion, gamma; both "
+                                       "modalities).")
+    seed: int = option(0, "Seeds the sampler, the augmentation and the weight initialisation.")
 
     def __post_init__(self):
         _require(self.dataset in DATASETS, "dataset", self.dataset, f"one of {DATASETS}")
@@ -129,22 +135,14 @@ class DataConfig:
 
 @dataclasses.dataclass(frozen=True)
 class EvalConfig:
-    """Evaluation protocol options (SYSU-MM01: Wu et al. 2017; RegDB: AGW).
+    """Evaluation protocol options (SYSU-MM01: Wu et al. 2017; RegDB: AGW)."""
 
-    Attributes:
-      sysu_modes, sysu_shots: the SYSU-MM01 settings evaluated.
-      sysu_rand_perm: path of the official ``rand_perm_cam.mat``; empty = seeded galleries.
-      trials: SYSU-MM01 gallery draws averaged.
-      regdb_directions: RegDB query -> gallery directions evaluated.
-      batch_size: images per embedding batch.
-    """
-
-    sysu_modes: tuple = SYSU_MODES
-    sysu_shots: tuple = SYSU_SHOTS
-    sysu_rand_perm: str = ""
-    trials: int = 10
-    regdb_directions: tuple = REGDB_DIRECTIONS
-    batch_size: int = 64
+    sysu_modes: tuple[str, ...] = option(SYSU_MODES, "SYSU-MM01 search modes evaluated.")
+    sysu_shots: tuple[int, ...] = option(SYSU_SHOTS, "SYSU-MM01 gallery shots evaluated.")
+    sysu_rand_perm: str = option("", "Path of the official rand_perm_cam.mat (empty: seeded galleries).")
+    trials: int = option(10, "SYSU-MM01 gallery draws averaged.")
+    regdb_directions: tuple[str, ...] = option(REGDB_DIRECTIONS, "RegDB directions: v2t (visible query), t2v.")
+    batch_size: int = option(64, "Images per embedding batch.", flag="eval_batch_size")
 
     def __post_init__(self):
         _require(set(self.sysu_modes) <= set(SYSU_MODES) and self.sysu_modes, "sysu_modes",
@@ -161,54 +159,44 @@ class EvalConfig:
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
-    """Sizes of modules F, G, V and the discriminators (paper Sec. 3, 4.2).
+    """Sizes and switches of modules F, G, V and the discriminators (paper Sec. 3, 4.2)."""
 
-    Attributes:
-      backbone: "resnet50" (paper) or "resnet18" (tiny CPU demos and tests).
-      backbone_weights: "imagenet", a weights file path, or "none".
-      backbone_widths: widths of the four ResNet stages (resnet18 only; ResNet-50
-        keeps the standard widths so that ImageNet weights load).
-      num_regions: n horizontal regions of Eq. 12 (0: no local-region classifiers).
-      gray_input: convert images to gray before E^sl (official code).
-      generation: train modules G and V (False: module F alone, Table 3 index 1, with
-        no alignment term that needs generated images).
-      modality_bn: one of :data:`MODALITY_BN`.
-      generated_bn: one of :data:`GENERATED_BN`.
-      test_features: "bn" (official) or "pool" (paper Eq. 17) test vectors.
-      set_level: "shared": E^i = E^sl (the paper's SL); "separate": E^i is its own copy
-        of the stem, trained only by module G (the ablation without SL, Table 3);
-        "gan": separate, and E^sl trained with a modality-adversarial loss as in Dai
-        et al. 2018 (the degraded SL of Table 3, index 7).
-      style_dim, style_base_width, style_num_downsample, style_max_width: E^s_m.
-      mlp_hidden_dim: AdaIN MLP width.
-      num_res_blocks: AdaIN residual blocks of each decoder (paper 4, official 2).
-      disc_num_scales, disc_num_layers, disc_base_width: multi-scale discriminators.
-      variation_hidden_channels, variation_latent_channels,
-        variation_num_downsample: module V.
-    """
-
-    backbone: str = "resnet50"
-    backbone_weights: str = "imagenet"
-    backbone_widths: tuple = DEFAULT_WIDTHS
-    num_regions: int = DEFAULT_NUM_REGIONS
-    gray_input: bool = False
-    generation: bool = True
-    modality_bn: str = "joint"
-    generated_bn: str = "restore"
-    test_features: str = "bn"
-    set_level: str = "shared"
-    style_dim: int = 128
-    style_base_width: int = 32
-    style_num_downsample: int = 2
-    style_max_width: int = 128
-    mlp_hidden_dim: int = 256
-    num_res_blocks: int = 4
-    disc_num_scales: int = 2
-    disc_num_layers: int = 4
-    disc_base_width: int = 32
-    variation_hidden_channels: int = 256
-    variation_latent_channels: int = 64
-    variation_num_downsample: int = 1
+    backbone: str = option("resnet50", "Re-ID backbone: resnet50 (paper) or resnet18 (tiny CPU demos and tests).",
+                           choices=BACKBONES)
+    backbone_weights: str = option("imagenet", "'imagenet', 'none' or a keras.applications ResNet50 weights file.")
+    backbone_widths: tuple[int, ...] = option(
+        DEFAULT_WIDTHS, "Widths of the four ResNet stages (resnet18 only; ResNet-50 keeps the standard widths so "
+        "that ImageNet weights load).")
+    num_regions: int = option(DEFAULT_NUM_REGIONS, "Horizontal regions n of Eq. 12 (0: no local-region "
+                                                   "classifiers).")
+    gray_input: bool = option(False, "Gray images into E^sl (official code).")
+    generation: bool = option(True, "Train modules G and V (false: module F alone, Table 3 row 1, with no "
+                                    "alignment term that needs generated images).")
+    modality_bn: str = option("joint", "How batch norm in E^sl / E^il sees the re-ID batch: both modalities in one "
+                                       "call (joint, as at test time) or one call per modality (separate, official).",
+                              choices=MODALITY_BN)
+    generated_bn: str = option(
+        "restore", "What F's batch-norm moving statistics learn from generated pairs, cycle inputs and mixed "
+        "images: restore (batch statistics, the moving ones put back), inference (normalised with the moving "
+        "statistics) or update (official).", choices=GENERATED_BN)
+    test_features: str = option("bn", "The Eq. 17 vector: the classifier's batch-norm output (bn, official) or "
+                                      "V = GAP(T) (pool, the paper's text).", choices=TEST_FEATURES)
+    set_level: str = option(
+        "shared", "Set-level alignment (Table 3): E^i = E^sl (shared, the paper's SL); a separate E^i trained only "
+        "by module G (separate, no SL); or separate with E^sl trained modality-adversarially as in Dai et al. 2018 "
+        "(gan, the degraded SL of index 7).", flag="sl", choices=SET_LEVEL_SHARING)
+    style_dim: int = option(128, "Style code length of E^s_m.")
+    style_base_width: int = option(32, "First width of the style encoders.")
+    style_num_downsample: int = option(2, "Strided convs of the style encoders (paper: 2).")
+    style_max_width: int = option(128, "Maximum width of the style encoders.")
+    mlp_hidden_dim: int = option(256, "AdaIN MLP width.")
+    num_res_blocks: int = option(4, "AdaIN residual blocks per decoder (paper: 4, official: 2).")
+    disc_num_scales: int = option(2, "Scales of the multi-scale discriminators.")
+    disc_num_layers: int = option(4, "Strided convs per discriminator scale.")
+    disc_base_width: int = option(32, "First width of the discriminators.")
+    variation_hidden_channels: int = option(256, "Module V width.")
+    variation_latent_channels: int = option(64, "Module V latent channels.")
+    variation_num_downsample: int = option(1, "Module V strided convs.")
 
     def __post_init__(self):
         _require(self.backbone in BACKBONES, "backbone", self.backbone, f"one of {BACKBONES}")
@@ -243,48 +231,38 @@ class ModelConfig:
 class LossConfig:
     """Weights and options of the losses of Eqs. 8 and 16 (``jsia_tf.losses``).
 
-    Attributes:
-      lambda_recon, lambda_cyc, lambda_gan: Eq. 8. Paper: 1 on the reconstruction and
-        lambda_cyc on the cycle term (it writes lambda_cyc on the GAN term too, a typo);
-        official: 10, 10 and 1.
-      lambda_il, lambda_lr, lambda_ui: Eq. 16 (0 turns the term off: the IL / LR / UI
-        ablations of Table 3). The paper cross-validates them without giving values;
-        0.01 is the official instance-level alignment weight.
-      triplet_margin, label_smoothing: Eq. 13 (official 0.3, 0.1).
-      il_convention: Eqs. 11, 12, "paper" or "official" (``losses.instance_alignment_loss``).
-      variation_distribution: Eq. 10, "paper" or "kl".
-      ui_direction: Eq. 15, "paper" or "target_first".
-      instance_alignment: Eq. 11 on (--il); off, the term is not computed at all,
-        which trains like lambda_il = 0 (Table 3's "without IL").
-      local_alignment: Eq. 12 on generated pairs ("paired", the paper), on the real
-        unpaired RGB / IR images of the same identity ("unpaired", Table 3 index 8,
-        ``losses.unpaired_local_alignment_loss``) or not computed ("off").
-      unseen_identity: Eq. 15 on (--ui); off, not computed (like lambda_ui = 0).
-      lambda_local_id: weight of the label-smoothed identity loss of each local-region
-        classifier C^k on the stripes of the real re-ID images (PCB, which Sec. 3.3's LR
-        follows; averaged over the n regions). Without it the C^k are trained by the
-        Eq. 12 KL term alone and stay at their initialisation.
-      lambda_modality: weight of the modality-adversarial term of E^sl
-        (``losses.lsgan_modality_confusion_loss``; ``ModelConfig.set_level == "gan"``
-        only).
+    Eq. 8: the paper weighs the reconstruction by 1 and the cycle term by lambda_cyc (it
+    writes lambda_cyc on the GAN term too, a typo); official: 10, 10 and 1. Eq. 16: the
+    paper cross-validates lambda_il / lr / ui without giving values; 0.01 is the
+    official instance-level alignment weight. Turning a term off (--il, --lr_align,
+    --ui) does not compute it at all, which trains like its weight 0 (Table 3).
     """
 
-    lambda_recon: float = 1.0
-    lambda_cyc: float = 10.0
-    lambda_gan: float = 1.0
-    lambda_il: float = 0.01
-    lambda_lr: float = 0.01
-    lambda_ui: float = 0.01
-    triplet_margin: float = 0.3
-    label_smoothing: float = 0.1
-    il_convention: str = "paper"
-    variation_distribution: str = "paper"
-    ui_direction: str = "paper"
-    instance_alignment: bool = True
-    local_alignment: str = "paired"
-    unseen_identity: bool = True
-    lambda_local_id: float = 1.0
-    lambda_modality: float = 1.0
+    lambda_recon: float = option(1.0, "Eq. 8 reconstruction weight (paper 1, official 10).")
+    lambda_cyc: float = option(10.0, "Eq. 8 cycle weight (official 10).")
+    lambda_gan: float = option(1.0, "Eq. 8 GAN weight (official 1).")
+    lambda_il: float = option(0.01, "Eq. 16 instance-level alignment weight (official 0.01; 0: no IL).")
+    lambda_lr: float = option(0.01, "Eq. 16 local-region alignment weight (0: no LR).")
+    lambda_ui: float = option(0.01, "Eq. 16 unseen-identity weight (0: no UI).")
+    triplet_margin: float = option(0.3, "Eq. 13 triplet margin (official 0.3).")
+    label_smoothing: float = option(0.1, "Eq. 13 label smoothing (official 0.1; 0: the paper's cross-entropy).")
+    il_convention: str = option("paper", "Eqs. 11, 12 convention (losses.instance_alignment_loss).",
+                                choices=ALIGNMENT_CONVENTIONS)
+    variation_distribution: str = option("paper", "Eq. 10 distribution term (losses.variation_loss).",
+                                         choices=VARIATION_DISTRIBUTIONS)
+    ui_direction: str = option("paper", "Eq. 15 KL direction (losses.unseen_identity_loss).",
+                               choices=UNSEEN_ID_DIRECTIONS)
+    instance_alignment: bool = option(True, "Eq. 11 instance-level alignment (Table 3 IL).", flag="il")
+    local_alignment: str = option(
+        "paired", "Eq. 12 local regions on generated pairs (paired, the paper), on the real unpaired RGB / IR "
+        "images of the same identity (unpaired, Table 3 index 8) or off (Table 3 LR).", flag="lr_align",
+        choices=LOCAL_ALIGNMENTS)
+    unseen_identity: bool = option(True, "Eq. 15 paired images of unseen identities (Table 3 UI).", flag="ui")
+    lambda_local_id: float = option(
+        1.0, "Weight of each local-region classifier C^k's label-smoothed identity loss on the stripes of the real "
+        "re-ID images (PCB, which Sec. 3.3's LR follows; the mean over the n regions). 0: the C^k are trained by "
+        "Eq. 12's KL alone and stay at their initialisation.")
+    lambda_modality: float = option(1.0, "Weight of E^sl's modality-adversarial term (--sl=gan only).")
 
     def __post_init__(self):
         for flag in ("lambda_recon", "lambda_cyc", "lambda_gan", "lambda_il", "lambda_lr", "lambda_ui",
@@ -327,7 +305,8 @@ class Phase:
                  "positive epochs")
 
 
-def paper_phases(pretrain_epochs=100, joint_epochs=50, lr_decay_epochs=(30,), generation=True):
+def paper_phases(pretrain_epochs=PAPER_PRETRAIN_EPOCHS, joint_epochs=PAPER_JOINT_EPOCHS,
+                 lr_decay_epochs=PAPER_LR_DECAY_EPOCHS, generation=True):
     """The paper's schedule (Sec. 4.2): G pre-trained, then everything jointly.
 
     ``generation=False`` (module F alone): only the joint phase, stepping F's groups.
@@ -342,67 +321,49 @@ def paper_phases(pretrain_epochs=100, joint_epochs=50, lr_decay_epochs=(30,), ge
 class TrainConfig:
     """Optimisation, schedule, checkpoints and logging.
 
-    Attributes:
-      phases: the schedule, a tuple of :class:`Phase` run in order.
-      steps_per_epoch: steps per epoch (official: 200 iterations).
-      lr, beta1, beta2, weight_decay: AdamW of module F's groups (:data:`REID_GROUPS`);
-        official: 4.5e-4, 0.9, 0.999, 5e-4 (paper: Adam 2e-4, 0.5, 0.999 everywhere).
-      gan_lr, gan_beta1, gan_beta2, gan_weight_decay: AdamW of the other groups (G, V,
-        the discriminators); official: 1e-4, 0.5, 0.999, 1e-4.
-      warmup_steps: module F's learning rate rises linearly from lr / warmup_steps to
-        lr over its first steps (0: none), counted from the first step that steps F.
-      lr_decay_factor: learning-rate multiplier at each ``Phase.lr_decay_epochs``.
-      checkpoint_every: steps between checkpoints (the last step is always saved).
-      keep_checkpoints: checkpoints kept in ``<run_dir>/checkpoints``.
-      log_every: steps between progress lines and scalar summaries.
-      image_every: steps between image summaries (0: never).
-      eval_every: steps between evaluations on the test set during training, logged
-        to TensorBoard and ``<run_dir>/eval_history.json`` (0: only at the end).
-      strategy: "default" (one device), "mirrored" (tf.distribute.MirroredStrategy
-        over every GPU, or over ``cpu_replicas`` logical CPUs) or "multi_worker"
-        (tf.distribute.MultiWorkerMirroredStrategy configured from TF_CONFIG).
-      cpu_replicas: with "mirrored", split the CPU into this many logical devices
-        (0: use the visible GPUs); for testing the distributed path on a CPU.
-      collective_timeout_s: with "multi_worker", a collective (all-reduce, all-gather)
-        that waits longer than this for a peer fails the step, so a worker that is stuck
-        without dying (the coordination service already catches one that died) ends the
-        run instead of hanging it (0: no limit). It must exceed the longest time one
-        worker spends between collectives while the others wait: tracing a step
-        function, the chief's evaluation (``eval_every``), a checkpoint.
-      mixed_precision: Keras dtype policy, "float32", "mixed_bfloat16" or
-        "mixed_float16" (dynamic loss scaling per variable group, see
-        ``jsia_tf.trainer``).
-      optimizer: "adam" (paper) or "sgd" (plain SGD at ``lr``: for testing that
-        distributed gradients are scaled right, which Adam would hide).
-      jit_compile: compile the step functions with XLA.
-      profile_steps: (first, last) global steps traced by the TensorFlow profiler
-        into ``<run_dir>/plugins/profile`` (empty: no profiling).
+    ``phases`` is the schedule, a tuple of :class:`Phase` run in order (the flags
+    --pretrain_epochs, --joint_epochs and --lr_decay_epochs build the paper's,
+    :func:`paper_phases`). Module F's groups (:data:`REID_GROUPS`) take ``lr``,
+    ``beta1``, ``beta2``, ``weight_decay``; the others (G, V, the discriminators) the
+    ``gan_`` ones, as in the official code (the paper: Adam 2e-4, 0.5, 0.999 everywhere).
     """
 
     phases: tuple = paper_phases()
-    steps_per_epoch: int = 200
-    lr: float = 4.5e-4
-    beta1: float = 0.9
-    beta2: float = 0.999
-    weight_decay: float = 5e-4
-    gan_lr: float = 1e-4
-    gan_beta1: float = 0.5
-    gan_beta2: float = 0.999
-    gan_weight_decay: float = 1e-4
-    warmup_steps: int = 0
-    lr_decay_factor: float = 0.1
-    checkpoint_every: int = 1000
-    keep_checkpoints: int = 3
-    log_every: int = 50
-    image_every: int = 1000
-    eval_every: int = 0
-    strategy: str = "default"
-    cpu_replicas: int = 0
-    collective_timeout_s: float = 1800.0
-    mixed_precision: str = "float32"
-    optimizer: str = "adam"
-    jit_compile: bool = False
-    profile_steps: tuple = ()
+    steps_per_epoch: int = option(200, "Steps per epoch (official: 200 iterations).")
+    lr: float = option(4.5e-4, "Re-ID (module F) AdamW learning rate (official 4.5e-4; paper 2e-4).")
+    beta1: float = option(0.9, "Re-ID AdamW beta1 (official 0.9; paper 0.5).")
+    beta2: float = option(0.999, "Re-ID AdamW beta2.")
+    weight_decay: float = option(5e-4, "Re-ID decoupled weight decay (official 5e-4, as an L2 term).")
+    gan_lr: float = option(1e-4, "G, V and discriminators' AdamW learning rate (official 1e-4).")
+    gan_beta1: float = option(0.5, "G, V and discriminators' AdamW beta1 (official 0.5).")
+    gan_beta2: float = option(0.999, "G, V and discriminators' AdamW beta2.")
+    gan_weight_decay: float = option(1e-4, "G, V and discriminators' weight decay (official 1e-4).")
+    warmup_steps: int = option(0, "Module F's learning rate rises linearly from lr / warmup_steps to lr over its "
+                                  "first steps, counted from the first step that steps F (0: none).")
+    lr_decay_factor: float = option(0.1, "Learning-rate multiplier at each of a phase's lr_decay_epochs.")
+    checkpoint_every: int = option(1000, "Steps between checkpoints (the last step is always saved).")
+    keep_checkpoints: int = option(3, "Checkpoints kept in <run_dir>/checkpoints.")
+    log_every: int = option(50, "Steps between progress lines and scalar summaries.")
+    image_every: int = option(1000, "Steps between image summaries (0: never).")
+    eval_every: int = option(0, "Steps between test-set evaluations during training, logged to TensorBoard and "
+                                "<run_dir>/eval_history.json (0: only at the end).")
+    strategy: str = option("default", "default: one device; mirrored: tf.distribute.MirroredStrategy over every "
+                                      "local GPU (or --cpu_replicas logical CPUs); multi_worker: "
+                                      "MultiWorkerMirroredStrategy from TF_CONFIG.", choices=STRATEGIES)
+    cpu_replicas: int = option(0, "With --strategy=mirrored: split the CPU into this many logical devices (0: the "
+                                  "visible GPUs); for testing the distributed path on a CPU.")
+    collective_timeout_s: float = option(
+        1800.0, "With --strategy=multi_worker: a collective (all-reduce, all-gather) that waits longer than this "
+        "for a peer ends the run, so a worker stuck without dying does not hang it (0: no limit). It must exceed "
+        "the longest time one worker spends between collectives while the others wait: tracing a step function, "
+        "the chief's evaluation, a checkpoint.")
+    mixed_precision: str = option("float32", "Keras dtype policy; mixed_float16 scales the losses dynamically per "
+                                             "variable group (jsia_tf.trainer).", choices=PRECISIONS)
+    optimizer: str = option("adam", "adam (paper) or plain SGD at --lr (tests of distributed gradient scaling, "
+                                    "which Adam's normalisation would hide).", choices=OPTIMIZERS)
+    jit_compile: bool = option(False, "Compile the training steps with XLA.")
+    profile_steps: tuple[int, ...] = option((), "FIRST,LAST global steps traced by the TensorFlow profiler into "
+                                                "<run_dir>/plugins/profile (empty: no profiling).")
 
     def __post_init__(self):
         _require(bool(self.phases), "phases", self.phases, "at least one phase")
@@ -473,18 +434,10 @@ class TrainConfig:
 
 @dataclasses.dataclass(frozen=True)
 class Config:
-    """Everything one run needs.
+    """Everything one run needs: the run folder (checkpoints, TensorBoard events,
+    config.json, metrics) and one section per concern."""
 
-    Attributes:
-      run_dir: checkpoints, TensorBoard events, config.json and metrics go here.
-      data: dataset and input pipeline.
-      eval: evaluation protocol.
-      model: network sizes.
-      loss: loss weights and conventions.
-      train: schedule, optimizers, checkpoints, logging.
-    """
-
-    run_dir: str
+    run_dir: str = option(dataclasses.MISSING, "Run folder: config.json, checkpoints, TensorBoard events, metrics.")
     data: DataConfig
     eval: EvalConfig = EvalConfig()
     model: ModelConfig = ModelConfig()

@@ -156,7 +156,7 @@ def weights_digest(trainer):
     Logged at the end of training by every worker: equal digests mean equal replicas.
     """
     digest = hashlib.sha256()
-    for _, model in sorted(trainer.models.items()):
+    for _, model in sorted(trainer.model.networks.items()):
         for weight in model.weights:
             digest.update(np.ascontiguousarray(weight.numpy()).tobytes())
     return digest.hexdigest()

@@ -207,7 +207,7 @@ def export_trainer(trainer, export_dir, checkpoint=None):
     cfg = trainer.config
     metadata = {"training_config_sha256": config_fingerprint(dataclasses.asdict(cfg)),
                 "num_classes": trainer.num_classes, "dataset": cfg.data.dataset, "checkpoint": checkpoint or ""}
-    return export_embedder(trainer.alignment, export_dir, cfg.data.height, cfg.data.width, metadata=metadata)
+    return export_embedder(trainer.model.alignment, export_dir, cfg.data.height, cfg.data.width, metadata=metadata)
 
 
 def export_run(run_dir, export_dir, checkpoint=None):

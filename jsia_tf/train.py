@@ -19,6 +19,7 @@ starts a local cluster. ``--profile_steps=FIRST,LAST`` traces those steps with t
 TensorFlow profiler (TensorBoard's Profile tab).
 """
 
+import dataclasses
 import json
 import os
 import pathlib
@@ -26,6 +27,7 @@ import shutil
 import sys
 import tempfile
 import time
+import typing
 
 from absl import app, flags, logging
 import keras
@@ -40,116 +42,42 @@ from jsia_tf.data import pipeline, records
 from jsia_tf.eval import metrics as metrics_lib
 from jsia_tf.eval import protocols, similarity
 
-_RUN_DIR = flags.DEFINE_string("run_dir", None, "Run folder: config.json, TensorBoard events, metrics.")
-_DATASET = flags.DEFINE_enum("dataset", "regdb", config_lib.DATASETS, "Dataset layout and protocol.")
-_DATA_DIR = flags.DEFINE_string("data_dir", None, "Dataset root folder.")
-_TRIAL = flags.DEFINE_integer("trial", 1, "RegDB split, 1..10.")
-_SYNTHETIC_IDS = flags.DEFINE_integer(
-    "synthetic_ids", 0, "If > 0 and --data_dir holds no dataset, generate a synthetic one with this many ids.")
-_SYNTHETIC_SEED = flags.DEFINE_integer("synthetic_seed", 0, "Seed of the synthetic dataset (not --seed).")
-_HEIGHT = flags.DEFINE_integer("height", 256, "Input height (paper: 256).")
-_WIDTH = flags.DEFINE_integer("width", 128, "Input width (paper: 128).")
-_NUM_IDS = flags.DEFINE_integer("num_ids", 16, "P: identities per re-ID batch (paper: 16).")
-_NUM_INSTANCES = flags.DEFINE_integer("num_instances", 4, "K: images per identity and modality (paper: 4).")
-_GAN_NUM_IDS = flags.DEFINE_integer("gan_num_ids", 3, "Identities per generation batch.")
-_GAN_NUM_INSTANCES = flags.DEFINE_integer("gan_num_instances", 3, "Images per identity and modality, generation.")
-_FLIP = flags.DEFINE_bool("flip", True, "Random horizontal flip.")
-_PAD = flags.DEFINE_integer("pad", 10, "Zero padding before the random crop (0: no crop).")
-_RANDOM_ERASING = flags.DEFINE_float("random_erasing", 0.5, "Random erasing probability.")
-_CHANNEL_AUG = flags.DEFINE_float("channel_aug", 0.0, "Channel augmentation probability (RGB images).")
-_INTENSITY_AUG = flags.DEFINE_float("intensity_aug", 0.0,
-                                    "Random intensity remapping probability (inversion, gamma; both modalities).")
-_SEED = flags.DEFINE_integer("seed", 0, "Seeds sampling and augmentation.")
-_SYSU_MODES = flags.DEFINE_list("sysu_modes", list(config_lib.SYSU_MODES), "SYSU-MM01 search modes.")
-_SYSU_SHOTS = flags.DEFINE_list("sysu_shots", [str(s) for s in config_lib.SYSU_SHOTS], "SYSU-MM01 gallery shots.")
-_SYSU_RAND_PERM = flags.DEFINE_string("sysu_rand_perm", "", "Official rand_perm_cam.mat (default: seeded galleries).")
-_TRIALS = flags.DEFINE_integer("trials", 10, "SYSU-MM01 gallery draws averaged.")
-_REGDB_DIRECTIONS = flags.DEFINE_list(
-    "regdb_directions", list(config_lib.REGDB_DIRECTIONS), "RegDB directions: v2t (visible query), t2v.")
-_EVAL_BATCH_SIZE = flags.DEFINE_integer("eval_batch_size", 64, "Images per embedding batch.")
-# Model (Sec. 3, 4.2).
-_BACKBONE = flags.DEFINE_enum("backbone", "resnet50", config_lib.BACKBONES, "Re-ID backbone (paper: resnet50).")
-_BACKBONE_WEIGHTS = flags.DEFINE_string(
-    "backbone_weights", "imagenet", "'imagenet', 'none' or a keras.applications ResNet50 weights file.")
-_BACKBONE_WIDTHS = flags.DEFINE_list("backbone_widths", ["64", "128", "256", "512"], "Stage widths (resnet18 only).")
-_NUM_REGIONS = flags.DEFINE_integer("num_regions", 6, "Horizontal regions n of Eq. 12 (0: no local classifiers).")
-_GRAY_INPUT = flags.DEFINE_bool("gray_input", False, "Gray images into E^sl (official code).")
-_GENERATION = flags.DEFINE_bool("generation", True, "Train modules G and V (false: module F alone, Table 3 row 1).")
-_MODALITY_BN = flags.DEFINE_enum("modality_bn", "joint", config_lib.MODALITY_BN,
-                                 "Re-ID batch norm over both modalities in one call (joint) or per modality "
-                                 "(separate, official).")
-_GENERATED_BN = flags.DEFINE_enum("generated_bn", "restore", config_lib.GENERATED_BN,
-                                  "Generated images and F's BN moving statistics: restore them, inference mode, "
-                                  "or update them (official).")
-_TEST_FEATURES = flags.DEFINE_enum("test_features", "bn", config_lib.TEST_FEATURES,
-                                    "Eq. 17 vector: BN output or pooled.")
-_SL = flags.DEFINE_enum("sl", "shared", config_lib.SET_LEVEL_SHARING,
-                        "Set-level alignment (Table 3): E^i = E^sl (shared, the paper), a separate E^i (no SL), "
-                        "or a separate E^i with E^sl trained modality-adversarially (gan, the degraded SL).")
-_STYLE_DIM = flags.DEFINE_integer("style_dim", 128, "Style code length.")
-_STYLE_BASE_WIDTH = flags.DEFINE_integer("style_base_width", 32, "Style encoder first width.")
-_STYLE_NUM_DOWNSAMPLE = flags.DEFINE_integer("style_num_downsample", 2, "Style encoder strided convs (paper 2).")
-_STYLE_MAX_WIDTH = flags.DEFINE_integer("style_max_width", 128, "Style encoder maximum width.")
-_MLP_HIDDEN_DIM = flags.DEFINE_integer("mlp_hidden_dim", 256, "AdaIN MLP width.")
-_NUM_RES_BLOCKS = flags.DEFINE_integer("num_res_blocks", 4, "AdaIN residual blocks per decoder (paper 4).")
-_DISC_NUM_SCALES = flags.DEFINE_integer("disc_num_scales", 2, "Discriminator scales.")
-_DISC_NUM_LAYERS = flags.DEFINE_integer("disc_num_layers", 4, "Strided convs per discriminator scale.")
-_DISC_BASE_WIDTH = flags.DEFINE_integer("disc_base_width", 32, "Discriminator first width.")
-_VARIATION_HIDDEN = flags.DEFINE_integer("variation_hidden_channels", 256, "Module V width.")
-_VARIATION_LATENT = flags.DEFINE_integer("variation_latent_channels", 64, "Module V latent channels.")
-_VARIATION_DOWNSAMPLE = flags.DEFINE_integer("variation_num_downsample", 1, "Module V strided convs.")
-# Losses (Eqs. 8, 16).
-_LAMBDA_RECON = flags.DEFINE_float("lambda_recon", 1.0, "Eq. 8 reconstruction weight (paper 1, official 10).")
-_LAMBDA_CYC = flags.DEFINE_float("lambda_cyc", 10.0, "Eq. 8 cycle weight (official 10).")
-_LAMBDA_GAN = flags.DEFINE_float("lambda_gan", 1.0, "Eq. 8 GAN weight (official 1).")
-_LAMBDA_IL = flags.DEFINE_float("lambda_il", 0.01, "Eq. 16 instance-level alignment weight (official 0.01; 0: no IL).")
-_LAMBDA_LR = flags.DEFINE_float("lambda_lr", 0.01, "Eq. 16 local-region alignment weight (0: no LR).")
-_LAMBDA_UI = flags.DEFINE_float("lambda_ui", 0.01, "Eq. 16 unseen-identity weight (0: no UI).")
-_TRIPLET_MARGIN = flags.DEFINE_float("triplet_margin", 0.3, "Eq. 13 triplet margin.")
-_LABEL_SMOOTHING = flags.DEFINE_float("label_smoothing", 0.1, "Eq. 13 label smoothing (0: the paper's CE).")
-_IL_CONVENTION = flags.DEFINE_enum("il_convention", "paper", config_lib.ALIGNMENT_CONVENTIONS,
-                                   "Eqs. 11, 12 convention.")
-_VARIATION_DISTRIBUTION = flags.DEFINE_enum("variation_distribution", "paper", config_lib.VARIATION_DISTRIBUTIONS,
-                                            "Eq. 10 term.")
-_UI_DIRECTION = flags.DEFINE_enum("ui_direction", "paper", config_lib.UNSEEN_ID_DIRECTIONS, "Eq. 15 KL direction.")
-_IL = flags.DEFINE_bool("il", True, "Eq. 11 instance-level alignment (Table 3 IL).")
-_LR_ALIGN = flags.DEFINE_enum("lr_align", "paired", config_lib.LOCAL_ALIGNMENTS,
-                              "Eq. 12 local regions on generated pairs, on real unpaired images, or off (Table 3 LR).")
-_UI = flags.DEFINE_bool("ui", True, "Eq. 15 paired images of unseen identities (Table 3 UI).")
-_LAMBDA_LOCAL_ID = flags.DEFINE_float("lambda_local_id", 1.0,
-                                      "Identity loss of the local-region classifiers C^k (PCB; 0: KL only).")
-_LAMBDA_MODALITY = flags.DEFINE_float("lambda_modality", 1.0, "Modality-adversarial set-level weight (--sl=gan).")
-# Schedule and optimisation (Sec. 4.2).
-_PRETRAIN_EPOCHS = flags.DEFINE_integer("pretrain_epochs", 100, "Epochs of G pre-training (paper 100).")
-_JOINT_EPOCHS = flags.DEFINE_integer("joint_epochs", 50, "Epochs of joint training (paper 50).")
-_LR_DECAY_EPOCHS = flags.DEFINE_list("lr_decay_epochs", ["30"], "Joint epochs at which lr x 0.1 (paper 30).")
-_STEPS_PER_EPOCH = flags.DEFINE_integer("steps_per_epoch", 200, "Steps per epoch (official 200).")
-_LR = flags.DEFINE_float("lr", 4.5e-4, "Re-ID (module F) AdamW learning rate (official 4.5e-4; paper 2e-4).")
-_BETA1 = flags.DEFINE_float("beta1", 0.9, "Re-ID AdamW beta1 (official 0.9; paper 0.5).")
-_BETA2 = flags.DEFINE_float("beta2", 0.999, "Re-ID AdamW beta2.")
-_WEIGHT_DECAY = flags.DEFINE_float("weight_decay", 5e-4, "Re-ID decoupled weight decay (official 5e-4, as L2).")
-_GAN_LR = flags.DEFINE_float("gan_lr", 1e-4, "G, V and discriminators' AdamW learning rate (official 1e-4).")
-_GAN_BETA1 = flags.DEFINE_float("gan_beta1", 0.5, "G, V and discriminators' AdamW beta1 (official 0.5).")
-_GAN_BETA2 = flags.DEFINE_float("gan_beta2", 0.999, "G, V and discriminators' AdamW beta2.")
-_GAN_WEIGHT_DECAY = flags.DEFINE_float("gan_weight_decay", 1e-4, "G, V and discriminators' weight decay.")
-_WARMUP_STEPS = flags.DEFINE_integer("warmup_steps", 0, "Linear re-ID learning-rate warm-up steps (0: none).")
-_CHECKPOINT_EVERY = flags.DEFINE_integer("checkpoint_every", 1000, "Steps between checkpoints.")
-_KEEP_CHECKPOINTS = flags.DEFINE_integer("keep_checkpoints", 3, "Checkpoints kept.")
-_LOG_EVERY = flags.DEFINE_integer("log_every", 50, "Steps between progress lines and scalar summaries.")
-_IMAGE_EVERY = flags.DEFINE_integer("image_every", 1000, "Steps between image summaries (0: never).")
-_EVAL_EVERY = flags.DEFINE_integer("eval_every", 0, "Steps between test-set evaluations (0: only at the end).")
-_STRATEGY = flags.DEFINE_enum("strategy", "default", config_lib.STRATEGIES,
-                              "default: one device; mirrored: tf.distribute.MirroredStrategy (local GPUs); "
-                              "multi_worker: MultiWorkerMirroredStrategy from TF_CONFIG.")
-_CPU_REPLICAS = flags.DEFINE_integer("cpu_replicas", 0, "With --strategy=mirrored: logical CPU replicas (tests).")
-_COLLECTIVE_TIMEOUT_S = flags.DEFINE_float(
-    "collective_timeout_s", 1800, "With --strategy=multi_worker: a collective that waits longer than this for a "
-    "peer ends the run (0: no limit); above the longest tracing, evaluation or checkpoint of one worker.")
-_MIXED_PRECISION = flags.DEFINE_enum("mixed_precision", "float32", config_lib.PRECISIONS, "Keras dtype policy.")
-_OPTIMIZER = flags.DEFINE_enum("optimizer", "adam", config_lib.OPTIMIZERS,
-                               "adam (paper) or plain sgd (tests of distributed gradient scaling).")
-_JIT_COMPILE = flags.DEFINE_bool("jit_compile", False, "Compile the training steps with XLA.")
-_PROFILE_STEPS = flags.DEFINE_list("profile_steps", [], "FIRST,LAST global steps to trace with the profiler.")
+# Every field of the config sections made with config.option is a flag of the same name
+# (or its metadata's): default, help and choices are written once, in config.py.
+_SECTIONS = (("data", config_lib.DataConfig), ("eval", config_lib.EvalConfig), ("model", config_lib.ModelConfig),
+             ("loss", config_lib.LossConfig), ("train", config_lib.TrainConfig))
+_REQUIRED = ("run_dir", "data_dir")  # no default: absl insists on them (run())
+
+
+def _option_fields(cls):
+    return [field for field in dataclasses.fields(cls) if "help" in field.metadata]
+
+
+def _define_flags():
+    for cls in (config_lib.Config, *(cls for _, cls in _SECTIONS)):
+        for field in _option_fields(cls):
+            name, default, text = config_lib.flag_name(field), field.default, field.metadata["help"]
+            if name in _REQUIRED:
+                flags.DEFINE_string(name, None, text)
+            elif field.metadata["choices"]:
+                flags.DEFINE_enum(name, default, field.metadata["choices"], text)
+            elif typing.get_origin(field.type) is tuple:
+                flags.DEFINE_list(name, [str(v) for v in default], text)
+            else:
+                define = {bool: flags.DEFINE_bool, int: flags.DEFINE_integer, float: flags.DEFINE_float,
+                          str: flags.DEFINE_string}[field.type]
+                define(name, default, text)
+
+
+_define_flags()
+# The schedule (TrainConfig.phases, config.paper_phases).
+_PRETRAIN_EPOCHS = flags.DEFINE_integer("pretrain_epochs", config_lib.PAPER_PRETRAIN_EPOCHS,
+                                        "Epochs of G pre-training (paper 100).")
+_JOINT_EPOCHS = flags.DEFINE_integer("joint_epochs", config_lib.PAPER_JOINT_EPOCHS,
+                                     "Epochs of joint training (paper 50).")
+_LR_DECAY_EPOCHS = flags.DEFINE_list("lr_decay_epochs", [str(e) for e in config_lib.PAPER_LR_DECAY_EPOCHS],
+                                     "Joint epochs at which the learning rates are multiplied by --lr_decay_factor "
+                                     "(paper 30).")
 
 
 def _int_list(flag, values):
@@ -159,52 +87,23 @@ def _int_list(flag, values):
         raise config_lib.ConfigError(flag, values, "comma-separated integers") from None
 
 
+def _flag_value(field):
+    name = config_lib.flag_name(field)
+    value = flags.FLAGS[name].value
+    if typing.get_origin(field.type) is tuple:
+        return _int_list(name, value) if typing.get_args(field.type)[0] is int else tuple(value)
+    return "" if value is None else value  # a required flag missing: the config names it
+
+
 def config_from_flags():
     """The one place where flags become the run's Config."""
-    data = config_lib.DataConfig(
-        dataset=_DATASET.value, data_dir=_DATA_DIR.value or "", trial=_TRIAL.value,
-        synthetic_ids=_SYNTHETIC_IDS.value, synthetic_seed=_SYNTHETIC_SEED.value, height=_HEIGHT.value,
-        width=_WIDTH.value, num_ids=_NUM_IDS.value, num_instances=_NUM_INSTANCES.value,
-        gan_num_ids=_GAN_NUM_IDS.value, gan_num_instances=_GAN_NUM_INSTANCES.value,
-        flip=_FLIP.value, pad=_PAD.value, random_erasing=_RANDOM_ERASING.value,
-        channel_aug=_CHANNEL_AUG.value, intensity_aug=_INTENSITY_AUG.value, seed=_SEED.value)
-    eval_cfg = config_lib.EvalConfig(
-        sysu_modes=tuple(_SYSU_MODES.value), sysu_shots=_int_list("sysu_shots", _SYSU_SHOTS.value),
-        sysu_rand_perm=_SYSU_RAND_PERM.value, trials=_TRIALS.value,
-        regdb_directions=tuple(_REGDB_DIRECTIONS.value), batch_size=_EVAL_BATCH_SIZE.value)
-    model = config_lib.ModelConfig(
-        backbone=_BACKBONE.value, backbone_weights=_BACKBONE_WEIGHTS.value,
-        backbone_widths=_int_list("backbone_widths", _BACKBONE_WIDTHS.value), num_regions=_NUM_REGIONS.value,
-        gray_input=_GRAY_INPUT.value, generation=_GENERATION.value, modality_bn=_MODALITY_BN.value,
-        generated_bn=_GENERATED_BN.value, test_features=_TEST_FEATURES.value, set_level=_SL.value,
-        style_dim=_STYLE_DIM.value, style_base_width=_STYLE_BASE_WIDTH.value,
-        style_num_downsample=_STYLE_NUM_DOWNSAMPLE.value, style_max_width=_STYLE_MAX_WIDTH.value,
-        mlp_hidden_dim=_MLP_HIDDEN_DIM.value, num_res_blocks=_NUM_RES_BLOCKS.value,
-        disc_num_scales=_DISC_NUM_SCALES.value, disc_num_layers=_DISC_NUM_LAYERS.value,
-        disc_base_width=_DISC_BASE_WIDTH.value, variation_hidden_channels=_VARIATION_HIDDEN.value,
-        variation_latent_channels=_VARIATION_LATENT.value, variation_num_downsample=_VARIATION_DOWNSAMPLE.value)
-    loss = config_lib.LossConfig(
-        lambda_recon=_LAMBDA_RECON.value, lambda_cyc=_LAMBDA_CYC.value, lambda_gan=_LAMBDA_GAN.value,
-        lambda_il=_LAMBDA_IL.value, lambda_lr=_LAMBDA_LR.value, lambda_ui=_LAMBDA_UI.value,
-        triplet_margin=_TRIPLET_MARGIN.value, label_smoothing=_LABEL_SMOOTHING.value,
-        il_convention=_IL_CONVENTION.value, variation_distribution=_VARIATION_DISTRIBUTION.value,
-        ui_direction=_UI_DIRECTION.value,
-        instance_alignment=_IL.value, local_alignment=_LR_ALIGN.value, unseen_identity=_UI.value,
-        lambda_local_id=_LAMBDA_LOCAL_ID.value, lambda_modality=_LAMBDA_MODALITY.value)
-    phases = config_lib.paper_phases(_PRETRAIN_EPOCHS.value, _JOINT_EPOCHS.value,
-                                     _int_list("lr_decay_epochs", _LR_DECAY_EPOCHS.value), _GENERATION.value)
-    train = config_lib.TrainConfig(
-        phases=phases, steps_per_epoch=_STEPS_PER_EPOCH.value, lr=_LR.value, beta1=_BETA1.value,
-        beta2=_BETA2.value, weight_decay=_WEIGHT_DECAY.value, gan_lr=_GAN_LR.value, gan_beta1=_GAN_BETA1.value,
-        gan_beta2=_GAN_BETA2.value, gan_weight_decay=_GAN_WEIGHT_DECAY.value, warmup_steps=_WARMUP_STEPS.value,
-        eval_every=_EVAL_EVERY.value, checkpoint_every=_CHECKPOINT_EVERY.value,
-        keep_checkpoints=_KEEP_CHECKPOINTS.value, log_every=_LOG_EVERY.value, image_every=_IMAGE_EVERY.value,
-        strategy=_STRATEGY.value, cpu_replicas=_CPU_REPLICAS.value,
-        collective_timeout_s=_COLLECTIVE_TIMEOUT_S.value, mixed_precision=_MIXED_PRECISION.value,
-        optimizer=_OPTIMIZER.value, jit_compile=_JIT_COMPILE.value,
-        profile_steps=_int_list("profile_steps", _PROFILE_STEPS.value))
-    return config_lib.Config(run_dir=_RUN_DIR.value or "", data=data, eval=eval_cfg, model=model, loss=loss,
-                             train=train)
+    values = {name: {field.name: _flag_value(field) for field in _option_fields(cls)} for name, cls in _SECTIONS}
+    values["train"]["phases"] = config_lib.paper_phases(
+        _PRETRAIN_EPOCHS.value, _JOINT_EPOCHS.value, _int_list("lr_decay_epochs", _LR_DECAY_EPOCHS.value),
+        values["model"]["generation"])
+    sections = {name: cls(**values[name]) for name, cls in _SECTIONS}
+    return config_lib.Config(**{field.name: _flag_value(field) for field in _option_fields(config_lib.Config)},
+                             **sections)
 
 
 def images_per_step(phase, data_cfg):

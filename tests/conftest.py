@@ -1,18 +1,25 @@
 """Shared fixtures: tiny RegDB and SYSU-MM01 folders (32x16 images) for the reader and
-pipeline tests, and a mixed_bfloat16 Keras policy scope.
+pipeline tests, mixed-precision Keras policy scopes, and the one smoke training run that
+the CLI tests (train, export, evaluate, analyze) read.
 
 Every image is one flat colour that encodes where it comes from: value v = 16 * pid +
 n, n the 1-based image number in its folder. RGB images are (v, 255 - v, 40), IR images
 gray v (8-bit BMP for RegDB thermal, gray JPEG for SYSU IR).
 """
 
+import fcntl
+import json
 import os
+import pathlib
+import subprocess
+import sys
 
 import keras
 import numpy as np
 import pytest
 from PIL import Image
 
+REPO = pathlib.Path(__file__).resolve().parents[1]
 HEIGHT, WIDTH = 32, 16
 PIXEL_STEP = 16  # v = PIXEL_STEP * pid + n
 
@@ -93,3 +100,46 @@ def mixed_bfloat16():
 @pytest.fixture
 def mixed_float16():
     yield from _global_policy("mixed_float16")
+
+
+def run_train(*args):
+    """``python -m jsia_tf.train`` on the smoke preset with ``args`` (5 minutes at most)."""
+    return subprocess.run(
+        [sys.executable, "-m", "jsia_tf.train", f"--flagfile={REPO / 'configs' / 'smoke.flags'}", *args],
+        cwd=REPO, capture_output=True, text=True, timeout=300)
+
+
+def _completed(record):
+    return subprocess.CompletedProcess(record["args"], record["returncode"], record["stdout"], record["stderr"])
+
+
+@pytest.fixture(scope="session")
+def smoke_run(tmp_path_factory):
+    """The smoke preset in two invocations on one run folder: G pre-training only
+    (--joint_epochs=0), then the whole schedule, which resumes from the checkpoint.
+
+    Returns (data_dir, run_dir, first and second CompletedProcess, the first run's
+    metrics, whether the second left the dataset files untouched). Trained once for
+    all xdist workers: the first to come trains under a file lock, the others read its
+    record; tests only read the run.
+    """
+    shared = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        shared = shared.parent  # above every worker's own base folder
+    root = shared / "smoke_run"
+    data_dir, run_dir, record = root / "data", root / "run", root / "record.json"
+    with open(shared / "smoke_run.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not record.exists():
+            first = run_train(f"--data_dir={data_dir}", f"--run_dir={run_dir}", "--joint_epochs=0")
+            assert first.returncode == 0, first.stderr[-3000:]
+            first_metrics = json.loads((run_dir / "metrics.json").read_text())
+            before = {str(p): p.stat().st_mtime_ns for p in data_dir.rglob("*") if p.is_file()}
+            second = run_train(f"--data_dir={data_dir}", f"--run_dir={run_dir}", "--eval_every=3")
+            assert second.returncode == 0, second.stderr[-3000:]
+            after = {str(p): p.stat().st_mtime_ns for p in data_dir.rglob("*") if p.is_file()}
+            runs = [{"args": r.args, "returncode": r.returncode, "stdout": r.stdout, "stderr": r.stderr}
+                    for r in (first, second)]
+            record.write_text(json.dumps({"runs": runs, "first_metrics": first_metrics, "unchanged": before == after}))
+    saved = json.loads(record.read_text())
+    return (data_dir, run_dir, *map(_completed, saved["runs"]), saved["first_metrics"], saved["unchanged"])

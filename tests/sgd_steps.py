@@ -78,12 +78,12 @@ def split(strategy, value):
 
 def weights(trainer):
     # "<network>/<index>" -> value; trainable weights only (batch-norm statistics are compared apart)
-    return {f"{name}/{i}": np.array(w.numpy()) for name, m in trainer.models.items() if name != "variation"
+    return {f"{name}/{i}": np.array(w.numpy()) for name, m in trainer.model.networks.items() if name != "variation"
             for i, w in enumerate(m.trainable_weights)}
 
 
 def statistics(trainer):
-    return {f"{name}/{i}": np.array(w.numpy()) for name, m in trainer.models.items() if name != "variation"
+    return {f"{name}/{i}": np.array(w.numpy()) for name, m in trainer.model.networks.items() if name != "variation"
             for i, w in enumerate(m.non_trainable_weights)}
 
 
@@ -135,7 +135,7 @@ print(json.dumps({
     # compared weights as one vector, and the update of each network.
     "difference": norm(lambda k: other[k] - reference[k]), "update": norm(lambda k: reference[k] - start[k]),
     "network_updates": {name: norm(lambda k: reference[k] - start[k], name + "/")
-                        for name in initial.models if name != "variation"},
+                        for name in initial.model.networks if name != "variation"},
     # the same for the batch-norm moving statistics, all networks together
     "statistics_difference": float(np.linalg.norm(np.concatenate([
         (results["mirrored"][3][k] - results["one_device"][3][k]).ravel() for k in start_statistics]))),

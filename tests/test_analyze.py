@@ -1,8 +1,8 @@
 """`python -m jsia_tf.analyze`: the figures' arithmetic, then every kind on one smoke run.
 
-The smoke run is the smoke preset (32x16 images, 4 test persons x 10 images per
-modality) cut to one training step: the analysis needs a run folder and a checkpoint,
-not a trained model. FID there uses a randomly initialised InceptionV3 written to a
+The smoke run is the shared smoke training run (conftest.smoke_run: the smoke preset,
+32x16 images, 4 test persons x 10 images per modality, 4 steps): the analysis needs a
+run folder and a checkpoint, not a trained model. FID there uses a randomly initialised InceptionV3 written to a
 local file (the FID arithmetic is tested in test_quality.py).
 """
 
@@ -33,7 +33,7 @@ def run_cli(*args):
                           text=True, timeout=300)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def inception_file(tmp_path_factory):
     path = tmp_path_factory.mktemp("inception") / "inception.weights.h5"
     keras.utils.set_random_seed(0)
@@ -41,16 +41,11 @@ def inception_file(tmp_path_factory):
     return path
 
 
-@pytest.fixture(scope="module")
-def smoke(tmp_path_factory, inception_file):
-    """A one-step smoke training run and one analysis of it with every kind."""
-    root = tmp_path_factory.mktemp("smoke")
-    data_dir, run_dir, out = root / "data", root / "run", root / "analysis"
-    train = subprocess.run([sys.executable, "-m", "jsia_tf.train", f"--flagfile={REPO / 'configs' / 'smoke.flags'}",
-                            f"--data_dir={data_dir}", f"--run_dir={run_dir}", "--joint_epochs=0",
-                            "--steps_per_epoch=1", "--checkpoint_every=1"], cwd=REPO, capture_output=True,
-                           text=True, timeout=300)
-    assert train.returncode == 0, train.stderr[-3000:]
+@pytest.fixture(scope="session")
+def smoke(smoke_run, tmp_path_factory, inception_file):
+    """The shared smoke run and one analysis of it with every kind."""
+    data_dir, run_dir = smoke_run[:2]
+    out = tmp_path_factory.mktemp("analysis")
     result = run_cli(f"--run_dir={run_dir}", f"--out={out}", f"--num_identities={NUM_IDENTITIES}",
                      f"--num_queries={NUM_QUERIES}", f"--top_k={TOP_K}", f"--fid_images={FID_IMAGES}",
                      "--batch_size=4", f"--inception_weights={inception_file}")
@@ -58,7 +53,7 @@ def smoke(tmp_path_factory, inception_file):
     return data_dir, run_dir, out, result
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def known(smoke):
     """identify(image) -> (pid, cam) of the smoke test image it shows, None for another image."""
     test = pipeline.load_dataset("regdb", str(smoke[0]), trial=1).test
@@ -146,6 +141,7 @@ def test_options_name_the_bad_flag():
 # -- every kind on the smoke run ------------------------------------------------------------------
 
 
+@pytest.mark.large
 def test_paired_rows_are_real_pairs_of_the_same_person(smoke, known):
     _, _, out, _ = smoke
     image = read_png(out, "paired")
@@ -161,6 +157,7 @@ def test_paired_rows_are_real_pairs_of_the_same_person(smoke, known):
     assert len(set(persons)) == NUM_IDENTITIES
 
 
+@pytest.mark.large
 def test_mixing_rows_go_from_one_real_image_to_the_next_persons(smoke, known):
     _, _, out, _ = smoke
     image = read_png(out, "mixing")
@@ -176,6 +173,7 @@ def test_mixing_rows_go_from_one_real_image_to_the_next_persons(smoke, known):
         assert all(known(images[row, c]) is None for c in range(1, columns - 1))
 
 
+@pytest.mark.large
 def test_ranked_borders_tell_right_from_wrong(smoke, known):
     _, _, out, _ = smoke
     image = read_png(out, "ranked")
@@ -190,6 +188,7 @@ def test_ranked_borders_tell_right_from_wrong(smoke, known):
         assert [tuple(f) for f in frames[row, 1:]] == expected
 
 
+@pytest.mark.large
 def test_similarity_and_quality(smoke):
     _, run_dir, out, result = smoke
     assert read_png(out, "similarity").shape == (analyze.FIGURE_SIZE[1], analyze.FIGURE_SIZE[0], 3)
@@ -197,7 +196,7 @@ def test_similarity_and_quality(smoke):
     overlap = float(result.stdout.split("overlap area of intra- and inter-person similarity densities ")[1].split()[0])
     assert 0.0 <= overlap <= 1.0
     numbers = json.loads((out / "quality.json").read_text())
-    assert numbers["pairs"] == FID_IMAGES and numbers["checkpoint"].endswith("ckpt-1")
+    assert numbers["pairs"] == FID_IMAGES and numbers["checkpoint"].endswith("ckpt-4")
     assert 0.0 < numbers["MD_FRI"] < 1.0 and 0.0 < numbers["MD_FLS"] < 1.0
     assert numbers["FID_FRI"] > 0 and numbers["FID_FLS"] > 0
     assert f"MD FRI {numbers['MD_FRI']:.4f} FLS {numbers['MD_FLS']:.4f}" in result.stdout
@@ -208,6 +207,7 @@ def test_similarity_and_quality(smoke):
         events.Tags()["tensors"])
 
 
+@pytest.mark.large
 @pytest.mark.parametrize("args, message", [
     (("--inception_weights=/nonexistent/inception.h5",),
      "error: inception_weights='/nonexistent/inception.h5': no such file"),
@@ -230,6 +230,7 @@ def test_a_folder_that_is_not_a_run(tmp_path):
     assert result.stderr.strip().splitlines()[-1].startswith(f"error: {tmp_path}/config.json: not a jsia_tf run config")
 
 
+@pytest.mark.large
 def test_offline_without_weights_skips_fid_and_draws_the_rest(smoke, tmp_path):
     """The default --inception_weights=imagenet is a download; this machine has no
     internet (an empty KERAS_HOME holds no cached copy)."""

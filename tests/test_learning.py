@@ -12,11 +12,14 @@ import pathlib
 import subprocess
 import sys
 
+import pytest
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
 # How far above chance rank-1 must be (the guard: 5x).
 ABOVE_CHANCE = 5.0
 
 
+@pytest.mark.large
 def test_a_minute_of_training_re_identifies_unseen_persons_across_modalities(tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "jsia_tf.train", f"--flagfile={REPO / 'configs' / 'learning.flags'}",

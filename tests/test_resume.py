@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 
+import pytest
 import tensorflow as tf
 from tensorboard.backend.event_processing import event_accumulator
 
@@ -36,6 +37,7 @@ def _loss_steps(events_file):
     return sorted(event.step for event in events.Tensors("loss/total"))
 
 
+@pytest.mark.large
 def test_sigkilled_run_resumes_from_its_last_checkpoint(tmp_path):
     data_dir, run_dir = tmp_path / "data", tmp_path / "run"
     command = _command(data_dir, run_dir)

@@ -10,29 +10,9 @@ import pytest
 import tensorflow as tf
 from tensorboard.backend.event_processing import event_accumulator
 
+from conftest import run_train as _train
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
-
-
-def _train(*args):
-    return subprocess.run(
-        [sys.executable, "-m", "jsia_tf.train", f"--flagfile={REPO / 'configs' / 'smoke.flags'}", *args],
-        cwd=REPO, capture_output=True, text=True, timeout=300)
-
-
-@pytest.fixture(scope="module")
-def smoke_run(tmp_path_factory):
-    """The smoke preset in two invocations on one run folder: G pre-training only
-    (--joint_epochs=0), then the whole schedule, which resumes from the checkpoint."""
-    root = tmp_path_factory.mktemp("smoke")
-    data_dir, run_dir = root / "data", root / "run"
-    first = _train(f"--data_dir={data_dir}", f"--run_dir={run_dir}", "--joint_epochs=0")
-    assert first.returncode == 0, first.stderr[-3000:]
-    first_metrics = json.loads((run_dir / "metrics.json").read_text())
-    before = {p: p.stat().st_mtime_ns for p in data_dir.rglob("*") if p.is_file()}
-    second = _train(f"--data_dir={data_dir}", f"--run_dir={run_dir}", "--eval_every=3")
-    assert second.returncode == 0, second.stderr[-3000:]
-    after = {p: p.stat().st_mtime_ns for p in data_dir.rglob("*") if p.is_file()}
-    return data_dir, run_dir, first, second, first_metrics, before == after
 
 
 def _scalars(run_dir, tag):
@@ -41,6 +21,7 @@ def _scalars(run_dir, tag):
     return {event.step: float(tf.make_ndarray(event.tensor_proto)) for event in events.Tensors(tag)}
 
 
+@pytest.mark.large
 def test_smoke_run_writes_config_metrics_checkpoints_and_the_embedder(smoke_run):
     data_dir, run_dir, _, _, _, _ = smoke_run
     config = json.loads((run_dir / "config.json").read_text())
@@ -68,6 +49,7 @@ def test_smoke_run_writes_config_metrics_checkpoints_and_the_embedder(smoke_run)
     assert tf.train.load_variable(checkpoints.model_checkpoint_path, "step/.ATTRIBUTES/VARIABLE_VALUE") == 4
 
 
+@pytest.mark.large
 def test_second_invocation_resumes_the_step_counter_and_reuses_the_dataset(smoke_run):
     _, run_dir, first, second, first_metrics, data_unchanged = smoke_run
     assert "Training steps 0..2 of 2" in first.stderr
@@ -79,6 +61,7 @@ def test_second_invocation_resumes_the_step_counter_and_reuses_the_dataset(smoke
     assert json.loads((run_dir / "metrics.json").read_text()) != first_metrics
 
 
+@pytest.mark.large
 def test_summaries_hold_losses_gradient_norms_images_and_evaluation(smoke_run):
     _, run_dir, _, _, _, _ = smoke_run
     events = event_accumulator.EventAccumulator(str(run_dir), size_guidance={"tensors": 0})
@@ -112,6 +95,7 @@ def test_summaries_hold_losses_gradient_norms_images_and_evaluation(smoke_run):
     assert (int(strip[0]), int(strip[1])) == (7 * 16, 32)
 
 
+@pytest.mark.large
 def test_mirrored_strategy_over_two_logical_cpus_trains_and_evaluates(smoke_run, tmp_path):
     """tf.distribute path: 2 replicas (logical CPUs), synchronised batch norm, global-batch
     losses; G pre-training steps, a checkpoint, evaluation. A one-device run restores
@@ -174,6 +158,31 @@ def test_bad_model_and_schedule_flags_name_the_flag(flag, expected):
     assert expected in str(error.value)
 
 
+def test_flags_are_the_config_fields_with_their_defaults():
+    """No flag given: the config's own defaults; each flag sets its field (named by its flag)."""
+    import dataclasses
+    from absl import flags
+    from jsia_tf import config as config_lib
+    from jsia_tf import train
+
+    try:
+        flags.FLAGS(["train", "--data_dir=d", "--run_dir=r"])
+        default = train.config_from_flags()
+        flags.FLAGS.unparse_flags()
+        flags.FLAGS(["train", "--data_dir=d", "--run_dir=r", "--sl=separate", "--eval_batch_size=7", "--il=false",
+                     "--sysu_shots=10", "--profile_steps=2,3", "--joint_epochs=4", "--generation=true"])
+        changed = train.config_from_flags()
+    finally:
+        flags.FLAGS.unparse_flags()
+    assert default == config_lib.Config(run_dir="r", data=config_lib.DataConfig(data_dir="d"))
+    assert (changed.model.set_level, changed.eval.batch_size, changed.loss.instance_alignment) == ("separate", 7, False)
+    assert (changed.eval.sysu_shots, changed.train.profile_steps) == ((10,), (2, 3))
+    assert changed.train.phases[1].epochs == 4
+    fields = [f for cls in (config_lib.DataConfig, config_lib.EvalConfig, config_lib.ModelConfig,
+                            config_lib.LossConfig, config_lib.TrainConfig) for f in dataclasses.fields(cls)]
+    assert all(config_lib.flag_name(f) in flags.FLAGS for f in fields if f.name != "phases")
+
+
 @pytest.mark.parametrize("preset", ["demo", "smoke", "learning", "regdb", "sysu"])
 def test_presets_parse_into_valid_configs(preset):
     from absl import flags
@@ -206,6 +215,7 @@ def test_presets_parse_into_valid_configs(preset):
         assert cfg.model.backbone == "resnet18" and cfg.model.backbone_weights == "none"
 
 
+@pytest.mark.large
 def test_export_cli_rebuilds_the_run_and_matches_its_own_export(smoke_run, tmp_path):
     _, run_dir, _, _, _, _ = smoke_run
     result = subprocess.run(
@@ -219,6 +229,7 @@ def test_export_cli_rebuilds_the_run_and_matches_its_own_export(smoke_run, tmp_p
                                trained(images=tf.constant(images))["embedding"].numpy(), atol=1e-5)
 
 
+@pytest.mark.large
 def test_export_cli_without_a_checkpoint_is_a_clear_error(smoke_run, tmp_path):
     _, run_dir, _, _, _, _ = smoke_run
     empty_run = tmp_path / "run"
@@ -232,6 +243,7 @@ def test_export_cli_without_a_checkpoint_is_a_clear_error(smoke_run, tmp_path):
     assert "no checkpoint" in result.stderr and "Traceback" not in result.stderr
 
 
+@pytest.mark.large
 def test_evaluate_cli_embeds_the_dataset_with_the_exported_model(smoke_run, tmp_path):
     data_dir, run_dir, _, _, _, _ = smoke_run
     output = tmp_path / "out.json"

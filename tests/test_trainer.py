@@ -9,6 +9,8 @@ import pytest
 import tensorflow as tf
 
 from jsia_tf import config as config_lib
+from jsia_tf import losses
+from jsia_tf import routing
 from jsia_tf import trainer as trainer_lib
 
 NUM_CLASSES = 4
@@ -77,7 +79,7 @@ def test_groups_are_disjoint_and_cover_every_trainable_variable(trainer):
     assert set(trainer.groups) == set(config_lib.GROUPS)
     ids = [id(v) for group in trainer.groups.values() for v in group]
     assert len(ids) == len(set(ids))
-    everything = {id(v) for model in trainer.models.values() for v in model.trainable_variables}
+    everything = {id(v) for model in trainer.model.networks.values() for v in model.trainable_variables}
     assert set(ids) == everything
     assert all(trainer.groups[name] for name in config_lib.GROUPS)
     # The check itself raises on overlap and on a missing variable.
@@ -92,21 +94,21 @@ def test_groups_are_disjoint_and_cover_every_trainable_variable(trainer):
 
 def test_set_level_encoder_is_the_modality_invariant_encoder(trainer):
     """SL shared (Sec. 3.3): E^i and E^sl are one network, its variables in reid_set_level only."""
-    assert trainer.content_encoder is trainer.alignment.set_level_encoder
-    assert "content_encoder" not in trainer.models
-    set_level = {id(v) for v in trainer.alignment.set_level_encoder.trainable_variables}
+    assert trainer.model.content_encoder is trainer.model.alignment.set_level_encoder
+    assert "content_encoder" not in trainer.model.networks
+    set_level = {id(v) for v in trainer.model.alignment.set_level_encoder.trainable_variables}
     assert set_level == {id(v) for v in trainer.groups["reid_set_level"]}
     images = fixed_batch(0)["rgb"]
-    np.testing.assert_array_equal(trainer.content(images, training=False),
-                                  trainer.alignment.set_level(images, training=False))
+    np.testing.assert_array_equal(trainer.model.content(images, training=False),
+                                  trainer.model.alignment.set_level(images, training=False))
 
 
 def test_separate_set_level_encoder_belongs_to_generation():
     """The ablation without SL (Table 3): E^i is its own copy of the stem, stepped with module G."""
     separate = trainer_lib.Trainer(tiny_config(set_level="separate"), NUM_CLASSES)
-    assert separate.content_encoder is not separate.alignment.set_level_encoder
+    assert separate.model.content_encoder is not separate.model.alignment.set_level_encoder
     generation = {id(v) for v in separate.groups["generation"]}
-    assert {id(v) for v in separate.content_encoder.trainable_variables} <= generation
+    assert {id(v) for v in separate.model.content_encoder.trainable_variables} <= generation
     assert not generation & {id(v) for v in separate.groups["reid_set_level"]}
 
 
@@ -116,20 +118,20 @@ def test_each_loss_reaches_exactly_its_groups(trainer):
     reid_batch, gan_batch = fixed_batch(1), fixed_batch(2)
     with tf.GradientTape(persistent=True) as tape:
         values = trainer.compute_losses(reid_batch, gan_batch)
-    assert set(values) == set(trainer.terms) == set(trainer_lib.TERM_ROUTES) - MODALITY_TERMS
+    assert set(values) == set(trainer.terms) == set(routing.TERM_ROUTES) - MODALITY_TERMS
     for term, value in values.items():
         assert np.isfinite(value.numpy()), term
-        expected = set(trainer_lib.TERM_ROUTES[term]) | ({"discriminators"} if term == "gan" else set())
+        expected = set(routing.TERM_ROUTES[term]) | ({"discriminators"} if term == "gan" else set())
         assert _reached(tape, value, trainer.groups) == expected, term
 
 
 def test_pretrain_phase_leaves_the_reid_encoders_out(trainer):
     pretrain, joint = trainer.config.train.phases
     assert set(trainer.terms_for(pretrain.groups)) == {"recon", "cycle", "gan", "discriminator", "variation"}
-    assert set(trainer.terms_for(joint.groups)) == set(trainer_lib.TERM_ROUTES) - MODALITY_TERMS
+    assert set(trainer.terms_for(joint.groups)) == set(routing.TERM_ROUTES) - MODALITY_TERMS
     # An objective holds only terms routed to its groups; reid_set_level is not stepped in pretraining.
     values = {term: tf.constant(1.0) for term in trainer.terms_for(pretrain.groups)}
-    objectives = trainer.objectives(values, pretrain.groups)
+    objectives = routing.objectives(values, trainer.term_weights, pretrain.groups)
     assert set(objectives) == {(("generation",), "generator"), (("discriminators",), "discriminator"),
                                (("variation",), "variation")}
     # recon + lambda_cyc + lambda_gan
@@ -170,9 +172,9 @@ def test_checkpoint_restores_every_variable(trainer, tmp_path):
     restored.checkpoint().restore(path).assert_consumed()
 
     def every_variable(t):
-        variables = [t.step, t.variation.seed_generator.state]
-        for name in sorted(t.models):
-            variables += t.models[name].variables  # trainable and batch-norm statistics
+        variables = [t.step, t.model.variation.seed_generator.state]
+        for name in sorted(t.model.networks):
+            variables += t.model.networks[name].variables  # trainable and batch-norm statistics
         for name in config_lib.GROUPS:
             variables += t.optimizers[name].variables  # iterations, learning rate, moments
         return variables
@@ -205,10 +207,10 @@ def test_non_finite_loss_stops_training_and_keeps_the_last_checkpoint(tmp_path):
 
 def test_mixed_bfloat16_losses_are_finite_float32(mixed_bfloat16):
     t = trainer_lib.Trainer(tiny_config(set_level="gan"), NUM_CLASSES)  # every term, the modality GAN's too
-    assert t.alignment.set_level_encoder.compute_dtype == "bfloat16"
+    assert t.model.alignment.set_level_encoder.compute_dtype == "bfloat16"
     assert all(v.dtype == "float32" for group in t.groups.values() for v in group)
     values = t.compute_losses(fixed_batch(10), fixed_batch(11))
-    assert set(values) == set(trainer_lib.TERM_ROUTES)
+    assert set(values) == set(routing.TERM_ROUTES)
     for term, value in values.items():
         assert value.dtype == tf.float32 and np.isfinite(value.numpy()), term
     assert t.embed(fixed_batch(12)["rgb"]).dtype == np.float32
@@ -233,26 +235,6 @@ def test_schedule_phases_and_learning_rate_decay():
 
 
 # Table 3 ablations (Sec. 4.4) -------------------------------------------------------------
-
-ALL_BUT_MODALITY = tuple(t for t in trainer_lib.TERM_ROUTES if t not in MODALITY_TERMS)
-
-
-@pytest.mark.parametrize("loss, model, absent", [
-    ({"instance_alignment": False}, {}, {"il"}),  # --il=false
-    ({"unseen_identity": False}, {}, {"ui"}),  # --ui=false
-    ({"local_alignment": "off"}, {}, {"lr", "local_id"}),  # --lr_align=off: no C^k at all
-    ({"local_alignment": "unpaired"}, {}, set()),  # --lr_align=unpaired: Eq. 12 still computed
-    ({}, {"num_regions": 0}, {"lr", "local_id"}),  # no local classifiers
-    ({}, {"set_level": "separate"}, set()),
-])
-def test_table3_switches_decide_the_terms(loss, model, absent):
-    t = trainer_lib.Trainer(tiny_config(loss=loss, **model), NUM_CLASSES)
-    pretrain, joint = t.config.train.phases
-    assert t.terms == tuple(term for term in ALL_BUT_MODALITY if term not in absent)
-    assert t.terms_for(joint.groups) == t.terms
-    assert set(t.terms_for(pretrain.groups)) == {"recon", "cycle", "gan", "discriminator", "variation"}
-    assert t.modality_discriminator is None and "modality_discriminator" not in t.models
-
 
 def test_table3_flags_reject_bad_values():
     with pytest.raises(config_lib.ConfigError, match="--lr_align='sideways'"):
@@ -288,8 +270,9 @@ def test_unpaired_local_alignment_compares_the_real_images_of_each_person():
     with tf.GradientTape(persistent=True) as tape:
         value = t.compute_losses(reid_batch, gan_batch, terms=["lr"])["lr"]
     # Both modalities in one batch-norm batch (modality_bn="joint").
-    real = t.per_modality(lambda x: t.alignment(x, training=True)["local_logits"], gan_batch["rgb"], gan_batch["ir"])
-    expected = np.mean(trainer_lib.losses.unpaired_local_alignment_loss(real["ir"], real["rgb"]).numpy())
+    real = t.model.per_modality(lambda x: t.model.alignment(x, training=True)["local_logits"], gan_batch["rgb"],
+                                gan_batch["ir"])
+    expected = np.mean(losses.unpaired_local_alignment_loss(real["ir"], real["rgb"]).numpy())
     assert float(value) == pytest.approx(expected, rel=1e-5) and float(value) > 0
     assert _reached(tape, value, t.groups) == {"reid_set_level", "reid_instance_level"}
 
@@ -302,19 +285,20 @@ def gan_trainer():
 
 def test_modality_gan_builds_its_discriminator_only_with_sl_gan(trainer, gan_trainer):
     t = gan_trainer
-    assert trainer.modality_discriminator is None
-    assert t.terms == tuple(trainer_lib.TERM_ROUTES)
+    assert trainer.model.modality_discriminator is None
+    assert t.terms == tuple(routing.TERM_ROUTES)
     # E^sl is not E^i (as --sl=separate); the modality discriminator is a discriminator.
-    assert t.content_encoder is not t.alignment.set_level_encoder
-    assert set(t.models) == set(trainer.models) | {"content_encoder", "modality_discriminator"}
-    own = {id(v) for v in t.modality_discriminator.trainable_variables}
+    assert t.model.content_encoder is not t.model.alignment.set_level_encoder
+    assert set(t.model.networks) == set(trainer.model.networks) | {"content_encoder", "modality_discriminator"}
+    own = {id(v) for v in t.model.modality_discriminator.trainable_variables}
     assert own and own <= {id(v) for v in t.groups["discriminators"]}
     assert len(t.groups["discriminators"]) == len(trainer.groups["discriminators"]) + len(own)
     pretrain, joint = t.config.train.phases
     assert "modality_discriminator" in t.terms_for(pretrain.groups)
     assert "modality_adversarial" not in t.terms_for(pretrain.groups)
     # Each side's objective holds only its own term: D never sees the adversarial term.
-    objectives = t.objectives({term: tf.constant(1.0) for term in t.terms_for(joint.groups)}, joint.groups)
+    objectives = routing.objectives({term: tf.constant(1.0) for term in t.terms_for(joint.groups)}, t.term_weights,
+                                    joint.groups)
     # lambda_modality x the adversarial term
     assert float(objectives[(("reid_set_level",), "modality_adversarial")]) == pytest.approx(0.5)
     # discriminator + modality_discriminator
@@ -331,7 +315,7 @@ def test_modality_terms_reach_exactly_their_groups(gan_trainer):
     assert set(values) == set(terms)
     assert _reached(tape, values["modality_discriminator"], t.groups) == {"discriminators"}
     assert _reached(tape, values["modality_adversarial"], t.groups) == {"reid_set_level", "discriminators"}
-    image_discriminators = {"image": t.discriminator_rgb.trainable_variables + t.discriminator_ir.trainable_variables}
+    image_discriminators = {"image": [v for d in t.model.discriminators.values() for v in d.trainable_variables]}
     assert not _reached(tape, values["modality_discriminator"], image_discriminators)
     # Initial scores are near 0: RGB (0 - 1)^2 and IR 0^2 average to about 1/2; (0 - 1/2)^2 = 1/4.
     assert float(values["modality_discriminator"]) == pytest.approx(0.5, abs=0.2)
@@ -341,12 +325,12 @@ def test_modality_terms_reach_exactly_their_groups(gan_trainer):
 def test_modality_gan_joint_step_updates_the_modality_discriminator(gan_trainer, eager):
     t = gan_trainer
     _, joint = t.config.train.phases
-    before_d = _values(t.modality_discriminator.trainable_variables)
+    before_d = _values(t.model.modality_discriminator.trainable_variables)
     before_sl = _values(t.groups["reid_set_level"])
     scalars = t.train_step(joint, fixed_batch(26), fixed_batch(27))
     assert {"loss/modality_discriminator", "loss/modality_adversarial"} <= set(scalars)
     trainer_lib.check_finite({k: float(v) for k, v in scalars.items()}, 1)
-    for before, variables in ((before_d, t.modality_discriminator.trainable_variables),
+    for before, variables in ((before_d, t.model.modality_discriminator.trainable_variables),
                               (before_sl, t.groups["reid_set_level"])):
         assert all(np.any(b != a) for b, a in zip(before, _values(variables)) if b.ndim > 1)  # every kernel moved
 
@@ -355,7 +339,7 @@ def test_modality_gan_joint_step_updates_the_modality_discriminator(gan_trainer,
 
 def test_mixed_float16_steps_are_finite_and_lower_the_losses(mixed_float16, eager):
     t = trainer_lib.Trainer(tiny_config(mixed_precision="mixed_float16"), NUM_CLASSES)
-    assert t.alignment.set_level_encoder.compute_dtype == "float16"
+    assert t.model.alignment.set_level_encoder.compute_dtype == "float16"
     assert all(isinstance(o, keras.optimizers.LossScaleOptimizer) for o in t.optimizers.values())
     # Keras' initial 2^15 can overflow these gradients for a few steps (each skipped, see the
     # next test); at 2^4 every step updates every group.
@@ -394,30 +378,6 @@ def test_mixed_float16_overflow_skips_the_update_and_halves_the_scale(mixed_floa
         trainer_lib.check_finite({k: float(v) for k, v in scalars.items()}, 2)
 
 
-def test_loss_scales_follow_each_group_across_shared_routes(mixed_float16):
-    """An objective spanning two groups is scaled by the smaller scale; each group's part of
-    its gradient is then brought to the group's own scale (exactly: a power of 2), so every
-    optimizer unscales by its own scale."""
-    t = trainer_lib.Trainer(tiny_config(mixed_precision="mixed_float16"), NUM_CLASSES)
-    groups = ("reid_set_level", "reid_instance_level")
-    t.optimizers["reid_set_level"].dynamic_scale.assign(4.0)
-    t.optimizers["reid_instance_level"].dynamic_scale.assign(16.0)
-    scales = t.loss_scales(groups)
-    assert {name: float(scale) for name, scale in scales.items()} == {groups[0]: 4.0, groups[1]: 16.0}
-    equal = {name: tf.constant(4.0) for name in groups}
-    with tf.GradientTape(persistent=True) as tape:
-        values = t.compute_losses(fixed_batch(36), fixed_batch(37), terms=["id_cls"])
-        objectives = t.objectives(values, groups, scales)
-    key = (groups, "reid")
-    assert float(objectives[key]) == pytest.approx(4.0 * float(t.objectives(values, groups)[key]))
-    mixed, same = t.gradients(tape, objectives, groups, scales), t.gradients(tape, objectives, groups, equal)
-    for a, b in zip(mixed["reid_set_level"], same["reid_set_level"]):
-        np.testing.assert_array_equal(a.numpy(), b.numpy())
-    for a, b in zip(mixed["reid_instance_level"], same["reid_instance_level"]):
-        np.testing.assert_array_equal(a.numpy(), 4.0 * b.numpy())
-    assert any(np.any(g.numpy() != 0) for g in mixed["reid_instance_level"])
-
-
 # -- the learning path (issue: both modalities in one BN batch, generated images and the
 #    moving statistics, trained local classifiers, per-group optimizers, F alone) --------
 
@@ -431,15 +391,12 @@ def test_reid_batch_is_normalised_as_configured(modality_bn):
     batch["ir"] = batch["ir"] * 0.25 + 30.0  # another modality: other statistics
     value = float(t.compute_losses(batch, fixed_batch(41), terms=["id_cls"])["id_cls"])
     labels = np.concatenate([batch["rgb_labels"], batch["ir_labels"]])
-    if modality_bn == "joint":
-        logits = t.alignment(tf.concat([batch["rgb"], batch["ir"]], 0), training=True)["logits"]
-    else:
-        logits = tf.concat([t.alignment(batch[m], training=True)["logits"] for m in ("rgb", "ir")], 0)
-    other = tf.concat([t.alignment(batch[m], training=True)["logits"] for m in ("rgb", "ir")], 0) \
-        if modality_bn == "joint" else t.alignment(tf.concat([batch["rgb"], batch["ir"]], 0), training=True)["logits"]
-    expected = trainer_lib.losses.label_smoothed_cross_entropy(labels, logits, 0.1).numpy().mean()
+    joint = t.model.alignment(tf.concat([batch["rgb"], batch["ir"]], 0), training=True)["logits"]
+    separate = tf.concat([t.model.alignment(batch[m], training=True)["logits"] for m in ("rgb", "ir")], 0)
+    logits, other = (joint, separate) if modality_bn == "joint" else (separate, joint)
+    expected = losses.label_smoothed_cross_entropy(labels, logits, 0.1).numpy().mean()
     assert value == pytest.approx(float(expected), rel=1e-5)
-    alternative = trainer_lib.losses.label_smoothed_cross_entropy(labels, other, 0.1).numpy().mean()
+    alternative = losses.label_smoothed_cross_entropy(labels, other, 0.1).numpy().mean()
     assert abs(value - float(alternative)) > 1e-4  # the two conventions differ on these batches
 
 
@@ -450,15 +407,15 @@ def test_generated_images_and_the_moving_statistics(mode, graph):
     also in a tf.function, where the restore must run after the layers' updates;
     inference: the moving statistics normalise; update (official): they change."""
     t = trainer_lib.Trainer(tiny_config(generated_bn=mode), NUM_CLASSES)
-    statistics = t._bn_statistics()
+    statistics = t.model._bn_statistics()
     assert statistics and all("moving_" in v.path for v in statistics)
     # Every BN layer of E^sl, E^il and the classifiers holds a mean and a variance.
     assert len(statistics) == 2 * sum(isinstance(layer, keras.layers.BatchNormalization)
-                                      for layer in t.alignment._flatten_layers())
+                                      for layer in t.model.alignment._flatten_layers())
     images = fixed_batch(42)["rgb"] * 0.5 + 20.0
 
     def forward(x):
-        return t.on_generated(lambda training: t.alignment(x, training=training)["logits"], training=True)
+        return t.model.on_generated(lambda training: t.model.alignment(x, training=training)["logits"], training=True)
 
     before = _values(statistics)
     logits = (tf.function(forward) if graph else forward)(images)
@@ -467,10 +424,10 @@ def test_generated_images_and_the_moving_statistics(mode, graph):
         assert all(changed)
     else:
         assert not any(changed)
-    reference = t.alignment(images, training=mode != "inference")["logits"]  # (updates the statistics)
+    reference = t.model.alignment(images, training=mode != "inference")["logits"]  # (updates the statistics)
     np.testing.assert_allclose(logits.numpy(), reference.numpy(), rtol=1e-5, atol=1e-6)
     # Inference-mode callers (summaries, analysis) are never switched to training.
-    assert t.on_generated(lambda training: training, training=False) is False
+    assert t.model.on_generated(lambda training: training, training=False) is False
 
 
 def test_local_classifiers_learn_identities_from_their_stripes():
@@ -480,16 +437,16 @@ def test_local_classifiers_learn_identities_from_their_stripes():
     batch = fixed_batch(43)
     with tf.GradientTape(persistent=True) as tape:
         value = t.compute_losses(batch, fixed_batch(44), terms=["local_id"])["local_id"]
-    out = t.alignment(tf.concat([batch["rgb"], batch["ir"]], 0), training=True)
+    out = t.model.alignment(tf.concat([batch["rgb"], batch["ir"]], 0), training=True)
     labels = np.concatenate([batch["rgb_labels"], batch["ir_labels"]])
-    expected = np.mean([trainer_lib.losses.label_smoothed_cross_entropy(labels, logits, 0.1).numpy().mean()
+    expected = np.mean([losses.label_smoothed_cross_entropy(labels, logits, 0.1).numpy().mean()
                         for logits in out["local_logits"]])
     assert float(value) == pytest.approx(float(expected), rel=1e-5)
     assert t.term_weights["local_id"] == 1.0
-    for classifier in t.alignment.local_classifiers:
+    for classifier in t.model.alignment.local_classifiers:
         grad = tape.gradient(value, classifier.dense.kernel)
         assert grad is not None and np.any(grad.numpy() != 0)
-    assert tape.gradient(value, t.alignment.classifier.dense.kernel) is None
+    assert tape.gradient(value, t.model.alignment.classifier.dense.kernel) is None
     assert _reached(tape, value, t.groups) == {"reid_set_level", "reid_instance_level"}
 
 
@@ -503,7 +460,7 @@ def test_local_identity_training_makes_the_local_alignment_matter(eager):
         for step in range(4):
             t.train_step(joint, fixed_batch(45), fixed_batch(46))
         batch = fixed_batch(45)
-        return float(np.std(t.alignment(batch["rgb"], training=False)["local_logits"][0].numpy()))
+        return float(np.std(t.model.alignment(batch["rgb"], training=False)["local_logits"][0].numpy()))
 
     assert lr_after(1.0) > 2.5 * lr_after(0.0)  # measured: 3.7x
 

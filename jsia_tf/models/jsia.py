@@ -1,0 +1,390 @@
+"""JSIA-ReID as one model: modules F, G, V and the discriminators (paper Sec. 3), G's
+forward pass, and the loss terms of Eqs. 4-16 (:meth:`JSIA.losses`).
+
+E^i = E^sl (the set-level alignment, Sec. 3.3): module G encodes the modality-invariant
+maps M^i with module F's stem, which is how E^sl learns modality-invariant maps; the
+Table 3 ablations without it give G its own copy (``--sl=separate`` / ``gan``).
+
+Every network call on an RGB and an IR batch is one call on their concatenation
+(:meth:`JSIA.per_modality`, ``--modality_bn``), and images that are not real training
+images go through F without moving its batch-norm statistics
+(:meth:`JSIA.on_generated`, ``--generated_bn``). Module G works on [-1, 1] images, F on
+caffe-normalised ones.
+"""
+
+import tensorflow as tf
+
+from jsia_tf import losses
+from jsia_tf import routing
+from jsia_tf.models import alignment as alignment_lib
+from jsia_tf.models import backbone as backbone_lib
+from jsia_tf.models.discriminator import ModalityDiscriminator, MultiScaleDiscriminator
+from jsia_tf.models.generation import Generator, from_unit_range, to_unit_range
+from jsia_tf.models.variation import VariationModule, mix
+
+MODALITIES = ("rgb", "ir")
+
+
+def from_all_replicas(value):
+    """``value`` [b, ...] of every replica, concatenated in replica order: [R b, ...].
+
+    ``ReplicaContext.all_gather`` is differentiable (its gradient sums over replicas
+    and hands each replica its slice), so a loss of the gathered tensor trains every
+    replica's share as one device would. One replica: ``value`` itself.
+
+    ``all_gather`` sends to the device of the tensor it is given; an input of the step
+    function (e.g. the labels) has none under MultiWorkerMirroredStrategy ("destinations
+    can not be empty"), so the value is first copied by an op created in the replica's
+    device scope.
+    """
+    context = tf.distribute.get_replica_context()
+    if context is None or context.num_replicas_in_sync == 1:
+        return value
+    return context.all_gather(tf.identity(value), axis=0)
+
+
+class JSIA:
+    """The networks of JSIA-ReID and what they compute together.
+
+    Attributes:
+      alignment: module F (:class:`~jsia_tf.models.alignment.FeatureAlignment`), the
+        embedder; its ``set_level_encoder`` is E^sl = E^i.
+      content_encoder: E^i: F's E^sl when ``model.set_level == "shared"`` (the paper),
+        its own copy of the stem otherwise.
+      generators: {modality: module G's generator (style encoder, MLP, decoder)}.
+      discriminators: {modality: multi-scale LSGAN discriminator}.
+      modality_discriminator: with ``model.set_level == "gan"``, the modality
+        discriminator on E^sl's maps (Table 3, index 7); None otherwise.
+      variation: module V.
+
+    Args:
+      config: the run's :class:`jsia_tf.config.Config`.
+      num_classes: training identities.
+      synchronized: synchronise the batch norms across replicas (build in the
+        strategy's scope).
+    """
+
+    def __init__(self, config, num_classes, synchronized=False):
+        self.config = config
+        model = config.model
+        data = config.data
+        self.reid_batch_size = data.num_ids * data.num_instances  # per modality, global
+        self.gan_batch_size = data.gan_num_ids * data.gan_num_instances
+        backbone = self._build_backbone(synchronized)
+        self.alignment = alignment_lib.FeatureAlignment(
+            backbone.set_level_encoder, backbone.instance_level_encoder, num_classes,
+            num_regions=model.num_regions, gray_input=model.gray_input, test_features=model.test_features,
+            synchronized_bn=synchronized, name="alignment")
+        if model.set_level == "shared":
+            self.content_encoder = self.alignment.set_level_encoder
+        else:  # Table 3 without SL ("separate") or with the degraded SL ("gan"): E^i is not E^sl.
+            self.content_encoder = self._build_backbone(synchronized).set_level_encoder
+        # E^sl downsamples by 4: two x2 upsamplings give back the input size (Sec. 4.2).
+        self.generators = {m: Generator(
+            content_channels=backbone.out_channels, style_dim=model.style_dim,
+            style_base_width=model.style_base_width, style_num_downsample=model.style_num_downsample,
+            style_max_width=model.style_max_width, mlp_hidden_dim=model.mlp_hidden_dim,
+            num_res_blocks=model.num_res_blocks, num_upsample=2, name=f"generator_{m}") for m in MODALITIES}
+        self.discriminators = {m: MultiScaleDiscriminator(
+            num_scales=model.disc_num_scales, num_layers=model.disc_num_layers, base_width=model.disc_base_width,
+            name=f"discriminator_{m}") for m in MODALITIES}
+        self.modality_discriminator = (ModalityDiscriminator(name="modality_discriminator")
+                                       if model.set_level == "gan" else None)
+        self.variation = VariationModule(
+            feature_channels=backbone.out_channels, hidden_channels=model.variation_hidden_channels,
+            latent_channels=model.variation_latent_channels, num_downsample=model.variation_num_downsample,
+            seed=data.seed, name="variation")
+        self._build_variables()
+
+    def _build_backbone(self, synchronized):
+        model = self.config.model
+        widths = model.backbone_widths if model.backbone == "resnet18" else backbone_lib.DEFAULT_WIDTHS
+        return backbone_lib.build_backbone(model.backbone, model.backbone_weights, widths=tuple(widths),
+                                           synchronized_bn=synchronized)
+
+    def _build_variables(self):
+        """Creates every variable with one inference-mode call on a dummy batch."""
+        data = self.config.data
+        images = tf.zeros([2, data.height, data.width, 3])
+        self.alignment(images, training=False)
+        maps = self.content(images, training=False)
+        for m in MODALITIES:
+            self.generators[m](maps, to_unit_range(images))
+            self.discriminators[m](to_unit_range(images))
+        if self.modality_discriminator is not None:
+            self.modality_discriminator(self.alignment.set_level(images, training=False))
+        self.variation(maps, training=False)
+
+    @property
+    def networks(self):
+        """Name -> every network (the checkpoint's names)."""
+        models = {"alignment": self.alignment, "generator_rgb": self.generators["rgb"],
+                  "generator_ir": self.generators["ir"], "discriminator_rgb": self.discriminators["rgb"],
+                  "discriminator_ir": self.discriminators["ir"], "variation": self.variation}
+        if self.content_encoder is not self.alignment.set_level_encoder:
+            models["content_encoder"] = self.content_encoder
+        if self.modality_discriminator is not None:
+            models["modality_discriminator"] = self.modality_discriminator
+        return models
+
+    def variable_groups(self):
+        """{group: trainable variables} for :data:`jsia_tf.config.GROUPS`: module G (with a
+        separate E^i), the discriminators, E^sl, E^il with the classifiers, module V."""
+        alignment = self.alignment
+        generation = [v for m in MODALITIES for v in self.generators[m].trainable_variables]
+        if "content_encoder" in self.networks:
+            generation += self.content_encoder.trainable_variables
+        instance_level = alignment.instance_level_encoder.trainable_variables + alignment.classifier.trainable_variables
+        for classifier in alignment.local_classifiers:
+            instance_level += classifier.trainable_variables
+        discriminators = [v for m in MODALITIES for v in self.discriminators[m].trainable_variables]
+        if self.modality_discriminator is not None:
+            discriminators += self.modality_discriminator.trainable_variables
+        return {"generation": generation, "discriminators": discriminators,
+                "reid_set_level": alignment.set_level_encoder.trainable_variables,
+                "reid_instance_level": instance_level, "variation": self.variation.trainable_variables}
+
+    # -- forward passes ------------------------------------------------------------------
+
+    def per_modality(self, fn, rgb, ir):
+        """``fn`` on an RGB and an IR batch: {"rgb": fn(rgb), "ir": fn(ir)}.
+
+        With ``modality_bn="joint"`` (default) ``fn`` runs once on the concatenated batch
+        and its outputs are split, so every batch norm normalises both modalities with
+        one set of statistics, as the moving statistics will at test time; normalised
+        per modality ("separate", the official code) the network never sees the modality
+        gap in training, and the mixed moving statistics bring it back at test. AGW's
+        cross-modal baseline concatenates for this reason.
+        """
+        if self.config.model.modality_bn == "separate":
+            return {"rgb": fn(rgb), "ir": fn(ir)}
+        size = tf.shape(rgb)[0]
+        both = fn(tf.concat([rgb, ir], axis=0))
+        return {"rgb": tf.nest.map_structure(lambda t: t[:size], both),
+                "ir": tf.nest.map_structure(lambda t: t[size:], both)}
+
+    def _bn_statistics(self):
+        """The batch-norm moving statistics of the networks that see generated images."""
+        networks = [self.alignment]
+        if self.content_encoder is not self.alignment.set_level_encoder:
+            networks.append(self.content_encoder)
+        return [v for network in networks for v in network.non_trainable_variables
+                if v.path.split("/")[-1].startswith("moving_")]
+
+    def on_generated(self, fn, training):
+        """``fn(training)`` for images that are not real training images (``generated_bn``).
+
+        Generated pairs, cycle inputs and mixed images come from a G that is still
+        learning; if they updated the moving statistics, about half of what Eq. 17 is
+        normalised with at test would describe them. "restore" (default) normalises them
+        with their batch statistics as in training, then puts the moving statistics back;
+        "inference" normalises them with the moving statistics; "update" is the official
+        code (they update the statistics like real images).
+        """
+        mode = self.config.model.generated_bn
+        if not training or mode == "update":
+            return fn(training)
+        if mode == "inference":
+            return fn(False)
+        statistics = self._bn_statistics()
+        saved = [tf.identity(v.value) for v in statistics]
+        out = fn(True)
+        # Ordered after fn's updates: tf.function keeps program order per variable.
+        with tf.control_dependencies(tf.nest.flatten(out)):
+            for variable, value in zip(statistics, saved):
+                variable.assign(value)
+        return out
+
+    def content(self, images, training=None):
+        """M^i = E^i(X) (Eq. 2): caffe-normalised [B, H, W, 3] -> [B, H/4, W/4, C]."""
+        if self.content_encoder is self.alignment.set_level_encoder:
+            return self.alignment.set_level(images, training=training)
+        if self.alignment.gray_input:
+            images = alignment_lib.to_gray(images)
+        return self.content_encoder(images, training=training)
+
+    def generate(self, rgb, ir, training=True):
+        """Module G on an id-aligned pair of batches (Eqs. 1-6).
+
+        Args:
+          rgb, ir: caffe-normalised [B, H, W, 3]; rgb[i] and ir[i] show the same person.
+        Returns:
+          a dict of per-modality dicts ("rgb"/"ir" keys) of unit-range images or codes:
+          "real" [B, H, W, 3], "content" M^i [B, H/4, W/4, C], "style" [B, style_dim],
+          "recon" (Eq. 4's decodings), "cross" ({"rgb": X_ir2rgb, "ir": X_rgb2ir}: the
+          generated image OF that modality), "cycle" (Eq. 6).
+        """
+        g = self.generators
+        out = {"real": {"rgb": to_unit_range(rgb), "ir": to_unit_range(ir)},
+               "content": self.per_modality(lambda x: self.content(x, training), rgb, ir)}
+        content, style = out["content"], {m: g[m].encode_style(out["real"][m]) for m in MODALITIES}
+        out["style"], out["recon"], out["cross"] = style, {}, {}
+        for m, other in (("rgb", "ir"), ("ir", "rgb")):
+            # Eq. 4's G_m(M^i_m, s_m) and the generated image of modality m, X_ir2rgb =
+            # G_rgb(M^i_ir, s_rgb) (X_rgb2ir likewise): the style of the paired person ("we
+            # only exchange features intra-person", Sec. 3.1). One decoder call for both:
+            # its norms are per image, so the batch is only faster.
+            both = g[m].decode(tf.concat([content[m], content[other]], 0), tf.concat([style[m], style[m]], 0))
+            out["recon"][m], out["cross"][m] = tf.split(both, 2, axis=0)
+        # Eq. 6: X_rgb2ir2rgb = D_rgb(E^i(X_rgb2ir), E^s_rgb(X_ir2rgb)), and symmetrically.
+        cycle_content = self.on_generated(lambda t: self.per_modality(
+            lambda x: self.content(x, t), from_unit_range(out["cross"]["rgb"]), from_unit_range(out["cross"]["ir"])),
+            training)  # {"rgb": E^i(X_ir2rgb), "ir": E^i(X_rgb2ir)}
+        out["cycle"] = {
+            "rgb": g["rgb"].decode(cycle_content["ir"], g["rgb"].encode_style(out["cross"]["rgb"])),
+            "ir": g["ir"].decode(cycle_content["rgb"], g["ir"].encode_style(out["cross"]["ir"])),
+        }
+        return out
+
+    def decode_mixture(self, modality, codes_1, codes_2, alpha):
+        """Eq. 14, then D^v (Eq. 9) and the modality's decoder (Eq. 3): unit-range [B, H, W, 3].
+
+        ``codes_1``, ``codes_2``: (z [B, h', w', Z], style [B, style_dim]) pairs; alpha [B],
+        the weight of codes_1. Training (UI), the summaries and ``analyze`` all mix here.
+        """
+        (z_1, s_1), (z_2, s_2) = codes_1, codes_2
+        return self.generators[modality].decode(self.variation.decode(mix(z_1, z_2, alpha)), mix(s_1, s_2, alpha))
+
+    # -- the loss terms --------------------------------------------------------------------
+
+    def losses(self, reid_batch, gan_batch, terms, alpha=None, training=True):
+        """The loss terms of Eqs. 4-16 named in ``terms``, on one replica's batches.
+
+        Module G, V and the alignment terms use the generation batch, Eq. 13 the re-ID
+        batch. Each term is a per-example loss averaged over the GLOBAL batch
+        (``losses.mean_over_global_batch``): summed over replicas it is the global mean.
+        Which variables each term may train is :data:`jsia_tf.routing.TERM_ROUTES`; the
+        stop-gradients below keep each term off the networks it only reads.
+
+        Args:
+          reid_batch, gan_batch: pipeline batches (dicts "rgb", "ir", "rgb_labels",
+            "ir_labels"), id-major so that rgb[i] and ir[i] show the same person.
+          terms: names from :func:`jsia_tf.routing.configured_terms`.
+          alpha: [B] Eq. 14 mixing ratios of the generation batch (needed for "ui").
+        Returns:
+          {term: float32 scalar}.
+        """
+        cfg = self.config.loss
+        terms = set(terms)
+        mean = losses.mean_over_global_batch
+        gan_size = self.gan_batch_size
+        out = {}
+        if terms - set(routing.REID_BATCH_TERMS):
+            gen = self.generate(gan_batch["rgb"], gan_batch["ir"], training=training)
+            real, fake, d = gen["real"], gen["cross"], self.discriminators
+            # Module G (Sec. 3.1): Eq. 4 self-reconstruction, Eqs. 5-6 cycle, Eq. 7 LSGAN.
+            if "recon" in terms:
+                out["recon"] = mean(sum(losses.l1_per_example(gen["recon"][m], real[m]) for m in MODALITIES), gan_size)
+            if "cycle" in terms:
+                out["cycle"] = mean(sum(losses.l1_per_example(gen["cycle"][m], real[m]) for m in MODALITIES), gan_size)
+            if "gan" in terms:
+                out["gan"] = mean(sum(losses.lsgan_generator_loss(d[m](fake[m])) for m in MODALITIES), gan_size)
+            if "discriminator" in terms:
+                per_image = []
+                for m in MODALITIES:  # real and detached fake images in one call (D has no norm)
+                    scores = d[m](tf.concat([real[m], tf.stop_gradient(fake[m])], 0))  # per scale [2B, h, w, 1]
+                    on_real, on_fake = zip(*(tf.split(score, 2, axis=0) for score in scores))
+                    per_image.append(losses.lsgan_discriminator_loss(on_real, on_fake))
+                out["discriminator"] = mean(tf.add_n(per_image), gan_size)
+            # Module V (Sec. 3.2) on the stopped maps M^i of both modalities: Eq. 9, Eq. 10.
+            if terms & {"variation", "ui"}:
+                maps = tf.stop_gradient(tf.concat([gen["content"]["rgb"], gen["content"]["ir"]], 0))  # [2B, h, w, C]
+                z_both, mu, tau = self.variation(maps, training=training)
+                z = dict(zip(MODALITIES, tf.split(z_both, 2, axis=0)))
+                if "variation" in terms:
+                    out["variation"] = mean(losses.variation_loss(
+                        maps, self.variation.decode(z_both), mu, tau, cfg.variation_distribution), 2 * gan_size)
+            if terms & {"il", "lr", "ui"}:
+                self._alignment_losses(gen, z if "ui" in terms else None, gan_batch, terms, alpha, training, out)
+        if terms & set(routing.REID_BATCH_TERMS):
+            self._reid_losses(reid_batch, terms, training, out)
+        return out
+
+    def _alignment_losses(self, gen, z, gan_batch, terms, alpha, training, out):
+        """Module F on the generation batch (Sec. 3.3): Eq. 11, Eq. 12, Eqs. 14-15.
+
+        Eq. 11 and Eq. 12 ("paired") compare each real image with its detached generated
+        pair: the generated images are inputs, the alignment trains F only.
+        ``--lr_align=unpaired`` compares, in Eq. 12, each real image with the real image
+        of the other modality at the same batch position (the same person).
+        """
+        cfg = self.config.loss
+        mean = losses.mean_over_global_batch
+        gan_size = self.gan_batch_size
+        alignment = self.alignment
+        unpaired = cfg.local_alignment == "unpaired"
+        paired = terms & ({"il"} if unpaired else {"il", "lr"})  # terms on (real, generated) pairs
+        if self.content_encoder is alignment.set_level_encoder:  # M = E^sl(X) is already there
+            real = self.per_modality(lambda maps: alignment.instance_level(maps, training=training),
+                                     gen["content"]["rgb"], gen["content"]["ir"])
+        else:
+            real = self.per_modality(lambda x: alignment(x, training=training), gan_batch["rgb"], gan_batch["ir"])
+        if "lr" in terms and unpaired:
+            out["lr"] = mean(losses.unpaired_local_alignment_loss(
+                real["ir"]["local_logits"], real["rgb"]["local_logits"], cfg.il_convention), gan_size)
+        if paired:
+            fake = self.on_generated(lambda t: self.per_modality(
+                lambda x: alignment(x, training=t), from_unit_range(tf.stop_gradient(gen["cross"]["rgb"])),
+                from_unit_range(tf.stop_gradient(gen["cross"]["ir"]))), training)
+            if "il" in paired:  # Eq. 11
+                out["il"] = mean(losses.instance_alignment_loss(
+                    real["ir"]["logits"], fake["rgb"]["logits"], real["rgb"]["logits"], fake["ir"]["logits"],
+                    cfg.il_convention), gan_size)
+            if "lr" in paired:  # Eq. 12
+                out["lr"] = mean(losses.local_alignment_loss(
+                    real["ir"]["local_logits"], fake["rgb"]["local_logits"], real["rgb"]["local_logits"],
+                    fake["ir"]["local_logits"], cfg.il_convention), gan_size)
+        if "ui" in terms:
+            # Eq. 14: each image's codes mixed with those of the image K further (the next
+            # identity of the id-major batch), decoded into an unseen identity; Eq. 15 asks
+            # F to predict the same mixture of the two identities' predictions.
+            shift = self.config.data.gan_num_instances
+            mixed = {}
+            for m in MODALITIES:
+                codes = (z[m], gen["style"][m])
+                mixed[m] = tf.stop_gradient(from_unit_range(self.decode_mixture(
+                    m, codes, tuple(tf.roll(c, shift, axis=0) for c in codes), alpha)))  # [B, H, W, 3]
+            mix_out = self.on_generated(lambda t: self.per_modality(
+                lambda x: alignment(x, training=t)["logits"], mixed["rgb"], mixed["ir"]), training)
+            per_image = [losses.unseen_identity_loss(mix_out[m], real[m]["logits"],
+                                                     tf.roll(real[m]["logits"], shift, axis=0), alpha,
+                                                     cfg.ui_direction) for m in MODALITIES]
+            out["ui"] = mean(tf.concat(per_image, 0), 2 * gan_size)  # [2B]
+
+    def _reid_losses(self, reid_batch, terms, training, out):
+        """Module F on the re-ID batch: Eq. 13, each C^k's identity loss, and (Table 3,
+        index 7) the modality GAN on E^sl's maps."""
+        cfg = self.config.loss
+        mean = losses.mean_over_global_batch
+        size = 2 * self.reid_batch_size  # both modalities
+        instance = bool(terms & {"id_cls", "id_triplet", "local_id"})
+
+        def forward(images):
+            maps = self.alignment.set_level(images, training=training)  # M = E^sl(X) [B, H/4, W/4, C]
+            return {"maps": maps, **(self.alignment.instance_level(maps, training=training) if instance else {})}
+
+        reid = self.per_modality(forward, reid_batch["rgb"], reid_batch["ir"])
+        discriminator = self.modality_discriminator
+        if "modality_discriminator" in terms:  # trains the discriminator only: stopped maps
+            out["modality_discriminator"] = mean(losses.lsgan_modality_discriminator_loss(
+                discriminator(tf.stop_gradient(reid["rgb"]["maps"])),
+                discriminator(tf.stop_gradient(reid["ir"]["maps"]))), size)
+        if "modality_adversarial" in terms:  # pushes every score to 1/2
+            scores = tf.concat([discriminator(reid[m]["maps"]) for m in MODALITIES], 0)  # [2B]
+            out["modality_adversarial"] = mean(losses.lsgan_modality_confusion_loss(scores), size)
+        labels = {m: reid_batch[f"{m}_labels"] for m in MODALITIES}
+        if "id_cls" in terms:  # Eq. 13, the official mean of the RGB and IR means
+            out["id_cls"] = mean(tf.concat([losses.label_smoothed_cross_entropy(
+                labels[m], reid[m]["logits"], cfg.label_smoothing) for m in MODALITIES], axis=0), size)
+        if "local_id" in terms:
+            # PCB (Sun et al. 2018), which Sec. 3.3's LR follows: each C^k is an identity
+            # classifier of its stripe; Eq. 12's KL then aligns trained classifiers.
+            out["local_id"] = mean(tf.concat([
+                tf.add_n([losses.label_smoothed_cross_entropy(labels[m], logits, cfg.label_smoothing)
+                          for logits in reid[m]["local_logits"]]) / len(reid[m]["local_logits"])
+                for m in MODALITIES], axis=0), size)  # [2B], the mean over the n regions
+        if "id_triplet" in terms:
+            # Eq. 13: this replica's anchors mine in the GLOBAL batch of the other modality.
+            out["id_triplet"] = mean(losses.cross_modal_triplet_loss(
+                reid["rgb"]["features"], reid["ir"]["features"], labels["rgb"], labels["ir"], cfg.triplet_margin,
+                gallery=from_all_replicas), size)  # [2B]
