@@ -11,7 +11,7 @@ discriminators at 256x128; the batches scaled down to ``--paper_num_ids`` x
 
 The batches are fixed random tensors (the input pipeline has its own bench,
 bench/input_pipeline.py), so this times the step alone. Each variant builds a Trainer,
-takes one untimed step per phase (tracing, XLA compilation), then ``--repeats`` times
+takes one step per phase (tracing, XLA compilation; its seconds are reported), then ``--repeats`` times
 ``--steps`` timed steps; images/s = images per step (RGB + IR of the batches the phase
 trains on, as in the training log) / the median seconds per step. "mirrored" splits
 the CPU into 2 logical devices: it times the distributed code path, not a speed-up.
@@ -94,7 +94,9 @@ def time_variant(shapes, variant, phases, steps, repeats):
     for phase in cfg.train.phases:
         if phase.name not in phases:
             continue
+        start = time.perf_counter()
         trainer.train_step(phase, reid, gan)["loss/total"].numpy()  # tracing / compiling
+        first = time.perf_counter() - start
         seconds = []
         for _ in range(repeats):
             start = time.perf_counter()
@@ -103,7 +105,7 @@ def time_variant(shapes, variant, phases, steps, repeats):
             out["loss/total"].numpy()
             seconds.append((time.perf_counter() - start) / steps)
         per_step = float(np.median(seconds))
-        results[phase.name] = (train_lib.images_per_step(phase, data) / per_step, per_step)
+        results[phase.name] = (train_lib.images_per_step(phase, data) / per_step, per_step, first)
     keras.mixed_precision.set_global_policy("float32")
     return results
 
@@ -121,11 +123,12 @@ def main(argv):
           f"median of {_REPEATS.value} x {_STEPS.value} steps; load average {load_before:.1f} -> "
           f"{os.getloadavg()[0]:.1f}")
     first = _VARIANTS.value[0]
-    print(f"| variant | phase | images/s | s/step | vs {first} |")
-    print("| --- | --- | ---: | ---: | ---: |")
+    print(f"| variant | phase | images/s | s/step | vs {first} | first step s (tracing) |")
+    print("| --- | --- | ---: | ---: | ---: | ---: |")
     for variant, phases in rows.items():
-        for phase, (rate, seconds) in phases.items():
-            print(f"| {variant} | {phase} | {rate:.2f} | {seconds:.3f} | x{rate / rows[first][phase][0]:.2f} |")
+        for phase, (rate, seconds, tracing) in phases.items():
+            print(f"| {variant} | {phase} | {rate:.2f} | {seconds:.3f} | x{rate / rows[first][phase][0]:.2f} | "
+                  f"{tracing:.1f} |")
 
 
 if __name__ == "__main__":
