@@ -82,6 +82,30 @@ def check_variable_groups(groups, variables):
                          f"{shared}; in no group {missing}; not a trainable network variable {foreign}")
 
 
+class FusedAdamW(keras.optimizers.AdamW):
+    """``keras.optimizers.AdamW`` whose per-variable Adam update is one fused kernel.
+
+    Keras writes the update as about 25 small ops per variable; ``ResourceApplyAdam``
+    computes the same (m = b1 m + (1 - b1) g, v = b2 v + (1 - b2) g^2, var -= lr
+    sqrt(1 - b2^t) / (1 - b1^t) m / (sqrt(v) + eps)) in one, on the same slot
+    variables, so checkpoints are unchanged; the decoupled weight decay stays Keras'.
+    Fewer ops trace and optimise faster (measured on the smoke networks: the joint
+    step's first call 18.5 -> 15 s, 24k -> 20k ops; docs/BENCHMARKS.md) and launch
+    fewer kernels on a GPU. Equal to Keras' AdamW within 3e-7 after 5 steps.
+    """
+
+    def update_step(self, gradient, variable, learning_rate):
+        dtype = variable.dtype
+        index = self._get_variable_index(variable)
+        step = tf.cast(self.iterations + 1, dtype)
+        beta_1, beta_2 = tf.cast(self.beta_1, dtype), tf.cast(self.beta_2, dtype)
+        # .value.handle: the slot's tf.Variable (under a strategy, this device's copy).
+        tf.raw_ops.ResourceApplyAdam(
+            var=variable.handle, m=self._momentums[index].value.handle, v=self._velocities[index].value.handle,
+            beta1_power=tf.pow(beta_1, step), beta2_power=tf.pow(beta_2, step), lr=tf.cast(learning_rate, dtype),
+            beta1=beta_1, beta2=beta_2, epsilon=tf.cast(self.epsilon, dtype), grad=tf.cast(gradient, dtype))
+
+
 def _replica_id():
     context = tf.distribute.get_replica_context()
     return 0 if context is None else context.replica_id_in_sync_group
@@ -151,8 +175,8 @@ class Trainer:
         lr, beta1, beta2, weight_decay = self.config.train.optimizer_settings(group)
         if self.config.train.optimizer == "sgd":
             return keras.optimizers.SGD(learning_rate=lr, name=f"sgd_{group}")
-        return keras.optimizers.AdamW(learning_rate=lr, beta_1=beta1, beta_2=beta2, weight_decay=weight_decay,
-                                      epsilon=ADAM_EPSILON, name=f"adamw_{group}")
+        return FusedAdamW(learning_rate=lr, beta_1=beta1, beta_2=beta2, weight_decay=weight_decay,
+                          epsilon=ADAM_EPSILON, name=f"adamw_{group}")
 
     def checkpoint(self):
         """A ``tf.train.Checkpoint`` of every network, optimizer, the step and V's noise state, by name."""

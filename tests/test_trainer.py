@@ -2,6 +2,10 @@
 Table 3's switches and mixed_float16 loss scaling."""
 
 import dataclasses
+import json
+import pathlib
+import subprocess
+import sys
 
 import keras
 import numpy as np
@@ -525,3 +529,57 @@ def test_module_f_alone_steps_only_f(eager):
         tiny_config(generation=False, loss={"local_alignment": "off", "unseen_identity": False})
     with pytest.raises(config_lib.ConfigError, match="--generation=False"):
         dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, phases=config_lib.paper_phases(1, 1, ())))
+
+
+# FusedAdamW against Keras' AdamW: 5 steps on the same gradients, on one device and under
+# MirroredStrategy over 2 logical CPUs (the slots are mirrored: each device's copy is
+# updated through its own handle). Prints {mode: [max |difference| of weights and slots,
+# the smallest variable's largest update]}.
+_FUSED_ADAM_SCRIPT = """
+import json
+import numpy as np
+import tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+import keras
+from jsia_tf.trainer import FusedAdamW
+rng = np.random.default_rng(0)
+init = [rng.normal(size=s).astype(np.float32) for s in [(3, 4), (5,), (2, 2, 3)]]
+grads = [[rng.normal(size=x.shape).astype(np.float32) for x in init] for _ in range(5)]
+out = {}
+for mode, strategy in (("one_device", tf.distribute.get_strategy()),
+                       ("mirrored", tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]))):
+    weights, slots = [], []
+    for cls in (keras.optimizers.AdamW, FusedAdamW):
+        with strategy.scope():
+            variables = [keras.Variable(x) for x in init]
+            optimizer = cls(learning_rate=1e-2, weight_decay=5e-4, epsilon=1e-8)
+            optimizer.build(variables)
+
+        @tf.function
+        def step(g):
+            strategy.run(lambda: optimizer.apply_gradients(zip([tf.identity(x) for x in g], variables)))
+
+        for g in grads:
+            step(g)
+        # Every device's copy (a mirrored variable's numpy() shows only the first).
+        weights.append([t.numpy() for v in variables for t in strategy.experimental_local_results(v.value)])
+        starts = [x for x, v in zip(init, variables) for _ in strategy.experimental_local_results(v.value)]
+        slots.append([t.numpy() for m in optimizer._momentums + optimizer._velocities
+                      for t in strategy.experimental_local_results(m.value)])
+    fused_w = weights[1]
+    out[mode] = [max(float(np.abs(a - b).max()) for a, b in list(zip(*weights)) + list(zip(*slots))),
+                 min(float(np.abs(a - x).max()) for a, x in zip(fused_w, starts))]
+print(json.dumps(out))
+"""
+
+
+def test_fused_adamw_takes_keras_adamw_steps_on_one_device_and_mirrored():
+    repo = pathlib.Path(__file__).resolve().parents[1]
+    result = subprocess.run([sys.executable, "-c", _FUSED_ADAM_SCRIPT], cwd=repo, capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = json.loads(result.stdout.strip().splitlines()[-1])
+    for mode in ("one_device", "mirrored"):
+        difference, smallest_update = out[mode]
+        assert difference < 1e-5 and smallest_update > 1e-2, (mode, out[mode])
