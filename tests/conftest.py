@@ -73,6 +73,19 @@ def write_sysu(root):
     return str(root)
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _seeded_module():
+    """Module fixtures (e.g. a shared Trainer's weights) start from one random state,
+    whichever xdist worker runs the file and whatever ran there before."""
+    keras.utils.set_random_seed(0)
+
+
+@pytest.fixture(autouse=True)
+def _seeded_test(_seeded_module):
+    """So does every test: its result does not depend on the order the workers chose."""
+    keras.utils.set_random_seed(0)
+
+
 @pytest.fixture
 def regdb_root(tmp_path):
     return write_regdb(tmp_path / "regdb")
