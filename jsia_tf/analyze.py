@@ -55,7 +55,6 @@ from jsia_tf.eval import metrics, protocols, quality, similarity
 from jsia_tf.models.generation import from_unit_range, to_unit_range
 
 KINDS = ("paired", "mixing", "similarity", "ranked", "quality")
-MODALITIES = ("rgb", "ir")
 ALPHAS = (1.0, 0.75, 0.5, 0.25, 0.0)  # Fig. 7, weights of x_1
 # Pixels around each image of a grid; their colour tells the role of the image.
 BORDER = 3
@@ -244,7 +243,7 @@ def mixing_figure(trainer, test, dataset_name, options):
     second = (first + 1) % n  # x_2: the next person
     alpha = tf.constant(np.tile(ALPHAS, n), tf.float32)  # [n * steps]
     rows = []
-    for modality in MODALITIES:
+    for modality in config_lib.MODALITIES:
         z, style = latent_codes(trainer, gen, modality)
         mixed = trainer.model.decode_mixture(modality, (tf.gather(z, first), tf.gather(style, first)),
                                              (tf.gather(z, second), tf.gather(style, second)), alpha)
@@ -319,7 +318,7 @@ def generated_sets(trainer, test, dataset_name, options):
     alphas = rng.uniform(size=len(pids)).astype(np.float32)
     batches = [load_batches(test, rows, data.height, data.width, options.batch_size)
                for rows in (rgb, ir, rgb[partner], ir[partner])]
-    out = {name: {m: [] for m in MODALITIES} for name in ("real", "fri", "fls")}
+    out = {name: {m: [] for m in config_lib.MODALITIES} for name in ("real", "fri", "fls")}
     for start, (rgb_1, ir_1, rgb_2, ir_2) in zip(range(0, len(pids), options.batch_size), zip(*batches)):
         gen = trainer.model.generate(rgb_1, ir_1, training=False)
         alpha = alphas[start:start + len(rgb_1)]
@@ -340,8 +339,8 @@ def quality_numbers(images, inception):
     if inception is not None:
         features = {name: {m: quality.inception_features(inception, x) for m, x in sets.items()}
                     for name, sets in images.items()}
-        fid = {name: float(np.mean([quality.fid(features["real"][m], features[name][m]) for m in MODALITIES]))
-               for name in fid}
+        fid = {name: float(np.mean([quality.fid(features["real"][m], features[name][m])
+                                     for m in config_lib.MODALITIES])) for name in fid}
     md_fri = np.mean([quality.identity_distance(images["real"]["rgb"], images["fri"]["ir"]),  # (X_rgb, X_rgb2ir)
                       quality.identity_distance(images["real"]["ir"], images["fri"]["rgb"])])  # (X_ir, X_ir2rgb)
     md_fls = quality.identity_distance(images["fls"]["rgb"], images["fls"]["ir"])

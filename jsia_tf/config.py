@@ -14,6 +14,7 @@ import pathlib
 # The choices of every option live here, so that importing the config needs neither
 # TensorFlow nor Keras; the modules that act on a choice import it from here.
 DATASETS = ("sysu", "regdb")  # the evaluation protocols too
+MODALITIES = ("rgb", "ir")  # the keys of every per-modality dict (batches, module G's outputs)
 SYSU_MODES = ("all", "indoor")  # search modes; eval.protocols maps each to its gallery cameras
 SYSU_SHOTS = (1, 10)  # single-shot, multi-shot: gallery images per (person, camera)
 REGDB_DIRECTIONS = ("v2t", "t2v")  # visible query -> thermal gallery, and back

@@ -16,13 +16,12 @@ import tensorflow as tf
 
 from jsia_tf import losses
 from jsia_tf import routing
+from jsia_tf.config import MODALITIES
 from jsia_tf.models import alignment as alignment_lib
 from jsia_tf.models import backbone as backbone_lib
 from jsia_tf.models.discriminator import ModalityDiscriminator, MultiScaleDiscriminator
 from jsia_tf.models.generation import Generator, from_unit_range, to_unit_range
 from jsia_tf.models.variation import VariationModule, mix
-
-MODALITIES = ("rgb", "ir")
 
 
 def from_all_replicas(value):
@@ -287,6 +286,7 @@ class JSIA:
                     per_image.append(losses.lsgan_discriminator_loss(on_real, on_fake))
                 out["discriminator"] = mean(tf.add_n(per_image), gan_size)
             # Module V (Sec. 3.2) on the stopped maps M^i of both modalities: Eq. 9, Eq. 10.
+            z = None  # {modality: V's latent codes}, for Eq. 14
             if terms & {"variation", "ui"}:
                 maps = tf.stop_gradient(tf.concat([gen["content"]["rgb"], gen["content"]["ir"]], 0))  # [2B, h, w, C]
                 z_both, mu, tau = self.variation(maps, training=training)
@@ -295,7 +295,7 @@ class JSIA:
                     out["variation"] = mean(losses.variation_loss(
                         maps, self.variation.decode(z_both), mu, tau, cfg.variation_distribution), 2 * gan_size)
             if terms & {"il", "lr", "ui"}:
-                self._alignment_losses(gen, z if "ui" in terms else None, gan_batch, terms, alpha, training, out)
+                self._alignment_losses(gen, z, gan_batch, terms, alpha, training, out)
         if terms & set(routing.REID_BATCH_TERMS):
             self._reid_losses(reid_batch, terms, training, out)
         return out
