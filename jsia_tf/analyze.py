@@ -49,16 +49,12 @@ from PIL import Image, ImageDraw, ImageFont
 import tensorflow as tf
 
 from jsia_tf import config as config_lib
-from jsia_tf import runs
+from jsia_tf import runs, visualize
 from jsia_tf.data import pipeline, records
 from jsia_tf.eval import metrics, protocols, quality, similarity
-from jsia_tf.models.generation import from_unit_range, to_unit_range
+from jsia_tf.models.generation import to_unit_range
 
 KINDS = ("paired", "mixing", "similarity", "ranked", "quality")
-ALPHAS = (1.0, 0.75, 0.5, 0.25, 0.0)  # Fig. 7, weights of x_1
-# Pixels around each image of a grid; their colour tells the role of the image.
-BORDER = 3
-WHITE, BLUE, GREEN, RED = (255, 255, 255), (40, 90, 220), (0, 170, 0), (220, 0, 0)
 # Fig. 4 histogram's size.
 FIGURE_SIZE = (560, 360)  # width, height
 TABLE_SIZE = (380, 110)
@@ -96,21 +92,6 @@ class Options:
 # -- pure parts: similarities, overlap, grids, figures ---------------------------------------------
 
 
-def tile(cells, colors, border=BORDER):
-    """One image of a grid of images, each framed in its colour.
-
-    Args:
-      cells: uint8 [R, C, H, W, 3]; colors: [R, C, 3] (or broadcastable) frame colours.
-    Returns:
-      uint8 [R (H + 2 border), C (W + 2 border), 3].
-    """
-    rows, cols, height, width, _ = cells.shape
-    framed = np.empty((rows, cols, height + 2 * border, width + 2 * border, 3), np.uint8)
-    framed[:] = np.broadcast_to(np.asarray(colors, np.uint8), (rows, cols, 3))[:, :, None, None, :]
-    framed[:, :, border:border + height, border:border + width] = cells
-    return framed.transpose(0, 2, 1, 3, 4).reshape(rows * framed.shape[2], cols * framed.shape[3], 3)
-
-
 def histogram_figure(intra, inter, overlap, size=FIGURE_SIZE):
     """Fig. 4 as uint8 [height, width, 3]: the two densities overlaid, green intra, red inter."""
     width, height = size
@@ -125,8 +106,8 @@ def histogram_figure(intra, inter, overlap, size=FIGURE_SIZE):
     def to_y(density):
         return height - bottom - density / y_max * (height - top - bottom)
 
-    figure = Image.new("RGBA", size, WHITE + (255,))
-    for density, color in zip(densities, (GREEN, RED)):
+    figure = Image.new("RGBA", size, visualize.WHITE + (255,))
+    for density, color in zip(densities, (visualize.GREEN, visualize.RED)):
         layer = Image.new("RGBA", size, (0, 0, 0, 0))
         bars = ImageDraw.Draw(layer)
         for low, high, d in zip(edges[:-1], edges[1:], density):
@@ -151,7 +132,7 @@ def histogram_figure(intra, inter, overlap, size=FIGURE_SIZE):
 
 def table_figure(values, size=TABLE_SIZE):
     """Table 4 for one model as uint8 [height, width, 3]: ``values`` is :func:`quality_numbers`' dict."""
-    figure = Image.new("RGB", size, WHITE)
+    figure = Image.new("RGB", size, visualize.WHITE)
     draw, font = ImageDraw.Draw(figure), ImageFont.load_default()
     draw.text((10, 8), f"Table 4 for this model ({values['pairs']} test pairs)", fill=(0, 0, 0), font=font)
     fid = [f"{values[name]:.4g}" if values[name] is not None else "skipped" for name in ("FID_FRI", "FID_FLS")]
@@ -207,50 +188,29 @@ def load_images(test, rows, height, width):
     return tf.concat(list(load_batches(test, rows, height, width, max(len(rows), 1))), axis=0)
 
 
-def to_pixels(images, unit_range=True):
-    """uint8 RGB [..., 3] of unit-range (module G) or caffe-normalised images."""
-    images = tf.cast(images, tf.float32)
-    return pipeline.denormalize(from_unit_range(images) if unit_range else images).numpy()
-
-
 # -- the model ------------------------------------------------------------------------------------
-
-
-def latent_codes(trainer, gen, modality):
-    """(z = u [B, h', w', Z], style [B, style_dim]) of :meth:`JSIA.generate`'s real images of ``modality``."""
-    z, _, _ = trainer.model.variation(gen["content"][modality], training=False)
-    return z, gen["style"][modality]
 
 
 def paired_figure(trainer, test, dataset_name, options):
     """Fig. 6 grid [n (H + 2b), 4 (W + 2b), 3]: real RGB | X_rgb2ir | real IR | X_ir2rgb per person."""
-    data = trainer.config.data
-    rgb_rows, ir_rows = pick_persons(test, dataset_name, options.num_identities, np.random.default_rng(options.seed))
-    gen = trainer.model.generate(load_images(test, rgb_rows, data.height, data.width),
-                                 load_images(test, ir_rows, data.height, data.width), training=False)
-    columns = [gen["real"]["rgb"], gen["cross"]["ir"], gen["real"]["ir"], gen["cross"]["rgb"]]
-    return tile(np.stack([to_pixels(c) for c in columns], axis=1), WHITE)  # cells [n, 4, H, W, 3]
+    return visualize.paired_grid(generate_for_persons(trainer, test, dataset_name, options))
 
 
 def mixing_figure(trainer, test, dataset_name, options):
-    """Fig. 7 grid [2n (H + 2b), (2 + 5)(W + 2b), 3]: per pair (x_1, x_2) and modality, x_1 | mixtures | x_2."""
+    """Fig. 7 grid [2n (H + 2b), (2 + 5)(W + 2b), 3]: per person x_1 and modality, x_1 | mixtures | x_2,
+    the next person (the persons form a cycle)."""
+    gen = generate_for_persons(trainer, test, dataset_name, options)
+    first = np.arange(int(gen["real"]["rgb"].shape[0]))  # [n] persons
+    return visualize.mixing_grid(trainer.model, gen, first, (first + 1) % len(first))
+
+
+def generate_for_persons(trainer, test, dataset_name, options):
+    """:meth:`JSIA.generate` in inference mode on one real RGB / IR pair of each of
+    ``num_identities`` test persons drawn with ``seed``."""
     data = trainer.config.data
     rgb_rows, ir_rows = pick_persons(test, dataset_name, options.num_identities, np.random.default_rng(options.seed))
-    gen = trainer.model.generate(load_images(test, rgb_rows, data.height, data.width),
-                                 load_images(test, ir_rows, data.height, data.width), training=False)
-    n, steps = len(rgb_rows), len(ALPHAS)
-    first = np.repeat(np.arange(n), steps)  # [n * steps]: x_1 of each mixture
-    second = (first + 1) % n  # x_2: the next person
-    alpha = tf.constant(np.tile(ALPHAS, n), tf.float32)  # [n * steps]
-    rows = []
-    for modality in config_lib.MODALITIES:
-        z, style = latent_codes(trainer, gen, modality)
-        mixed = trainer.model.decode_mixture(modality, (tf.gather(z, first), tf.gather(style, first)),
-                                             (tf.gather(z, second), tf.gather(style, second)), alpha)
-        real = to_pixels(gen["real"][modality])  # [n, H, W, 3]
-        mixed = to_pixels(mixed).reshape(n, steps, *real.shape[1:])  # [n, steps, H, W, 3]
-        rows.append(np.concatenate([real[:, None], mixed, np.roll(real, -1, axis=0)[:, None]], axis=1))
-    return tile(np.stack(rows, axis=1).reshape(2 * n, steps + 2, *rows[0].shape[2:]), WHITE)  # RGB, IR rows
+    return trainer.model.generate(load_images(test, rgb_rows, data.height, data.width),
+                                  load_images(test, ir_rows, data.height, data.width), training=False)
 
 
 def embed_test_images(trainer, test, batch_size):
@@ -295,11 +255,11 @@ def ranked_figure(trainer, features, test, dataset_name, options):
     scores[~allowed[picked]] = -np.inf
     top = gallery[np.argsort(-scores, axis=1, kind="stable")[:, :options.top_k]]  # [q, top_k] rows
     rows = np.concatenate([queries[picked][:, None], top], axis=1)  # [q, 1 + top_k]
-    pixels = to_pixels(load_images(test, rows.ravel(), data.height, data.width), unit_range=False)
+    pixels = visualize.to_pixels(load_images(test, rows.ravel(), data.height, data.width), unit_range=False)
     correct = test.pids[top] == test.pids[queries[picked]][:, None]  # [q, top_k]
-    colors = np.concatenate([np.broadcast_to(BLUE, (len(picked), 1, 3)),
-                             np.where(correct[..., None], GREEN, RED)], axis=1)  # [q, 1 + top_k, 3]
-    return tile(pixels.reshape(*rows.shape, *pixels.shape[1:]), colors)  # cells [q, 1 + top_k, H, W, 3]
+    colors = np.concatenate([np.broadcast_to(visualize.BLUE, (len(picked), 1, 3)),
+                             np.where(correct[..., None], visualize.GREEN, visualize.RED)], axis=1)  # [q, 1 + top_k, 3]
+    return visualize.tile(pixels.reshape(*rows.shape, *pixels.shape[1:]), colors)  # cells [q, 1 + top_k, H, W, 3]
 
 
 def generated_sets(trainer, test, dataset_name, options):
@@ -325,10 +285,10 @@ def generated_sets(trainer, test, dataset_name, options):
         for m, images_2 in (("rgb", rgb_2), ("ir", ir_2)):
             z_2, _, _ = trainer.model.variation(trainer.model.content(images_2, training=False), training=False)
             codes_2 = (z_2, trainer.model.generators[m].encode_style(to_unit_range(images_2)))
-            out["real"][m].append(to_pixels(gen["real"][m]))
-            out["fri"][m].append(to_pixels(gen["cross"][m]))
-            mixed = trainer.model.decode_mixture(m, latent_codes(trainer, gen, m), codes_2, alpha)
-            out["fls"][m].append(to_pixels(mixed))
+            out["real"][m].append(visualize.to_pixels(gen["real"][m]))
+            out["fri"][m].append(visualize.to_pixels(gen["cross"][m]))
+            mixed = trainer.model.decode_mixture(m, visualize.latent_codes(trainer.model, gen, m), codes_2, alpha)
+            out["fls"][m].append(visualize.to_pixels(mixed))
     return {name: {m: np.concatenate(images) for m, images in sets.items()} for name, sets in out.items()}
 
 

@@ -189,10 +189,10 @@ def run_training(trainer, batches, train_cfg, manager, writer, data_cfg, images=
 
 
 def write_generation_images(trainer, gan_batch):
-    """Fig. 6 grids (real | generated pair | reconstruction | cycle) and Fig. 7 mixing strips."""
+    """The Fig. 6 grid and the Fig. 7 strips of :meth:`Trainer.sample_images` (one image each)."""
     local_batch = trainer.strategy.experimental_local_results(gan_batch)[0]
     for name, images in trainer.sample_images(local_batch).items():
-        tf.summary.image(f"generation/{name}", images, max_outputs=images.shape[0])
+        tf.summary.image(f"generation/{name}", images)
 
 
 # Inter-person pairs kept for the similarity histogram (a random sample beyond this).
@@ -252,7 +252,7 @@ def main(argv):
         raise app.UsageError(str(err)) from None
     except distribute.ClusterError as err:
         sys.exit(f"error: {err}")
-    keras.mixed_precision.set_global_policy(cfg.train.mixed_precision)
+    configure_tensorflow(cfg.train)
     try:
         run_as_worker(cfg, strategy)
     except BaseException as err:  # pylint: disable=broad-except
@@ -260,6 +260,12 @@ def main(argv):
         if not multi_worker or (isinstance(err, SystemExit) and not err.code):
             raise
         distribute.end_worker(err, cfg)  # every worker of the run must end, not only this one
+
+
+def configure_tensorflow(train_cfg):
+    """The process-wide TensorFlow settings of a run: the Keras dtype policy and Grappler."""
+    keras.mixed_precision.set_global_policy(train_cfg.mixed_precision)
+    tf.config.optimizer.set_experimental_options({"disable_meta_optimizer": not train_cfg.graph_optimizer})
 
 
 def run_as_worker(cfg, strategy):

@@ -30,10 +30,8 @@ import numpy as np
 import tensorflow as tf
 
 from jsia_tf import config as config_lib
-from jsia_tf import routing
-from jsia_tf.data import pipeline
-from jsia_tf.models.generation import from_unit_range
-from jsia_tf.models.jsia import JSIA, MODALITIES
+from jsia_tf import routing, visualize
+from jsia_tf.models.jsia import JSIA
 
 GROUPS = config_lib.GROUPS
 # Adam's epsilon: PyTorch's default, which the official code ran with (Keras: 1e-7).
@@ -296,37 +294,19 @@ class Trainer:
 
     # -- images for summaries -------------------------------------------------------------
 
-    def sample_images(self, gan_batch, max_images=4, alphas=(1.0, 0.75, 0.5, 0.25, 0.0)):
-        """uint8 RGB images for TensorBoard, networks in inference mode.
+    def sample_images(self, gan_batch, max_images=4):
+        """TensorBoard pictures of module G on a generation batch, networks in inference mode.
 
-        Returns:
-          "rgb", "ir": Fig. 6 grids [n, H, 4W, 3], per row real | its generated pair in
-            the other modality | reconstruction | cycle reconstruction;
-          "mixing_rgb", "mixing_ir": Fig. 7 strips [1, H, (2 + len(alphas)) W, 3]: x_1,
-            the Eq. 14 mixtures for ``alphas`` (weight of x_1), x_2 (the next identity).
+        Returns uint8 RGB [1, height, width, 3] images (:mod:`jsia_tf.visualize`):
+          "paired": Fig. 6, a row per image of the first ``max_images``: real RGB |
+            X_rgb2ir | reconstruction | cycle | real IR | X_ir2rgb | reconstruction | cycle;
+          "mixing": Fig. 7, the RGB and the IR strip x_1 | Eq. 14 mixtures | x_2 between
+            the batch's first image and the first image of the next identity.
         """
-        rgb, ir = gan_batch["rgb"], gan_batch["ir"]
-        model = self.model
-        gen = model.generate(rgb, ir, training=False)
-
-        def pixels(unit):
-            return pipeline.denormalize(from_unit_range(unit))
-
-        n = min(max_images, int(rgb.shape[0]))
-        out = {}
-        for m, other in (("rgb", "ir"), ("ir", "rgb")):
-            row = [gen["real"][m], gen["cross"][other], gen["recon"][m], gen["cycle"][m]]
-            out[m] = pixels(tf.concat([x[:n] for x in row], axis=2))  # [n, H, 4W, 3]
-        second = self.config.data.gan_num_instances % int(rgb.shape[0])  # first image of the next identity
-        for m in MODALITIES:
-            z, _, _ = model.variation(gen["content"][m], training=False)
-            pick = tf.constant([0] * len(alphas))
-            mixed = model.decode_mixture(m, (tf.gather(z, pick), tf.gather(gen["style"][m], pick)),
-                                        (tf.gather(z, pick + second), tf.gather(gen["style"][m], pick + second)),
-                                        tf.constant(alphas, tf.float32))
-            strip = [gen["real"][m][:1], *tf.split(mixed, len(alphas)), gen["real"][m][second:second + 1]]
-            out[f"mixing_{m}"] = pixels(tf.concat(strip, axis=2))  # [1, H, (2 + len(alphas)) W, 3]
-        return out
+        gen = self.model.generate(gan_batch["rgb"], gan_batch["ir"], training=False)
+        second = self.config.data.gan_num_instances % int(gan_batch["rgb"].shape[0])
+        return {"paired": visualize.paired_grid(gen, visualize.PAIRED_TRAINING, max_images)[None],
+                "mixing": visualize.mixing_grid(self.model, gen, [0], [second])[None]}
 
     # -- inference --------------------------------------------------------------------------
 

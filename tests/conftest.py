@@ -18,6 +18,7 @@ import keras
 import numpy as np
 import pytest
 from PIL import Image
+import tensorflow as tf
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 HEIGHT, WIDTH = 32, 16
@@ -27,6 +28,16 @@ PIXEL_STEP = 16  # v = PIXEL_STEP * pid + n
 SYSU_TRAIN_IDS, SYSU_VAL_IDS, SYSU_TEST_IDS = (1, 2, 3), (4,), (5, 6, 7)
 SYSU_CAMS = {1: (1, 3, 4), 2: (2, 5, 6), 3: (1, 2, 3, 6), 4: (4, 6), 5: (1, 3), 6: (2, 4, 6), 7: (5, 6)}
 SYSU_IMAGES_PER_FOLDER = 3
+
+# The files whose tests train, longest first (measured with --durations): the two xdist
+# workers start them first and the many short files fill in behind them.
+LONGEST_FIRST = ("test_worker_failure.py", "test_distribute.py", "test_train.py", "test_learning.py",
+                 "test_resume.py", "test_analyze.py")
+
+
+def pytest_collection_modifyitems(items):
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: the rest keep their order
 
 
 def _write_image(path, value, rgb):
@@ -71,6 +82,13 @@ def write_sysu(root):
         with open(os.path.join(root, "exp", f"{split}_id.txt"), "w") as f:
             f.write(",".join(str(pid) for pid in ids))
     return str(root)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _no_graph_optimizer():
+    """In-process step functions of the tiny test networks run as the smoke preset's do
+    (--nograph_optimizer): at these sizes Grappler costs more start-up than it saves."""
+    tf.config.optimizer.set_experimental_options({"disable_meta_optimizer": True})
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -41,6 +41,8 @@ else:  # first, before any TensorFlow op
 
 from jsia_tf import config as config_lib, trainer as trainer_lib  # noqa: E402 (after the device set-up)
 
+tf.config.optimizer.set_experimental_options({"disable_meta_optimizer": True})  # as the smoke preset
+
 H, W, CLASSES, PRETRAIN, JOINT, LR = 32, 16, 4, 2, 3, 0.01
 model = config_lib.ModelConfig(
     backbone="resnet18", backbone_weights="none", backbone_widths=(8, 16, 16, 32), num_regions=2, style_dim=8,

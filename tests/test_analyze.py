@@ -18,13 +18,13 @@ import pytest
 from PIL import Image
 from tensorboard.backend.event_processing import event_accumulator
 
-from jsia_tf import analyze
+from jsia_tf import analyze, visualize
 from jsia_tf.data import pipeline, records
 from jsia_tf.eval import protocols, similarity
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 HEIGHT, WIDTH = 32, 16  # the smoke preset
-CELL_HEIGHT, CELL_WIDTH = HEIGHT + 2 * analyze.BORDER, WIDTH + 2 * analyze.BORDER
+CELL_HEIGHT, CELL_WIDTH = HEIGHT + 2 * visualize.BORDER, WIDTH + 2 * visualize.BORDER
 NUM_IDENTITIES, NUM_QUERIES, TOP_K, FID_IMAGES = 3, 3, 4, 6
 
 
@@ -69,9 +69,9 @@ def known(smoke):
 
 
 def cells(image, rows, cols):
-    """[rows, cols, H, W, 3] images inside the frames of an analyze.tile grid."""
+    """[rows, cols, H, W, 3] images inside the frames of a visualize.tile grid."""
     grid = image.reshape(rows, CELL_HEIGHT, cols, CELL_WIDTH, 3).transpose(0, 2, 1, 3, 4)
-    b = analyze.BORDER
+    b = visualize.BORDER
     return grid[:, :, b:b + HEIGHT, b:b + WIDTH], grid[:, :, 0, 0]  # images, frame colours
 
 
@@ -108,17 +108,6 @@ def test_cross_modality_similarities_by_hand():
     assert sampled.shape == (1,) and sampled[0] in (0.8, 1.0)
 
 
-def test_tile_frames_each_cell():
-    images = np.arange(2 * 3 * 4 * 2 * 3, dtype=np.uint8).reshape(2, 3, 4, 2, 3)
-    colors = np.zeros((2, 3, 3), np.uint8)
-    colors[1, 2] = (9, 8, 7)
-    grid = analyze.tile(images, colors, border=1)
-    assert grid.shape == (2 * 6, 3 * 4, 3)
-    np.testing.assert_array_equal(grid[7:11, 9:11], images[1, 2])  # row 1 starts at 6, col 2 at 8; +1 border
-    np.testing.assert_array_equal(grid[6, 8:12], [(9, 8, 7)] * 4)
-    np.testing.assert_array_equal(grid[0, 0], (0, 0, 0))
-
-
 def test_sysu_ranking_keeps_the_same_room_rule(sysu_root):
     test = pipeline.load_dataset("sysu", str(sysu_root)).test
     queries, gallery, allowed = analyze.query_gallery(test, "sysu", "v2t", seed=0)
@@ -147,7 +136,7 @@ def test_paired_rows_are_real_pairs_of_the_same_person(smoke, known):
     image = read_png(out, "paired")
     assert image.shape == (NUM_IDENTITIES * CELL_HEIGHT, 4 * CELL_WIDTH, 3)
     images, frames = cells(image, NUM_IDENTITIES, 4)
-    assert (frames == analyze.WHITE).all()
+    assert (frames == visualize.WHITE).all()
     persons = []
     for row in images:
         rgb, ir = known(row[0]), known(row[2])  # real RGB | X_rgb2ir | real IR | X_ir2rgb
@@ -161,7 +150,7 @@ def test_paired_rows_are_real_pairs_of_the_same_person(smoke, known):
 def test_mixing_rows_go_from_one_real_image_to_the_next_persons(smoke, known):
     _, _, out, _ = smoke
     image = read_png(out, "mixing")
-    columns = 2 + len(analyze.ALPHAS)
+    columns = 2 + len(visualize.ALPHAS)
     assert image.shape == (2 * NUM_IDENTITIES * CELL_HEIGHT, columns * CELL_WIDTH, 3)
     images, _ = cells(image, 2 * NUM_IDENTITIES, columns)
     for row in range(2 * NUM_IDENTITIES):
@@ -181,10 +170,10 @@ def test_ranked_borders_tell_right_from_wrong(smoke, known):
     images, frames = cells(image, NUM_QUERIES, 1 + TOP_K)
     for row in range(NUM_QUERIES):
         query_pid, query_cam = known(images[row, 0])
-        assert query_cam == records.REGDB_VISIBLE_CAM and tuple(frames[row, 0]) == analyze.BLUE  # v2t
+        assert query_cam == records.REGDB_VISIBLE_CAM and tuple(frames[row, 0]) == visualize.BLUE  # v2t
         shown = [known(images[row, c]) for c in range(1, 1 + TOP_K)]
         assert all(cam == records.REGDB_THERMAL_CAM for _, cam in shown)
-        expected = [analyze.GREEN if pid == query_pid else analyze.RED for pid, _ in shown]
+        expected = [visualize.GREEN if pid == query_pid else visualize.RED for pid, _ in shown]
         assert [tuple(f) for f in frames[row, 1:]] == expected
 
 

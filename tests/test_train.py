@@ -11,6 +11,7 @@ import tensorflow as tf
 from tensorboard.backend.event_processing import event_accumulator
 
 from conftest import run_train as _train
+from jsia_tf import visualize
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -72,8 +73,8 @@ def test_summaries_hold_losses_gradient_norms_images_and_evaluation(smoke_run):
                 "grad_norm/generation", "grad_norm/reid_set_level/generator", "grad_norm/reid_set_level/reid",
                 "grad_norm/reid_set_level/alignment", "train/learning_rate_generation", "eval/regdb_intra_ir/rank1",
                 "grad_norm/reid_set_level", "train/learning_rate", "train/images_per_second",
-                "eval/regdb_v2t/rank1", "eval/regdb_v2t/mAP", "generation/rgb", "generation/ir",
-                "generation/mixing_rgb", "eval/similarity_intra_person", "eval/similarity_inter_person"}
+                "eval/regdb_v2t/rank1", "eval/regdb_v2t/mAP", "generation/paired", "generation/mixing",
+                "eval/similarity_intra_person", "eval/similarity_inter_person"}
     assert expected <= tags
     assert sorted(_scalars(run_dir, "loss/id_cls")) == [3, 4]  # joint steps only
     assert sorted(_scalars(run_dir, "loss/recon")) == [1, 2, 3, 4]
@@ -87,12 +88,14 @@ def test_summaries_hold_losses_gradient_norms_images_and_evaluation(smoke_run):
     assert [entry["step"] for entry in history] == [2, 3, 4]
     assert history[-1]["metrics"] == metrics
     assert sorted(_scalars(run_dir, "eval/regdb_t2v/mAP")) == [2, 3, 4]
-    # Fig. 6 grid: real | generated pair | reconstruction | cycle, 32x16 images side by side;
-    # Fig. 7 strip: 2 real images + 5 mixtures.
-    grid = events.Tensors("generation/rgb")[-1].tensor_proto.string_val
-    assert (int(grid[0]), int(grid[1])) == (4 * 16, 32)
-    strip = events.Tensors("generation/mixing_ir")[-1].tensor_proto.string_val
-    assert (int(strip[0]), int(strip[1])) == (7 * 16, 32)
+    # Fig. 6 grid: per generation image (2 ids x 2 of the smoke preset), real | generated pair |
+    # reconstruction | cycle in each modality; Fig. 7: an RGB and an IR strip of 2 real images + 5
+    # mixtures. 32x16 images, each framed (visualize.BORDER).
+    cell_height, cell_width = 32 + 2 * visualize.BORDER, 16 + 2 * visualize.BORDER
+    grid = events.Tensors("generation/paired")[-1].tensor_proto.string_val
+    assert (int(grid[0]), int(grid[1])) == (8 * cell_width, 4 * cell_height)
+    strip = events.Tensors("generation/mixing")[-1].tensor_proto.string_val
+    assert (int(strip[0]), int(strip[1])) == (7 * cell_width, 2 * cell_height)
 
 
 @pytest.mark.large
@@ -213,6 +216,21 @@ def test_presets_parse_into_valid_configs(preset):
             ("pretrain_g", 100, ()), ("joint", 50, (30,))]
     else:  # CPU presets: the tiny ResNet-18
         assert cfg.model.backbone == "resnet18" and cfg.model.backbone_weights == "none"
+
+
+def test_graph_optimizer_flag_switches_grappler_for_the_process():
+    from jsia_tf import config as config_lib
+    from jsia_tf import train
+
+    previous = tf.config.optimizer.get_experimental_options().get("disable_meta_optimizer", False)
+    try:
+        train.configure_tensorflow(config_lib.TrainConfig(phases=config_lib.paper_phases(1, 1, ()),
+                                                          graph_optimizer=False))
+        assert tf.config.optimizer.get_experimental_options()["disable_meta_optimizer"] is True
+        train.configure_tensorflow(config_lib.TrainConfig(phases=config_lib.paper_phases(1, 1, ())))
+        assert tf.config.optimizer.get_experimental_options()["disable_meta_optimizer"] is False
+    finally:
+        tf.config.optimizer.set_experimental_options({"disable_meta_optimizer": previous})
 
 
 @pytest.mark.large
