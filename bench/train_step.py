@@ -16,10 +16,15 @@ takes one step per phase (tracing, XLA compilation; its seconds are reported), t
 trains on, as in the training log) / the median seconds per step. "mirrored" splits
 the CPU into 2 logical devices: it times the distributed code path, not a speed-up.
 
-    python bench/train_step.py --shapes=demo [--variants=float32,mixed_bfloat16,jit,mirrored]
+Memory: "RSS after" is the process's resident memory after the variant's last step,
+"peak RSS" the process's high-water mark so far (``getrusage``), so it is the variant's
+own peak only for the first variant run (or a run of one variant).
+
+    python bench/train_step.py --shapes=demo [--variants=float32,mixed_bfloat16,jit,mirrored] [--nograph_optimizer]
 """
 
 import os
+import resource
 import time
 
 from absl import app, flags
@@ -30,6 +35,7 @@ _SHAPES = flags.DEFINE_enum("shapes", "demo", ("demo", "paper"), "Network and im
 _VARIANTS = flags.DEFINE_list("variants", ["float32", "mixed_bfloat16", "jit", "mirrored"],
                               "float32, mixed_bfloat16, jit (float32 + XLA), mirrored (float32, 2 logical CPUs).")
 _PHASES = flags.DEFINE_list("phases", ["pretrain_g", "joint"], "Phases timed.")
+_GRAPH_OPTIMIZER = flags.DEFINE_bool("graph_optimizer", True, "TrainConfig.graph_optimizer (Grappler).")
 _STEPS = flags.DEFINE_integer("steps", 3, "Timed steps per repeat.")
 _REPEATS = flags.DEFINE_integer("repeats", 3, "Repeats (median reported).")
 _NUM_IDS = flags.DEFINE_integer("paper_num_ids", 2, "--shapes=paper: re-ID identities per batch.")
@@ -51,7 +57,8 @@ def make_config(shapes, variant):
 
     precision, jit, strategy = VARIANTS[variant]
     train = config_lib.TrainConfig(phases=config_lib.paper_phases(1, 1, ()), mixed_precision=precision,
-                                   jit_compile=jit, strategy=strategy, cpu_replicas=2 if strategy == "mirrored" else 0)
+                                   jit_compile=jit, strategy=strategy, cpu_replicas=2 if strategy == "mirrored" else 0,
+                                   graph_optimizer=_GRAPH_OPTIMIZER.value)
     if shapes == "paper":
         data = config_lib.DataConfig(data_dir="-", num_ids=_NUM_IDS.value, num_instances=_NUM_INSTANCES.value,
                                      gan_num_ids=_GAN_NUM_IDS.value, gan_num_instances=_GAN_NUM_INSTANCES.value)
@@ -72,14 +79,21 @@ def random_batch(rng, num_ids, num_instances, height, width):
     return {**images, "rgb_labels": labels, "ir_labels": labels}
 
 
+def resident_gib():
+    """(resident memory now, the process's peak so far) in GiB."""
+    with open("/proc/self/statm") as statm:
+        pages = int(statm.read().split()[1])
+    return pages * os.sysconf("SC_PAGE_SIZE") / 2**30, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
 def time_variant(shapes, variant, phases, steps, repeats):
-    """{phase name: (images/s, seconds per step)} of one variant."""
+    """{phase name: (images/s, seconds per step, first step's seconds, (RSS after, peak RSS) GiB)} of one variant."""
     import keras
     from jsia_tf import train as train_lib
     from jsia_tf import trainer as trainer_lib
 
     cfg = make_config(shapes, variant)
-    keras.mixed_precision.set_global_policy(cfg.train.mixed_precision)
+    train_lib.configure_tensorflow(cfg.train)
     strategy = (tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]) if cfg.train.strategy == "mirrored"
                 else tf.distribute.get_strategy())
     trainer = trainer_lib.Trainer(cfg, NUM_CLASSES, strategy)
@@ -105,7 +119,7 @@ def time_variant(shapes, variant, phases, steps, repeats):
             out["loss/total"].numpy()
             seconds.append((time.perf_counter() - start) / steps)
         per_step = float(np.median(seconds))
-        results[phase.name] = (train_lib.images_per_step(phase, data) / per_step, per_step, first)
+        results[phase.name] = (train_lib.images_per_step(phase, data) / per_step, per_step, first, resident_gib())
     keras.mixed_precision.set_global_policy("float32")
     return results
 
@@ -123,12 +137,13 @@ def main(argv):
           f"median of {_REPEATS.value} x {_STEPS.value} steps; load average {load_before:.1f} -> "
           f"{os.getloadavg()[0]:.1f}")
     first = _VARIANTS.value[0]
-    print(f"| variant | phase | images/s | s/step | vs {first} | first step s (tracing) |")
-    print("| --- | --- | ---: | ---: | ---: | ---: |")
+    print(f"| variant | phase | images/s | s/step | vs {first} | first step s (tracing) | RSS after GiB | "
+          "peak RSS GiB |")
+    print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |")
     for variant, phases in rows.items():
-        for phase, (rate, seconds, tracing) in phases.items():
+        for phase, (rate, seconds, tracing, (rss, peak)) in phases.items():
             print(f"| {variant} | {phase} | {rate:.2f} | {seconds:.3f} | x{rate / rows[first][phase][0]:.2f} | "
-                  f"{tracing:.1f} |")
+                  f"{tracing:.1f} | {rss:.2f} | {peak:.2f} |")
 
 
 if __name__ == "__main__":

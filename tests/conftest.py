@@ -14,6 +14,12 @@ import pathlib
 import subprocess
 import sys
 
+# One intra-op thread per TensorFlow process, this one and every child (the variable is
+# inherited): the suite runs as many processes as there are cores (pytest.ini), and small
+# networks use a second thread poorly (the learning preset: 168 CPU s on two threads, about
+# 115 on one), so more threads would only contend. Set before TensorFlow starts.
+os.environ.setdefault("TF_NUM_INTRAOP_THREADS", "1")
+
 import keras
 import numpy as np
 import pytest
