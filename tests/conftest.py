@@ -146,6 +146,14 @@ def run_train(*args):
         cwd=REPO, capture_output=True, text=True, timeout=300)
 
 
+def run_script_json(code):
+    """The JSON of the last line that the Python ``code`` prints, run in a fresh process
+    (one that sets up its own logical devices first; 5 minutes at most)."""
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
 def _completed(record):
     return subprocess.CompletedProcess(record["args"], record["returncode"], record["stdout"], record["stderr"])
 

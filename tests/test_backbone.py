@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from conftest import run_script_json
 from jsia_tf.models import backbone
 
 HEIGHT, WIDTH = 64, 32
@@ -310,3 +311,64 @@ def test_mixed_bfloat16(images):
     expected = reference_net(images, training=False).numpy()
     output = tf.cast(net(images, training=False), tf.float32).numpy()
     assert np.linalg.norm(output - expected) < 0.05 * np.linalg.norm(expected)
+
+
+# Module F's batch norm under MirroredStrategy over 2 logical CPUs: the same outputs,
+# input gradients and moving statistics as Keras' synchronised batch norm and as one
+# device's on the global batch, from one all-reduce per call (and one for its gradient)
+# instead of Keras' 3 (+ 2). Each half of the batch has its own mean (0 and 6), so
+# per-replica statistics would be far off.
+_SYNC_BN_SCRIPT = """
+import json
+import numpy as np
+import tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+import keras
+from jsia_tf.models.layers import BatchNormalization
+rng = np.random.default_rng(0)
+x = np.concatenate([rng.normal(0.0, 1.0, (4, 3, 2, 5)), rng.normal(6.0, 2.0, (4, 3, 2, 5))]).astype(np.float32)
+all_reduces = [0]
+original = tf.distribute.ReplicaContext.all_reduce
+def counted(self, *args, **kwargs):
+    all_reduces[0] += 1
+    return original(self, *args, **kwargs)
+tf.distribute.ReplicaContext.all_reduce = counted
+
+def run(cls, strategy, synchronized):
+    with strategy.scope():
+        layer = cls(synchronized=synchronized, momentum=0.5)
+        layer.build(x.shape)
+    def replica(images):
+        with tf.GradientTape() as tape:
+            tape.watch(images)
+            y = layer(images, training=True)
+            loss = tf.reduce_sum(y * tf.sin(images))
+        return y, tape.gradient(loss, images)
+    step = tf.function(lambda v: strategy.run(replica, (v,)))
+    n = strategy.num_replicas_in_sync
+    inputs = x if n == 1 else strategy.experimental_distribute_values_from_function(
+        lambda context: x[4 * context.replica_id_in_sync_group:][:4])
+    all_reduces[0] = 0
+    y, g = step(inputs)
+    calls = all_reduces[0] // n  # traced once per replica
+    local = lambda v: np.concatenate([t.numpy() for t in strategy.experimental_local_results(v)]).tolist()
+    return {"y": local(y), "grad": local(g), "mean": layer.moving_mean.numpy().tolist(),
+            "variance": layer.moving_variance.numpy().tolist(), "all_reduces": calls}
+
+mirrored = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+print(json.dumps({"ours": run(BatchNormalization, mirrored, True),
+                  "keras": run(keras.layers.BatchNormalization, mirrored, True),
+                  "one_device": run(keras.layers.BatchNormalization, tf.distribute.get_strategy(), False)}))
+"""
+
+
+def test_synchronized_batch_norm_takes_one_all_reduce_and_equals_keras_and_the_global_batch():
+    out = run_script_json(_SYNC_BN_SCRIPT)
+    ours, reference, one_device = out["ours"], out["keras"], out["one_device"]
+    for other in (reference, one_device):
+        for key in ("y", "grad", "mean", "variance"):
+            np.testing.assert_allclose(ours[key], other[key], rtol=1e-4, atol=1e-5, err_msg=key)
+    # momentum 0.5 from 0: half the global batch's mean, about 3 (replica 0's own is about 0)
+    assert min(ours["mean"]) > 1.0
+    assert ours["all_reduces"] == 2 and reference["all_reduces"] == 5  # forward + its gradient

@@ -2,16 +2,13 @@
 Table 3's switches and mixed_float16 loss scaling."""
 
 import dataclasses
-import json
-import pathlib
-import subprocess
-import sys
 
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
+from conftest import run_script_json
 from jsia_tf import config as config_lib
 from jsia_tf import losses
 from jsia_tf import routing
@@ -577,11 +574,7 @@ print(json.dumps(out))
 
 
 def test_fused_adamw_takes_keras_adamw_steps_on_one_device_and_mirrored():
-    repo = pathlib.Path(__file__).resolve().parents[1]
-    result = subprocess.run([sys.executable, "-c", _FUSED_ADAM_SCRIPT], cwd=repo, capture_output=True, text=True,
-                            timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
-    out = json.loads(result.stdout.strip().splitlines()[-1])
+    out = run_script_json(_FUSED_ADAM_SCRIPT)
     for mode in ("one_device", "mirrored"):
         difference, smallest_update = out[mode]
         assert difference < 1e-5 and smallest_update > 1e-2, (mode, out[mode])

@@ -40,7 +40,7 @@ import tensorflow as tf
 
 from jsia_tf.config import DEFAULT_NUM_REGIONS, TEST_FEATURES
 from jsia_tf.data.pipeline import CAFFE_MEAN_BGR
-from jsia_tf.models.layers import build_sublayer
+from jsia_tf.models.layers import BatchNormalization, build_sublayer
 
 # Luminance weights of the official `togray` (ITU-R BT.601: 0.2989 R + 0.5870 G +
 # 0.1140 B), in the B, G, R order of caffe-normalised images.
@@ -148,7 +148,7 @@ class IdentityClassifier(keras.layers.Layer):
             raise ValueError(f"IdentityClassifier num_classes={num_classes!r}: expected a positive integer")
         self.num_classes = num_classes
         self.synchronized = synchronized
-        self.batch_norm = keras.layers.BatchNormalization(
+        self.batch_norm = BatchNormalization(
             center=False, epsilon=CLASSIFIER_BN_EPSILON, momentum=CLASSIFIER_BN_MOMENTUM, synchronized=synchronized,
             dtype=self.dtype_policy, name="batch_norm")
         self.dense = keras.layers.Dense(

@@ -41,6 +41,7 @@ import h5py
 import keras
 
 from jsia_tf.config import BACKBONES, DEFAULT_WIDTHS
+from jsia_tf.models import layers
 _BLOCKS = {"resnet50": (3, 4, 6, 3), "resnet18": (2, 2, 2, 2)}
 _EXPANSION = {"resnet50": 4, "resnet18": 1}
 # keras.applications' batch-norm epsilon; its ImageNet weights were converted with it.
@@ -139,7 +140,7 @@ def _build_encoders(name, widths, last_stride, synchronized_bn):
     stage_blocks = _BLOCKS[name]
     # keras.applications' ResNet-50 convs have biases (its weights do); torchvision's do not.
     use_bias = name == "resnet50"
-    batch_norm = functools.partial(keras.layers.BatchNormalization, epsilon=BN_EPSILON, synchronized=synchronized_bn)
+    batch_norm = functools.partial(layers.BatchNormalization, epsilon=BN_EPSILON, synchronized=synchronized_bn)
     stage = functools.partial(_stage, block=block, expansion=expansion, batch_norm=batch_norm, use_bias=use_bias)
 
     images = keras.Input((None, None, 3), name="images")

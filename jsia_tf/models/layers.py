@@ -12,6 +12,8 @@
 - :class:`ConvBlock`: reflection pad + convolution + optional norm + activation.
 - :class:`AdaINResBlock`: residual block whose two convolutions are followed by AdaIN.
 - :class:`MLP`: style code -> AdaIN parameters of every AdaIN layer of a decoder.
+- :class:`BatchNormalization`: Keras' batch norm (module F's encoders and classifiers),
+  whose synchronised moments take one all-reduce per call instead of three.
 
 Sub-layers are attributes (``dense0``, ``dense1``...), listed back by properties, never
 items of a Python list: with Keras 3.15 on TensorFlow, ``tf.train.Checkpoint`` silently
@@ -329,3 +331,32 @@ class MLP(keras.layers.Layer):
         return {**super().get_config(), "output_dim": self.output_dim, "hidden_dim": self.hidden_dim,
                 "num_layers": self.num_layers, "activation": self.activation,
                 "kernel_initializer": self.kernel_initializer}
+
+
+class BatchNormalization(keras.layers.BatchNormalization):
+    """Keras' batch norm; when synchronised, one all-reduce per call for its moments.
+
+    Keras all-reduces the sum, the sum of squares and the count of a synchronised batch
+    norm as three collectives per call, plus two for their gradients; here they are one
+    vector, so one all-reduce and one for its gradient (tests/test_backbone.py counts
+    them). Each collective is a round trip between replicas, and between CPU workers it
+    costs threads of TensorFlow's gRPC collectives (docs/DISTRIBUTED.md). The same
+    moments (float32, ``variance = E[x^2] - E[x]^2`` floored at 0, as Keras), the same
+    variables and checkpoints; unsynchronised or masked calls are Keras' own.
+    """
+
+    def _moments(self, inputs, mask):
+        if not self.synchronized or mask is not None:
+            return super()._moments(inputs, mask)
+        x = tf.cast(inputs, tf.float32)  # 16-bit statistics overflow; Keras computes them in float32 too
+        axes = self._reduction_axes
+        count = tf.cast(tf.reduce_prod(tf.gather(tf.shape(x), axes)), tf.float32)[None]  # [1]
+        local = tf.concat([tf.reduce_sum(x, axes), tf.reduce_sum(tf.square(x), axes), count], 0)  # [2C + 1]
+        total = tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.SUM, local)
+        channels = x.shape[self.axis]
+        sums, squares, count = tf.split(total, [channels, channels, 1])
+        mean = tf.math.divide_no_nan(sums, count)
+        variance = tf.maximum(tf.math.divide_no_nan(squares, count) - tf.square(mean), 0.0)
+        if inputs.dtype == tf.float16:
+            mean, variance = (tf.clip_by_value(v, tf.float16.min, tf.float16.max) for v in (mean, variance))
+        return tf.cast(mean, inputs.dtype), tf.cast(variance, inputs.dtype)
