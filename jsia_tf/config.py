@@ -365,8 +365,8 @@ class TrainConfig:
     jit_compile: bool = option(False, "Compile the training steps with XLA.")
     graph_optimizer: bool = option(
         True, "TensorFlow's graph optimizer (Grappler) on the step functions, TensorFlow's default. Off, tiny "
-        "networks start faster (the smoke preset's first steps: 9 + 18 s -> 7 + 12 s on 2 CPU cores, "
-        "docs/BENCHMARKS.md); keep it on for real networks, whose fused kernels and GPU layouts it makes.")
+        "networks start faster (the smoke preset's whole run: 38 -> 30 s on 2 CPU cores, docs/BENCHMARKS.md); keep "
+        "it on for real networks, whose fused kernels and GPU layouts it makes.")
     profile_steps: tuple[int, ...] = option((), "FIRST,LAST global steps traced by the TensorFlow profiler into "
                                                 "<run_dir>/plugins/profile (empty: no profiling).")
 

@@ -260,9 +260,12 @@ class Trainer:
 
         replica_step = functools.partial(self._replica_step, groups, terms)
         if self.config.train.jit_compile:  # XLA per replica, as Keras' own fit does under a strategy
-            replica_step = tf.function(replica_step, jit_compile=True)
+            replica_step = tf.function(replica_step, jit_compile=True, autograph=False)
 
-        @tf.function
+        # No autograph: the step's Python control flow depends only on the config, so
+        # converting its source buys nothing and cost a third of the tracing (smoke
+        # networks, first joint call 11.6 -> 8.8 s, docs/BENCHMARKS.md).
+        @tf.function(autograph=False)
         def step(reid_batch, gan_batch):
             scalars, norms = self.strategy.run(replica_step, args=(reid_batch, gan_batch))
             out = {k: self.strategy.reduce(tf.distribute.ReduceOp.SUM, v, axis=None) for k, v in scalars.items()}
