@@ -20,7 +20,7 @@ Memory: "RSS after" is the process's resident memory after the variant's last st
 "peak RSS" the process's high-water mark so far (``getrusage``), so it is the variant's
 own peak only for the first variant run (or a run of one variant).
 
-    python bench/train_step.py --shapes=demo [--variants=float32,mixed_bfloat16,jit,mirrored] [--nograph_optimizer]
+    python bench/train_step.py --shapes=demo [--variants=float32,mixed_bfloat16,jit,mirrored] [--nograppler]
 """
 
 import os
@@ -35,7 +35,8 @@ _SHAPES = flags.DEFINE_enum("shapes", "demo", ("demo", "paper"), "Network and im
 _VARIANTS = flags.DEFINE_list("variants", ["float32", "mixed_bfloat16", "jit", "mirrored"],
                               "float32, mixed_bfloat16, jit (float32 + XLA), mirrored (float32, 2 logical CPUs).")
 _PHASES = flags.DEFINE_list("phases", ["pretrain_g", "joint"], "Phases timed.")
-_GRAPH_OPTIMIZER = flags.DEFINE_bool("graph_optimizer", True, "TrainConfig.graph_optimizer (Grappler).")
+_GRAPPLER = flags.DEFINE_bool("grappler", True,
+                               "TrainConfig.graph_optimizer: TensorFlow's graph optimizer on the steps.")
 _STEPS = flags.DEFINE_integer("steps", 3, "Timed steps per repeat.")
 _REPEATS = flags.DEFINE_integer("repeats", 3, "Repeats (median reported).")
 _NUM_IDS = flags.DEFINE_integer("paper_num_ids", 2, "--shapes=paper: re-ID identities per batch.")
@@ -58,7 +59,7 @@ def make_config(shapes, variant):
     precision, jit, strategy = VARIANTS[variant]
     train = config_lib.TrainConfig(phases=config_lib.paper_phases(1, 1, ()), mixed_precision=precision,
                                    jit_compile=jit, strategy=strategy, cpu_replicas=2 if strategy == "mirrored" else 0,
-                                   graph_optimizer=_GRAPH_OPTIMIZER.value)
+                                   graph_optimizer=_GRAPPLER.value)
     if shapes == "paper":
         data = config_lib.DataConfig(data_dir="-", num_ids=_NUM_IDS.value, num_instances=_NUM_INSTANCES.value,
                                      gan_num_ids=_GAN_NUM_IDS.value, gan_num_instances=_GAN_NUM_INSTANCES.value)
