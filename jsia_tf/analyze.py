@@ -191,17 +191,11 @@ def load_images(test, rows, height, width):
 # -- the model ------------------------------------------------------------------------------------
 
 
-def paired_figure(trainer, test, dataset_name, options):
-    """Fig. 6 grid [n (H + 2b), 4 (W + 2b), 3]: real RGB | X_rgb2ir | real IR | X_ir2rgb per person."""
-    return visualize.paired_grid(generate_for_persons(trainer, test, dataset_name, options))
-
-
-def mixing_figure(trainer, test, dataset_name, options):
-    """Fig. 7 grid [2n (H + 2b), (2 + 5)(W + 2b), 3]: per person x_1 and modality, x_1 | mixtures | x_2,
-    the next person (the persons form a cycle)."""
-    gen = generate_for_persons(trainer, test, dataset_name, options)
+def mixing_figure(model, gen):
+    """Fig. 7 grid [2n (H + 2b), (2 + 5)(W + 2b), 3] of :func:`generate_for_persons`' output: per person
+    x_1 and modality, x_1 | mixtures | x_2, the next person (the persons form a cycle)."""
     first = np.arange(int(gen["real"]["rgb"].shape[0]))  # [n] persons
-    return visualize.mixing_grid(trainer.model, gen, first, (first + 1) % len(first))
+    return visualize.mixing_grid(model, gen, first, (first + 1) % len(first))
 
 
 def generate_for_persons(trainer, test, dataset_name, options):
@@ -345,14 +339,16 @@ def analyze(run_dir, out=None, options=Options(), data_dir=None, dataset=None, t
                   "(InceptionV3, include_top=False) or run once online to cache the ImageNet weights.")
     trainer, checkpoint = runs.load_run(run_dir, checkpoint)
     results = {}
-    features = None
+    features = gen = None
     for kind in options.what:
         if kind in ("similarity", "ranked") and features is None:
             features = embed_test_images(trainer, test, options.batch_size)
-        if kind == "paired":
-            results[kind] = paired_figure(trainer, test, dataset, options)
+        if kind in ("paired", "mixing") and gen is None:  # the same persons in both figures
+            gen = generate_for_persons(trainer, test, dataset, options)
+        if kind == "paired":  # Fig. 6: real RGB | X_rgb2ir | real IR | X_ir2rgb per person
+            results[kind] = visualize.paired_grid(gen)
         elif kind == "mixing":
-            results[kind] = mixing_figure(trainer, test, dataset, options)
+            results[kind] = mixing_figure(trainer.model, gen)
         elif kind == "similarity":
             results[kind], results["overlap"] = similarity_figure(features, test, dataset)
             print(f"Fig. 4: overlap area of intra- and inter-person similarity densities {results['overlap']:.4f}")
