@@ -20,6 +20,10 @@ Memory: "RSS after" is the process's resident memory after the variant's last st
 "peak RSS" the process's high-water mark so far (``getrusage``), so it is the variant's
 own peak only for the first variant run (or a run of one variant).
 
+``--like_official`` leaves out module V, UI and the local regions, which the official
+code does not have, to time the same work as its joint step (docs/BENCHMARKS.md,
+"Against the official code").
+
     python bench/train_step.py --shapes=demo [--variants=float32,mixed_bfloat16,jit,mirrored] [--nograppler]
 """
 
@@ -43,6 +47,10 @@ _NUM_IDS = flags.DEFINE_integer("paper_num_ids", 2, "--shapes=paper: re-ID ident
 _NUM_INSTANCES = flags.DEFINE_integer("paper_num_instances", 2, "--shapes=paper: re-ID images per id and modality.")
 _GAN_NUM_IDS = flags.DEFINE_integer("paper_gan_num_ids", 2, "--shapes=paper: generation identities per batch.")
 _GAN_NUM_INSTANCES = flags.DEFINE_integer("paper_gan_num_instances", 1, "--shapes=paper: generation images per id.")
+_LIKE_OFFICIAL = flags.DEFINE_bool(
+    "like_official", False, "Leave out the terms the official code does not compute (module V's Eq. 10, UI's "
+    "Eqs. 14-15, the local regions' Eq. 12 and their identity loss): the same work as its joint step.")
+OFFICIAL_ABSENT_TERMS = ("variation", "ui", "lr", "local_id")
 
 NUM_CLASSES = 30  # the demo's training ids; only the classifier's size
 VARIANTS = {  # name -> (dtype policy, jit_compile, strategy)
@@ -98,6 +106,8 @@ def time_variant(shapes, variant, phases, steps, repeats):
     strategy = (tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]) if cfg.train.strategy == "mirrored"
                 else tf.distribute.get_strategy())
     trainer = trainer_lib.Trainer(cfg, NUM_CLASSES, strategy)
+    if _LIKE_OFFICIAL.value:
+        trainer.terms = tuple(term for term in trainer.terms if term not in OFFICIAL_ABSENT_TERMS)
     data = cfg.data
     rng = np.random.default_rng(0)
     batches = [random_batch(rng, n, k, data.height, data.width)
@@ -134,7 +144,8 @@ def main(argv):
             for variant in _VARIANTS.value}
     data = make_config(_SHAPES.value, "float32").data
     print(f"--shapes={_SHAPES.value}: {data.height}x{data.width}, re-ID {data.num_ids} x {data.num_instances}, "
-          f"generation {data.gan_num_ids} x {data.gan_num_instances} (per modality); {os.cpu_count()} cores; "
+          f"generation {data.gan_num_ids} x {data.gan_num_instances} (per modality); "
+          f"{'like the official code; ' if _LIKE_OFFICIAL.value else ''}{os.cpu_count()} cores; "
           f"median of {_REPEATS.value} x {_STEPS.value} steps; load average {load_before:.1f} -> "
           f"{os.getloadavg()[0]:.1f}")
     first = _VARIANTS.value[0]

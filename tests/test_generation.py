@@ -90,6 +90,52 @@ def test_conv_block_default_padding_keeps_size_or_halves_it(kernel_size, strides
     assert tuple(block(np.zeros((2, 16, 8, 3), np.float32)).shape) == expected
 
 
+def _upsample_then_convolve(x, kernel, padding):
+    """Nearest x2 upsampling, reflection padding, valid convolution: as written, in NumPy."""
+    up = np.repeat(np.repeat(x, 2, axis=1), 2, axis=2)  # [B, 2h, 2w, C_in]
+    up = np.pad(up, [(0, 0), (padding, padding), (padding, padding), (0, 0)], mode="reflect")
+    windows = np.lib.stride_tricks.sliding_window_view(up, kernel.shape[:2], axis=(1, 2))  # [B, 2h, 2w, C, k, k]
+    return np.einsum("bijcuv,uvco->bijo", windows, kernel)  # [B, 2h, 2w, C_out]
+
+
+@pytest.mark.parametrize("height, width, padding", [(5, 3, 2), (4, 7, 1), (6, 5, 3), (8, 4, 2), (2, 2, 2)])
+def test_upsample_conv2d_is_upsampling_then_reflection_padded_convolution(height, width, padding):
+    """The sub-pixel form equals upsampling, reflection padding and the k x k convolution
+    as written (borders included; (2, 2, 2) is the written fallback), and so do its
+    gradients with respect to the input and the kernel."""
+    rng = _rng(11)
+    k = 2 * padding + 1
+    x = tf.constant(rng.normal(size=(2, height, width, 3)), tf.float32)
+    kernel = tf.Variable(rng.normal(size=(k, k, 3, 4)).astype(np.float32))
+    with tf.GradientTape(persistent=True) as tape:
+        tape.watch(x)
+        fast = layers.upsample_conv2d(x, kernel, padding)
+        upsampled = tf.repeat(tf.repeat(x, 2, axis=1), 2, axis=2)
+        padded = tf.pad(upsampled, [[0, 0], [padding, padding], [padding, padding], [0, 0]], mode="REFLECT")
+        written = tf.nn.conv2d(padded, kernel, 1, "VALID")
+        weights = tf.constant(rng.normal(size=written.shape), tf.float32)
+        fast_loss, written_loss = tf.reduce_sum(fast * weights), tf.reduce_sum(written * weights)
+    np.testing.assert_allclose(fast, _upsample_then_convolve(x.numpy(), kernel.numpy(), padding), atol=1e-4)
+    for var in (x, kernel):
+        np.testing.assert_allclose(tape.gradient(fast_loss, var), tape.gradient(written_loss, var), rtol=1e-4,
+                                   atol=1e-3)
+
+
+def test_upsampling_conv_block_equals_upsampling_layer_then_block():
+    """ConvBlock(upsample=True) is the decoder's nearest UpSampling2D then the same
+    block, same weights (layer norm and activation included)."""
+    x = _rng(12).normal(size=(2, 6, 4, 8)).astype(np.float32)
+    upsampling = layers.ConvBlock(5, 5, norm="layer", upsample=True)
+    assert upsampling.compute_output_shape(x.shape) == (2, 12, 8, 5)
+    out = upsampling(x).numpy()
+    plain = layers.ConvBlock(5, 5, norm="layer")
+    plain.build((2, 12, 8, 8))
+    plain.set_weights(upsampling.get_weights())
+    np.testing.assert_allclose(out, plain(keras.layers.UpSampling2D(2)(x)), atol=1e-5)
+    with pytest.raises(ValueError, match="strides 1"):
+        layers.ConvBlock(5, 4, strides=2, upsample=True)
+
+
 def test_conv_block_instance_norm_and_activation():
     x = _rng(4).normal(2.0, 5.0, size=(2, 8, 6, 3)).astype(np.float32)
     out = layers.ConvBlock(4, 3, norm="instance", activation=None)(x).numpy()

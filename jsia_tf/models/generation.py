@@ -141,7 +141,10 @@ class Decoder(keras.layers.Layer):
     ``num_res_blocks`` :class:`~jsia_tf.models.layers.AdaINResBlock` at
     ``content_channels``, then ``num_upsample`` x [nearest upsampling x2,
     ``upsample_kernel`` conv halving the width, ``upsample_norm``, ReLU], then a
-    reflection-padded ``output_kernel`` conv to ``output_channels`` and tanh.
+    reflection-padded ``output_kernel`` conv to ``output_channels`` and tanh. Each
+    upsampling and its conv are computed together at the lower resolution
+    (:func:`~jsia_tf.models.layers.upsample_conv2d`: the same function, 9 / 25 of the
+    multiply-adds with 5 x 5 kernels).
 
     Paper (Sec. 4.2): "4 residual blocks with AdaIN and 2 upsampling with convolutional
     layers" -> ``num_res_blocks=4, num_upsample=2`` (defaults). Official configuration:
@@ -193,12 +196,11 @@ class Decoder(keras.layers.Layer):
             setattr(self, f"res_block{i}", AdaINResBlock(content_channels, activation=activation,
                                                          kernel_initializer=self.kernel_initializer,
                                                          dtype=self.dtype_policy, name=f"res_block{i}"))
-        self.upsample = keras.layers.UpSampling2D(2, interpolation="nearest", dtype=self.dtype_policy,
-                                                  name="upsample")
         for i in range(num_upsample):
             setattr(self, f"upsample_conv{i}", ConvBlock(
                 content_channels // 2 ** (i + 1), upsample_kernel, norm=upsample_norm, activation=activation,
-                kernel_initializer=self.kernel_initializer, dtype=self.dtype_policy, name=f"upsample_conv{i}"))
+                kernel_initializer=self.kernel_initializer, upsample=True, dtype=self.dtype_policy,
+                name=f"upsample_conv{i}"))
         # float32: the image and its tanh are the generator's outputs (losses, discriminators).
         self.output_conv = ConvBlock(output_channels, output_kernel, activation="tanh",
                                      kernel_initializer=self.kernel_initializer, dtype="float32", name="output_conv")
@@ -226,7 +228,6 @@ class Decoder(keras.layers.Layer):
         for block in self.res_blocks:
             build_sublayer(block, shape, *[params_shape] * 4)
         for conv in self.upsample_convs:
-            shape = self.upsample.compute_output_shape(shape)
             build_sublayer(conv, shape)
             shape = conv.compute_output_shape(shape)
         build_sublayer(self.output_conv, shape)
@@ -239,7 +240,7 @@ class Decoder(keras.layers.Layer):
             beta1, gamma1, beta2, gamma2 = params[4 * i:4 * i + 4]
             x = block(x, gamma1, beta1, gamma2, beta2)  # [B, h, w, C]
         for conv in self.upsample_convs:
-            x = conv(self.upsample(x))  # [B, 2h, 2w, C/2] per upsampling
+            x = conv(x)  # [B, 2h, 2w, C/2] per upsampling
         return self.output_conv(x)  # [B, h * 2^n, w * 2^n, 3], float32 in [-1, 1]
 
     def compute_output_shape(self, content_shape, adain_params_shape):

@@ -9,7 +9,9 @@
   ``(content, gamma, beta)``; the MLP's output is passed to it explicitly.
 - :class:`LayerNorm2D`: the official decoder's "layer norm" (MUNIT's), used after each
   upsampling convolution.
-- :class:`ConvBlock`: reflection pad + convolution + optional norm + activation.
+- :class:`ConvBlock`: reflection pad + convolution + optional norm + activation,
+  optionally after nearest x2 upsampling (the decoder's), which
+  :func:`upsample_conv2d` computes at the input's resolution.
 - :class:`AdaINResBlock`: residual block whose two convolutions are followed by AdaIN.
 - :class:`MLP`: style code -> AdaIN parameters of every AdaIN layer of a decoder.
 - :class:`BatchNormalization`: Keras' batch norm (module F's encoders and classifiers),
@@ -106,6 +108,58 @@ def adain(content, gamma, beta, epsilon=1e-5):
     return normalized * gamma + beta
 
 
+def _upsample_reflect_conv(x, kernel, rows, columns):
+    """Nearest x2 upsampling, reflection padding ((top, bottom) ``rows``, (left, right)
+    ``columns``) and a valid convolution, as written."""
+    up = tf.repeat(tf.repeat(x, 2, axis=1), 2, axis=2)  # [B, 2h, 2w, C]
+    up = tf.pad(up, [[0, 0], list(rows), list(columns), [0, 0]], mode="REFLECT")
+    return tf.nn.conv2d(up, kernel, 1, "VALID")
+
+
+def upsample_conv2d(x, kernel, padding):
+    """Nearest x2 upsampling, ``padding`` pixels of reflection padding and a valid
+    convolution with the odd, square ``kernel`` (size 2 * padding + 1), computed at
+    x's resolution (sub-pixel form).
+
+    After nearest upsampling, output pixel (2i + a, 2j + b) reads each input pixel in up
+    to 2 x 2 copies, so for each of the four phases (a, b) the convolution equals a
+    smaller one on x whose taps are the kernel's taps summed per input pixel (3 x 3 for
+    a 5 x 5 kernel). The four phases run as one convolution with 4x the filters,
+    interleaved by ``depth_to_space``: 9 / 25 of the multiply-adds of the decoder's 5 x 5
+    upsampling convolutions (Sec. 4.2), the same function of the same weights. The
+    reflection padding of the upsampled image is not a padding of x, so the
+    ``padding`` output rows and columns at each border, whose taps reach it, are
+    computed as written from thin upsampled strips. Maps no larger than ``padding`` (or
+    of unknown size) take the written form throughout.
+
+    Args:
+      x: [B, h, w, C_in].
+      kernel: [k, k, C_in, C_out], k = 2 * padding + 1, in x's dtype.
+      padding: reflection padding of the upsampled image.
+    Returns:
+      [B, 2h, 2w, C_out], without bias.
+    """
+    p = padding
+    height, width = x.shape[1], x.shape[2]
+    if kernel.shape[0] != 2 * p + 1 or p == 0 or height is None or width is None or min(height, width) <= p:
+        return _upsample_reflect_conv(x, kernel, (p, p), (p, p))
+    # Phase a of an axis reads input offset d = (a + u) // 2 for kernel tap u in [-p, p].
+    low, high = (-p) // 2, (1 + p) // 2
+    taps = [[[float((a + u) // 2 == d) for u in range(-p, p + 1)] for d in range(low, high + 1)] for a in (0, 1)]
+    taps = tf.constant(taps, kernel.dtype)  # [2 phases, offsets, k]
+    size, c_in, c_out = high - low + 1, kernel.shape[2], kernel.shape[3]
+    phases = tf.reshape(tf.einsum("adt,bes,tsio->deiabo", taps, taps, kernel),
+                        [size, size, c_in, 4 * c_out])  # filter (2a + b) * C_out + o, as depth_to_space reads
+    padded = tf.pad(x, [[0, 0], [-low, high], [-low, high], [0, 0]])  # zeros: their outputs are replaced
+    inner = tf.nn.depth_to_space(tf.nn.conv2d(padded, phases, 1, "VALID"), 2)  # [B, 2h, 2w, C_out]
+    top = _upsample_reflect_conv(x[:, :p], kernel, (p, 0), (p, p))  # [B, p, 2w, C_out]
+    bottom = _upsample_reflect_conv(x[:, height - p:], kernel, (0, p), (p, p))
+    left = _upsample_reflect_conv(x[:, :, :p], kernel, (0, 0), (p, 0))  # [B, 2h - 2p, p, C_out]
+    right = _upsample_reflect_conv(x[:, :, width - p:], kernel, (0, 0), (0, p))
+    middle = tf.concat([left, inner[:, p:2 * height - p, p:2 * width - p], right], axis=2)
+    return tf.concat([top, middle, bottom], axis=1)
+
+
 @keras.saving.register_keras_serializable(package="jsia_tf")
 class ReflectionPad2D(keras.layers.Layer):
     """Reflection padding of the two spatial axes (``tf.pad`` mode REFLECT).
@@ -173,7 +227,9 @@ class LayerNorm2D(keras.layers.Layer):
 class ConvBlock(keras.layers.Layer):
     """Reflection pad + convolution (with bias) + optional norm + activation.
 
-    The official ``Conv2dBlock`` with ``pad_type="reflect"``.
+    The official ``Conv2dBlock`` with ``pad_type="reflect"``; with ``upsample``, after
+    the decoder's nearest x2 upsampling (official ``nn.Upsample``), computed by
+    :func:`upsample_conv2d`.
 
     Args:
       filters: output channels.
@@ -186,13 +242,17 @@ class ConvBlock(keras.layers.Layer):
       activation: a Keras activation name ("relu", "leaky_relu" has slope 0.2, "tanh")
         or None for none.
       kernel_initializer: see :func:`initializer_config`.
+      upsample: nearest x2 upsampling of the input first (``strides`` 1 only).
     """
 
     def __init__(self, filters, kernel_size, strides=1, padding=None, norm="none", activation="relu",
-                 kernel_initializer=None, **kwargs):
+                 kernel_initializer=None, upsample=False, **kwargs):
         super().__init__(**kwargs)
         if norm not in NORMS:
             raise ValueError(f"ConvBlock norm must be one of {NORMS}, got {norm!r}")
+        if upsample and strides != 1:
+            raise ValueError(f"ConvBlock upsamples with strides 1 only, got strides={strides}")
+        self.upsample = upsample
         self.filters = filters
         self.kernel_size = kernel_size
         self.strides = strides
@@ -207,14 +267,23 @@ class ConvBlock(keras.layers.Layer):
         self.layer_norm = LayerNorm2D(dtype=self.dtype_policy, name="layer_norm") if norm == "layer" else None
         self.activation_fn = keras.activations.get(activation)
 
+    def _upsampled_shape(self, input_shape):
+        if not self.upsample:
+            return input_shape
+        batch, height, width, channels = input_shape
+        return batch, None if height is None else 2 * height, None if width is None else 2 * width, channels
+
     def build(self, input_shape):
-        padded_shape = self.pad.compute_output_shape(input_shape)
+        padded_shape = self.pad.compute_output_shape(self._upsampled_shape(input_shape))
         build_sublayer(self.conv, padded_shape)
         if self.layer_norm is not None:
             build_sublayer(self.layer_norm, self.conv.compute_output_shape(padded_shape))
 
     def call(self, x):
-        x = self.conv(self.pad(x))  # [B, H', W', filters]
+        if self.upsample:  # [B, 2H, 2W, filters]
+            x = upsample_conv2d(x, tf.cast(self.conv.kernel, x.dtype), self.padding) + tf.cast(self.conv.bias, x.dtype)
+        else:
+            x = self.conv(self.pad(x))  # [B, H', W', filters]
         if self.norm == "instance":
             x = instance_normalize(x)
         elif self.norm == "layer":
@@ -222,12 +291,13 @@ class ConvBlock(keras.layers.Layer):
         return self.activation_fn(x)
 
     def compute_output_shape(self, input_shape):
-        return self.conv.compute_output_shape(self.pad.compute_output_shape(input_shape))
+        return self.conv.compute_output_shape(self.pad.compute_output_shape(self._upsampled_shape(input_shape)))
 
     def get_config(self):
         return {**super().get_config(), "filters": self.filters, "kernel_size": self.kernel_size,
                 "strides": self.strides, "padding": self.padding, "norm": self.norm,
-                "activation": self.activation, "kernel_initializer": self.kernel_initializer}
+                "activation": self.activation, "kernel_initializer": self.kernel_initializer,
+                "upsample": self.upsample}
 
 
 @keras.saving.register_keras_serializable(package="jsia_tf")
