@@ -354,10 +354,10 @@ class TrainConfig:
     cpu_replicas: int = option(0, "With --strategy=mirrored: split the CPU into this many logical devices (0: the "
                                   "visible GPUs); for testing the distributed path on a CPU.")
     collective_timeout_s: float = option(
-        1800.0, "With --strategy=multi_worker: a collective (all-reduce, all-gather) that waits longer than this "
-        "for a peer ends the run, so a worker stuck without dying does not hang it (0: no limit). It must exceed "
-        "the longest time one worker spends between collectives while the others wait: tracing a step function, "
-        "the chief's evaluation, a checkpoint.")
+        1800.0, "With --strategy=multi_worker: a worker on which no training step finishes for this long (it waits "
+        "in a collective for a peer) ends the run, so a worker stuck without dying does not hang it (0: no limit). "
+        "It must exceed the longest time between two steps: tracing a step function, the chief's evaluation, a "
+        "checkpoint.")
     mixed_precision: str = option("float32", "Keras dtype policy; mixed_float16 scales the losses dynamically per "
                                              "variable group (jsia_tf.trainer).", choices=PRECISIONS)
     optimizer: str = option("adam", "adam (paper) or plain SGD at --lr (tests of distributed gradient scaling, "

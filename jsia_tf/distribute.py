@@ -8,6 +8,8 @@ import json
 import os
 import pathlib
 import sys
+import threading
+import time
 
 from absl import app, logging
 import numpy as np
@@ -24,6 +26,10 @@ _TF_CONFIG_EXAMPLE = ('{"cluster": {"worker": ["host0:2222", "host1:2222"]}, '
 
 class ClusterError(ValueError):
     """TF_CONFIG does not describe a cluster and this process's task in it."""
+
+
+class StalledError(RuntimeError):
+    """No training step finished within --collective_timeout_s."""
 
 
 def read_tf_config(raw):
@@ -85,10 +91,11 @@ def make_strategy(train_cfg):
                                          "0 with --strategy=multi_worker (a worker uses its GPUs or its CPU; "
                                          "start more workers instead)")
         read_tf_config(os.environ.get("TF_CONFIG"))
-        # AUTO: NCCL all-reduce between GPUs, RING (gRPC) between CPUs.
+        # AUTO: NCCL all-reduce between GPUs, RING (gRPC) between CPUs. No timeout here:
+        # TensorFlow's per-collective timeout starts a thread per collective run that sleeps
+        # for the whole timeout; --collective_timeout_s is ProgressWatchdog's.
         communication = tf.distribute.experimental.CommunicationOptions(
-            implementation=tf.distribute.experimental.CommunicationImplementation.AUTO,
-            timeout_seconds=train_cfg.collective_timeout_s or None)
+            implementation=tf.distribute.experimental.CommunicationImplementation.AUTO)
         return tf.distribute.MultiWorkerMirroredStrategy(communication_options=communication)
     if train_cfg.cpu_replicas:
         cpus = tf.config.list_physical_devices("CPU")
@@ -162,6 +169,53 @@ def weights_digest(trainer):
     return digest.hexdigest()
 
 
+class ProgressWatchdog:
+    """Ends this worker (:func:`end_worker`) when training makes no progress for
+    ``cfg.train.collective_timeout_s`` seconds while it is armed (0: never).
+
+    A worker waiting in a collective for a peer that is stuck without dying (so the
+    coordination service still sees it) would wait forever. TensorFlow's own bound,
+    ``CommunicationOptions.timeout_seconds``, starts for every collective it runs a
+    thread that sleeps for the whole timeout: a joint step runs hundreds of collectives
+    (synchronised batch norm in every layer call), so a 1,800 s timeout kept tens of
+    thousands of sleeping threads and two CPU workers on one host hit the pid limit
+    and aborted (docs/DISTRIBUTED.md). One thread here watches the training loop's
+    heartbeats instead (:meth:`beat`, after each step and each copy of step results to
+    the host, where a worker blocks when a peer is late).
+
+    Use as a context manager: armed inside, disarmed outside.
+    """
+
+    def __init__(self, cfg):
+        self._cfg = cfg
+        self._timeout = cfg.train.collective_timeout_s
+        self._last = None  # time.monotonic() of the last beat; None: disarmed
+        if self._timeout:
+            threading.Thread(target=self._watch, name="jsia_watchdog", daemon=True).start()
+
+    def beat(self):
+        """Progress: the timeout counts again from now (and arms the watchdog)."""
+        self._last = time.monotonic()
+
+    def disarm(self):
+        """No limit until the next :meth:`beat` (e.g. during the chief's own evaluation)."""
+        self._last = None
+
+    def __enter__(self):
+        self.beat()
+        return self
+
+    def __exit__(self, *exc_info):
+        self.disarm()
+
+    def _watch(self):
+        while True:
+            time.sleep(min(1.0, self._timeout / 4))
+            last = self._last
+            if last is not None and time.monotonic() - last > self._timeout:
+                end_worker(StalledError(), self._cfg)
+
+
 def end_worker(err, cfg):
     """Ends this worker of a multi-worker run now, with ``err``'s message and exit status 1.
 
@@ -170,15 +224,16 @@ def end_worker(err, cfg):
     failed two-worker run was once reported to hang. The other workers learn that a
     peer is gone from the coordination service (its heartbeats stop; their next
     collective fails within seconds) and end here too. A peer that is stuck but alive
-    is caught by ``--collective_timeout_s``.
+    is caught by :class:`ProgressWatchdog` (``--collective_timeout_s``).
     """
     if isinstance(err, SystemExit):
         message = str(err.code)
     elif isinstance(err, app.UsageError):
         message = f"error: {err}"
-    elif isinstance(err, tf.errors.DeadlineExceededError):
-        message = (f"error: a collective waited longer than --collective_timeout_s={cfg.train.collective_timeout_s:g} "
-                   "for another worker: one is stuck, or the timeout is below the longest pause between steps")
+    elif isinstance(err, StalledError):
+        message = (f"error: no training step finished in --collective_timeout_s={cfg.train.collective_timeout_s:g} "
+                   "s: another worker is stuck (this one waits for it in a collective), or the timeout is below the "
+                   "longest pause between steps")
     elif isinstance(err, (tf.errors.UnavailableError, tf.errors.CancelledError, tf.errors.AbortedError)):
         message = (f"error: another worker failed or cannot be reached ({type(err).__name__}); "
                    "its own output has the cause")

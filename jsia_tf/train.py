@@ -19,6 +19,7 @@ starts a local cluster. ``--profile_steps=FIRST,LAST`` traces those steps with t
 TensorFlow profiler (TensorBoard's Profile tab).
 """
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -116,7 +117,7 @@ def images_per_step(phase, data_cfg):
 
 
 def run_training(trainer, batches, train_cfg, manager, writer, data_cfg, images=True, profile_dir=None,
-                 evaluate_now=None):
+                 evaluate_now=None, watchdog=None):
     """Steps ``trainer`` from its step counter to the end of the schedule.
 
     Steps are dispatched back to back: their scalars are copied to the host (which
@@ -129,8 +130,12 @@ def run_training(trainer, batches, train_cfg, manager, writer, data_cfg, images=
     the steps ``train_cfg.profile_steps`` (1-based, as in the progress lines) are traced
     by the TensorFlow profiler into it. ``evaluate_now()``, if given, runs every
     ``eval_every`` steps (not at the last step: the caller evaluates the final model).
+    ``watchdog`` (a :class:`jsia_tf.distribute.ProgressWatchdog`), if given, hears a
+    beat after each step and each copy of step results to the host; it is disarmed
+    during ``evaluate_now``.
     """
     total = train_cfg.total_steps
+    beat = watchdog.beat if watchdog else lambda: None
     step = int(trainer.step.numpy())
     first_traced, last_traced = train_cfg.profile_steps if profile_dir and train_cfg.profile_steps else (0, -1)
     profiling = False
@@ -149,6 +154,7 @@ def run_training(trainer, batches, train_cfg, manager, writer, data_cfg, images=
         with tf.profiler.experimental.Trace("train", step_num=step + 1, _r=1):  # step markers in the trace
             reid_batch, gan_batch = next(batches)
             pending.append((step + 1, trainer.train_step(phase, reid_batch, gan_batch)))
+        beat()
         step += 1
         window_steps += 1
         window_images += images_per_step(phase, data_cfg)
@@ -163,6 +169,7 @@ def run_training(trainer, batches, train_cfg, manager, writer, data_cfg, images=
                 scalars = {name: float(value) for name, value in values.items()}
                 trainer_lib.check_finite(scalars, number)
             pending.clear()
+            beat()
         if log_now:
             seconds = time.perf_counter() - window_start
             rate = window_images / seconds
@@ -181,10 +188,14 @@ def run_training(trainer, batches, train_cfg, manager, writer, data_cfg, images=
             with writer.as_default(step=step):
                 write_generation_images(trainer, gan_batch)
         if evaluate_now and train_cfg.eval_every and step % train_cfg.eval_every == 0 and step < total:
+            if watchdog:
+                watchdog.disarm()  # the chief's own evaluation: no collective to wait in
             evaluate_now()
+            beat()
         if save_now:
             writer.flush()  # the summaries a checkpoint covers are on disk before it: a killed run loses none
             manager.save(checkpoint_number=step)
+            beat()
     writer.flush()
 
 
@@ -315,9 +326,12 @@ def train_evaluate_export(cfg, strategy, out_dir):
     manager = tf.train.CheckpointManager(trainer.checkpoint(), str(out_dir / "checkpoints"),
                                          max_to_keep=cfg.train.keep_checkpoints)
     start = runs.restore_or_start(trainer, manager, run_dir / "checkpoints")
+    watchdog = None
     if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        watchdog = distribute.ProgressWatchdog(cfg)
         try:
-            distribute.check_workers_agree(strategy, trainer)
+            with watchdog:
+                distribute.check_workers_agree(strategy, trainer)
         except distribute.ClusterError as err:
             sys.exit(f"error: {err}")
     writer = tf.summary.create_file_writer(str(run_dir)) if chief else tf.summary.create_noop_writer()
@@ -329,9 +343,10 @@ def train_evaluate_export(cfg, strategy, out_dir):
 
     logging.info("Training steps %d..%d of %d", start, cfg.train.total_steps, cfg.train.total_steps)
     try:
-        run_training(trainer, distribute.training_batches(dataset, cfg, strategy, start), cfg.train, manager, writer,
-                     cfg.data, images=chief, profile_dir=run_dir if chief else None,
-                     evaluate_now=evaluate_and_record if chief else None)
+        with watchdog or contextlib.nullcontext():
+            run_training(trainer, distribute.training_batches(dataset, cfg, strategy, start), cfg.train, manager,
+                         writer, cfg.data, images=chief, profile_dir=run_dir if chief else None,
+                         evaluate_now=evaluate_and_record if chief else None, watchdog=watchdog)
     except trainer_lib.NonFiniteLossError as err:
         sys.exit(f"error: {err}: {manager.latest_checkpoint or 'no checkpoint was written yet'}")
     logging.info("Final weights sha256 %s", distribute.weights_digest(trainer))

@@ -113,7 +113,7 @@ def test_a_failing_worker_ends_every_hand_started_worker_and_a_restart_resumes_b
 
 
 # Worker 0 starts a collective that worker 1 joins 20 s late (a stuck worker), with a
-# 3 s collective timeout.
+# 3 s --collective_timeout_s, watched as the training loop is.
 _WORKER_1_STUCK = (
     "import json, os, sys, time\n"
     "from jsia_tf import config, distribute\n"
@@ -124,7 +124,8 @@ _WORKER_1_STUCK = (
     "if strategy.cluster_resolver.task_id == 1:\n"
     "    time.sleep(20)\n"
     "try:\n"
-    "    strategy.reduce('SUM', strategy.run(lambda: tf.ones([2])), axis=None)\n"
+    "    with distribute.ProgressWatchdog(cfg):\n"
+    "        strategy.reduce('SUM', strategy.run(lambda: tf.ones([2])), axis=None)\n"
     "except Exception as err:\n"
     "    distribute.end_worker(err, cfg)\n")
 
@@ -135,7 +136,46 @@ def test_a_stuck_worker_ends_the_others_after_the_collective_timeout(tmp_path):
     codes, ended, out = _hand_started([sys.executable, "-c", _WORKER_1_STUCK, str(tmp_path / "run")], tmp_path, env,
                                       limit_s=120)
     assert codes[0] == 1 and ended[0] < ended[1], out[0][-3000:]
-    assert "error: a collective waited longer than --collective_timeout_s=3 for another worker" in out[0]
+    assert "error: no training step finished in --collective_timeout_s=3 s: another worker is stuck" in out[0]
     assert "resume from the start (no checkpoint was written yet)" in out[0]
     # The stuck one finds its peer gone when it comes back, and ends too.
     assert codes[1] == 1 and "error: another worker failed or cannot be reached" in out[1], out[1][-3000:]
+
+
+# Both workers run a step function of 40 all-reduces 10 times under make_strategy's
+# options and the watchdog, then print how many threads the process has.
+_MANY_COLLECTIVES = (
+    "import os, sys\n"
+    "from jsia_tf import config, distribute\n"
+    "cfg = config.Config(run_dir=sys.argv[1], data=config.DataConfig(data_dir=sys.argv[1]), "
+    "train=config.TrainConfig(strategy='multi_worker'))\n"
+    "strategy = distribute.make_strategy(cfg.train)\n"
+    "import tensorflow as tf\n"
+    "def replica_step(x):\n"
+    "    context = tf.distribute.get_replica_context()\n"
+    "    x = tf.identity(x)  # on the replica's device (all_reduce sends to the input's device)\n"
+    "    for _ in range(40):\n"
+    "        x = context.all_reduce('MEAN', x) + 1.0\n"
+    "    return x\n"
+    "step = tf.function(lambda: strategy.run(replica_step, args=(tf.zeros([3]),)))\n"
+    "with distribute.ProgressWatchdog(cfg) as watchdog:\n"
+    "    for _ in range(10):\n"
+    "        value = strategy.experimental_local_results(step())[0].numpy()\n"
+    "        watchdog.beat()\n"
+    "print('value', value[0], 'threads', len(os.listdir('/proc/self/task')), flush=True)\n")
+
+
+@pytest.mark.large
+def test_collectives_do_not_keep_a_thread_each(tmp_path):
+    """TensorFlow's per-collective timeout kept one sleeping thread per collective run
+    (400 here; tens of thousands in a demo-preset run, which then hit the pid limit):
+    the run's collectives have none, and the thread count stays flat."""
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    codes, _, out = _hand_started([sys.executable, "-c", _MANY_COLLECTIVES, str(tmp_path / "run")], tmp_path, env,
+                                  limit_s=120)
+    assert codes == [0, 0], out[0][-3000:] + out[1][-3000:]
+    for text in out:
+        found = re.search(r"^value (\S+) threads (\d+)$", text, re.M)
+        assert found, text[-3000:]
+        assert float(found.group(1)) == 40.0  # 40 all-reduced "+1"s per step
+        assert int(found.group(2)) < 250, text[-3000:]
