@@ -105,6 +105,9 @@ class DataConfig:
     synthetic_ids: int = option(
         0, "If > 0 and --data_dir holds no dataset yet (or one rendered with other settings), generate a synthetic "
         "one with this many identities there first (demo and smoke presets).")
+    synthetic_test_ids: int = option(
+        0, "With --synthetic_ids and --dataset=sysu: the test persons, pids 1..N, the same persons whatever "
+        "--synthetic_ids, so that datasets of more training persons share one test set (0: 20% of the ids).")
     synthetic_seed: int = option(0, "Seed of the synthetic dataset; not --seed, so that runs with several training "
                                     "seeds share one benchmark.")
     height: int = option(256, "Network input height (paper: 256).")
@@ -127,6 +130,10 @@ class DataConfig:
         _require(self.trial in REGDB_TRIALS, "trial", self.trial, "a RegDB trial in 1..10")
         _require(self.synthetic_ids >= 0, "synthetic_ids", self.synthetic_ids, ">= 0")
         _require(self.synthetic_seed >= 0, "synthetic_seed", self.synthetic_seed, ">= 0")
+        _require(not self.synthetic_test_ids or (self.dataset == "sysu" and
+                                                 0 < self.synthetic_test_ids <= self.synthetic_ids - 2),
+                 "synthetic_test_ids", self.synthetic_test_ids,
+                 "0, or with --dataset=sysu a number of test persons in 1..--synthetic_ids - 2")
         for flag in ("height", "width", "num_ids", "num_instances", "gan_num_ids", "gan_num_instances"):
             _require(getattr(self, flag) > 0, flag, getattr(self, flag), "a positive integer")
         _require(self.pad >= 0, "pad", self.pad, ">= 0")

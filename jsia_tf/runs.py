@@ -30,8 +30,8 @@ def prepare_dataset(data_cfg):
 
     The dataset is generated when ``data_dir`` is empty or holds a synthetic dataset
     whose ``synthetic.json`` differs from what the flags ask for (another renderer
-    version, size, seed or number of ids): a cached demo dataset always matches the
-    code. A non-empty folder without ``synthetic.json`` is never overwritten.
+    version, size, seed, number of ids or test persons): a cached demo dataset always
+    matches the code. A non-empty folder without ``synthetic.json`` is never overwritten.
 
     Workers that share ``--data_dir`` (one host, or a shared filesystem) take turns
     through an exclusive lock on ``.<data_dir name>.lock`` beside it: the first one
@@ -44,7 +44,7 @@ def prepare_dataset(data_cfg):
         # Rendered at twice the network input so that, as with real data, the
         # pipeline resizes what it reads.
         wanted = synthetic.metadata(data_cfg.dataset, data_cfg.synthetic_ids, data_cfg.synthetic_seed,
-                                    2 * data_cfg.height, 2 * data_cfg.width)
+                                    2 * data_cfg.height, 2 * data_cfg.width, data_cfg.synthetic_test_ids)
         with open(root.parent / f".{root.name}.lock", "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file is closed
             found = _synthetic_metadata(root)
@@ -59,7 +59,8 @@ def prepare_dataset(data_cfg):
                 try:
                     synthetic.generate(root, data_cfg.dataset, data_cfg.synthetic_ids, data_cfg.synthetic_seed,
                                        height=2 * data_cfg.height, width=2 * data_cfg.width,
-                                       overwrite=found is not None, num_workers=os.cpu_count() or 1)
+                                       test_ids=data_cfg.synthetic_test_ids, overwrite=found is not None,
+                                       num_workers=os.cpu_count() or 1)
                 except ValueError as err:
                     raise config_lib.ConfigError("synthetic_ids", data_cfg.synthetic_ids, str(err)) from None
     return pipeline.load_dataset(data_cfg.dataset, root, trial=data_cfg.trial)

@@ -412,6 +412,31 @@ def test_sysu_layout_and_splits(tmp_path):
     assert set(splits["test"]) & indoor  # the indoor-search protocol has a gallery
 
 
+def _sysu_splits(root):
+    return {name: [int(pid) for pid in (root / "exp" / f"{name}_id.txt").read_text().split(",")]
+            for name in ("train", "val", "test")}
+
+
+def test_fixed_test_persons_whatever_the_number_of_ids(tmp_path):
+    """test_ids=T: pids 1..T are the test set, the same persons and images for 12 or
+    16 ids; the others train (~75%) and val; the indoor protocol keeps a gallery."""
+    for num_ids in (12, 16):
+        synthetic.generate(tmp_path / str(num_ids), "sysu", num_ids, seed=0, height=H, width=W, test_ids=5)
+    small, large = _sysu_splits(tmp_path / "12"), _sysu_splits(tmp_path / "16")
+    assert small["test"] == large["test"] == [1, 2, 3, 4, 5]
+    assert [len(small["train"]), len(small["val"])] == [5, 2] and [len(large["train"]), len(large["val"])] == [8, 3]
+    assert sorted(large["train"] + large["val"]) == list(range(6, 17))
+    for cam in range(1, 7):  # the test persons' images are the same files
+        for pid in (pid for pid in range(1, 6) if (tmp_path / "12" / f"cam{cam}" / f"{pid:04d}").exists()):
+            folder = f"cam{cam}/{pid:04d}"
+            assert sorted(os.listdir(tmp_path / "12" / folder)) == sorted(os.listdir(tmp_path / "16" / folder))
+            assert (tmp_path / "12" / folder / "0001.jpg").read_bytes() == (
+                tmp_path / "16" / folder / "0001.jpg").read_bytes()
+    indoor = synthetic._sysu_indoor(0, np.arange(1, 6))
+    assert indoor.any() and not indoor.all()  # indoor search has a gallery and outdoor ids
+    assert json.loads((tmp_path / "16" / "synthetic.json").read_text())["test_ids"] == 5
+
+
 # --- Bad input -----------------------------------------------------------------
 
 @pytest.mark.parametrize("kwargs, message", [
@@ -423,6 +448,8 @@ def test_sysu_layout_and_splits(tmp_path):
     (dict(width=-3), "width"),
     (dict(images_per_id=0), "images_per_id"),
     (dict(num_workers=0), "num_workers"),
+    (dict(test_ids=2), "test_ids must be 0 for layout 'regdb'"),
+    (dict(layout="sysu", num_ids=6, test_ids=5), r"test_ids must be in 0..num_ids - 2 = 4"),
 ])
 def test_bad_arguments_name_the_argument(tmp_path, kwargs, message):
     args = dict(out_dir=tmp_path / "data", layout="regdb", num_ids=4, seed=0) | kwargs
@@ -438,11 +465,12 @@ def test_generate_records_what_it_rendered(tmp_path, layout, num_ids):
     synthetic.generate(tmp_path, layout, num_ids, seed=3, height=H, width=W + 2, images_per_id=1)
     written = json.loads((tmp_path / "synthetic.json").read_text())
     assert written == {"render_version": 2, "layout": layout, "num_ids": num_ids, "seed": 3, "height": H,
-                       "width": W + 2}
+                       "width": W + 2, "test_ids": 0}
     assert written == synthetic.metadata(layout, num_ids, 3, H, W + 2)
     synthetic.generate(tmp_path, layout, num_ids + 1, seed=4, height=H, width=W, images_per_id=1, overwrite=True)
     assert json.loads((tmp_path / "synthetic.json").read_text()) == {
-        "render_version": 2, "layout": layout, "num_ids": num_ids + 1, "seed": 4, "height": H, "width": W}
+        "render_version": 2, "layout": layout, "num_ids": num_ids + 1, "seed": 4, "height": H, "width": W,
+        "test_ids": 0}
     assert [name for name in os.listdir(tmp_path.parent) if name.startswith(".synthetic-")] == []
 
 

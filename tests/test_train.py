@@ -120,6 +120,7 @@ def test_mirrored_strategy_over_two_logical_cpus_trains_and_evaluates(smoke_run,
 @pytest.mark.parametrize("flag, expected", [
     ("--synthetic_ids=1", "--synthetic_ids=1"),  # found when the dataset is generated
     ("--height=30", "--height=30: expected a multiple of 4"),  # found in the config
+    ("--synthetic_test_ids=10", "--synthetic_test_ids=10: expected 0, or with --dataset=sysu"),  # RegDB halves
 ])
 def test_bad_flags_are_one_clear_line_from_the_command(tmp_path, flag, expected):
     result = _train(f"--data_dir={tmp_path / 'data'}", f"--run_dir={tmp_path / 'run'}", flag)

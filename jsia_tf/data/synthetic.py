@@ -1036,30 +1036,45 @@ def _sysu_plan(seed, num_ids):
             for pid, indoor in zip(pids.tolist(), _sysu_indoor(seed, pids))}
 
 
-def _sysu_split(seed, pids, indoor):
-    """Train / val / test ids, ~60 / 20 / 20, each with the dataset's share of indoor ids.
-
-    Each group (indoor, other) is shuffled and spread evenly over one order
-    (stratified), then cut: test first, so the test set holds indoor ids.
-    """
+def _stratified_order(seed, pids, indoor):
+    """``pids`` with each group (indoor, other) shuffled and spread evenly over one
+    order, so that any cut of it holds the dataset's share of indoor ids."""
     rng = _rng(seed, _STREAM_SPLIT)
     position = np.zeros(len(pids))
     for group in (indoor, ~indoor):
         members = rng.permutation(np.flatnonzero(group))
         position[members] = (np.arange(len(members)) + 0.5) / len(members)
-    order = pids[np.lexsort((~indoor, position))]
+    return pids[np.lexsort((~indoor, position))]
+
+
+def _sysu_split(seed, pids, indoor, test_ids=0):
+    """Train / val / test ids, each with the dataset's share of indoor ids.
+
+    ``test_ids`` = 0: ~60 / 20 / 20, cut from the stratified order, test first (so the
+    test set holds indoor ids). ``test_ids`` = T > 0: the test ids are pids 1..T,
+    whatever the number of ids, so that datasets with more training ids share one
+    test set (a person's images do not depend on the number of ids; ~60% of pids
+    1..T are indoor ids, ``_sysu_indoor``); the others are cut ~75 / 25 into train /
+    val from their stratified order.
+    """
+    if test_ids:
+        test, rest = pids[pids <= test_ids], pids > test_ids
+        order = _stratified_order(seed, pids[rest], indoor[rest])
+        n_val = max(1, round(_SYSU_VAL_SHARE / (1.0 - _SYSU_TEST_SHARE) * len(order)))
+        return np.sort(order[n_val:]), np.sort(order[:n_val]), test
+    order = _stratified_order(seed, pids, indoor)
     n_test = max(1, round(_SYSU_TEST_SHARE * len(pids)))
     n_val = max(1, round(_SYSU_VAL_SHARE * len(pids)))
     test, val, train = order[:n_test], order[n_test:n_test + n_val], order[n_test + n_val:]
     return np.sort(train), np.sort(val), np.sort(test)
 
 
-def _write_sysu_index(root, seed, plan):
+def _write_sysu_index(root, seed, plan, test_ids):
     for cam in SYSU_CAMERAS:  # every camera folder exists, as in the real dataset
         os.makedirs(os.path.join(root, f"cam{cam}"), exist_ok=True)
     pids = np.array(sorted(plan))
     os.makedirs(os.path.join(root, "exp"))
-    for name, split in zip(("train", "val", "test"), _sysu_split(seed, pids, _sysu_indoor(seed, pids))):
+    for name, split in zip(("train", "val", "test"), _sysu_split(seed, pids, _sysu_indoor(seed, pids), test_ids)):
         with open(os.path.join(root, "exp", f"{name}_id.txt"), "w") as out:
             out.write(",".join(str(pid) for pid in split.tolist()) + "\n")
 
@@ -1079,11 +1094,11 @@ def _write_person(root, seed, height, width, pid, shots):
                 Image.fromarray(image).save(os.path.join(root, path), format="BMP")
 
 
-def metadata(layout, num_ids, seed, height, width):
+def metadata(layout, num_ids, seed, height, width, test_ids=0):
     """What ``generate`` records in ``METADATA_FILE``: a cached dataset is current
     when its file holds exactly this."""
     return {"render_version": RENDER_VERSION, "layout": layout, "num_ids": int(num_ids), "seed": int(seed),
-            "height": int(height), "width": int(width)}
+            "height": int(height), "width": int(width), "test_ids": int(test_ids)}
 
 
 def layout_entries(layout):
@@ -1093,7 +1108,7 @@ def layout_entries(layout):
     return tuple(f"cam{cam}" for cam in SYSU_CAMERAS) + ("exp",)
 
 
-def _validate(layout, num_ids, seed, height, width, images_per_id, num_workers):
+def _validate(layout, num_ids, seed, height, width, images_per_id, num_workers, test_ids):
     if layout not in LAYOUTS:
         raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
     min_ids = _REGDB_MIN_IDS if layout == "regdb" else _SYSU_MIN_IDS
@@ -1102,6 +1117,12 @@ def _validate(layout, num_ids, seed, height, width, images_per_id, num_workers):
         raise ValueError(f"num_ids must be >= {min_ids} for layout {layout!r} ({why}), got {num_ids}")
     if seed < 0:
         raise ValueError(f"seed must be >= 0, got {seed}")
+    if test_ids and layout != "sysu":
+        raise ValueError(f"test_ids must be 0 for layout {layout!r} (each RegDB trial splits the ids in half), "
+                         f"got {test_ids}")
+    if not 0 <= test_ids <= num_ids - 2:
+        raise ValueError(f"test_ids must be in 0..num_ids - 2 = {num_ids - 2} (a train and a val id left), "
+                         f"got {test_ids}")
     for name, value in (("height", height), ("width", width), ("images_per_id", images_per_id),
                         ("num_workers", num_workers)):
         if value < 1:
@@ -1109,7 +1130,7 @@ def _validate(layout, num_ids, seed, height, width, images_per_id, num_workers):
 
 
 def generate(out_dir, layout, num_ids, seed, height=256, width=128, *, images_per_id=REGDB_IMAGES_PER_ID,
-             overwrite=False, num_workers=1):
+             test_ids=0, overwrite=False, num_workers=1):
     """Writes a synthetic dataset of ``num_ids`` persons (pids 1..N) in ``layout``.
 
     regdb: ``Visible/<pid>/v_<pid:05d>_<k:02d>.bmp`` (24-bit RGB) and
@@ -1121,7 +1142,9 @@ def generate(out_dir, layout, num_ids, seed, height=256, width=128, *, images_pe
     sysu: ``cam{1..6}/<pid:04d>/<k:04d>.jpg``, cams 1, 2, 4, 5 RGB and 3, 6 IR
       (3-channel, equal channels), 4..12 images per (id, camera), each id in at
       least one RGB and one IR camera; ``exp/{train,val,test}_id.txt`` hold one
-      comma-separated line of disjoint ids, ~60/20/20. ``images_per_id`` is unused.
+      comma-separated line of disjoint ids, ~60/20/20; with ``test_ids`` = T > 0
+      the test ids are pids 1..T and the others ~75/25 train/val, so datasets of
+      more training ids share one test set. ``images_per_id`` is unused.
 
     The files do not depend on ``num_workers`` (processes rendering persons in
     parallel). Everything is first written to a sibling temporary folder and moved
@@ -1134,7 +1157,7 @@ def generate(out_dir, layout, num_ids, seed, height=256, width=128, *, images_pe
       ValueError: a bad argument (the message names it).
       FileExistsError: ``out_dir`` already holds this layout and ``overwrite`` is False.
     """
-    _validate(layout, num_ids, seed, height, width, images_per_id, num_workers)
+    _validate(layout, num_ids, seed, height, width, images_per_id, num_workers, test_ids)
     out_dir = os.path.abspath(out_dir)
     entries = layout_entries(layout)
     existing = [name for name in entries if os.path.exists(os.path.join(out_dir, name))]
@@ -1155,9 +1178,12 @@ def generate(out_dir, layout, num_ids, seed, height=256, width=128, *, images_pe
             context = multiprocessing.get_context("spawn")
             with concurrent.futures.ProcessPoolExecutor(num_workers, mp_context=context) as pool:
                 list(pool.map(write, plan.keys(), plan.values(), chunksize=4))
-        (_write_regdb_index if layout == "regdb" else _write_sysu_index)(staging, seed, plan)
+        if layout == "regdb":
+            _write_regdb_index(staging, seed, plan)
+        else:
+            _write_sysu_index(staging, seed, plan, test_ids)
         with open(os.path.join(staging, METADATA_FILE), "w") as out:
-            json.dump(metadata(layout, num_ids, seed, height, width), out, indent=2, sort_keys=True)
+            json.dump(metadata(layout, num_ids, seed, height, width, test_ids), out, indent=2, sort_keys=True)
             out.write("\n")
         os.makedirs(out_dir, exist_ok=True)
         if os.path.exists(os.path.join(out_dir, METADATA_FILE)):
@@ -1187,6 +1213,7 @@ def _define_flags():
     flags.DEFINE_integer("height", 256, "Image height in pixels.")
     flags.DEFINE_integer("width", 128, "Image width in pixels.")
     flags.DEFINE_integer("images_per_id", REGDB_IMAGES_PER_ID, "RegDB: images per person and modality.")
+    flags.DEFINE_integer("test_ids", 0, "SYSU-MM01: test persons, pids 1..test_ids (0: ~20% of the ids).")
     flags.DEFINE_integer("num_workers", os.cpu_count() or 1, "Processes rendering persons in parallel.")
     flags.DEFINE_bool("overwrite", False, "Replace a dataset of this layout already in --out.")
     flags.DEFINE_string("sheet", None, "Also write a PNG of example persons (rows: RegDB visible, RegDB "
@@ -1202,7 +1229,8 @@ def main(argv):
     try:
         if FLAGS.out is not None:
             generate(FLAGS.out, FLAGS.layout, FLAGS.num_ids, FLAGS.seed, FLAGS.height, FLAGS.width,
-                     images_per_id=FLAGS.images_per_id, overwrite=FLAGS.overwrite, num_workers=FLAGS.num_workers)
+                     images_per_id=FLAGS.images_per_id, test_ids=FLAGS.test_ids, overwrite=FLAGS.overwrite,
+                     num_workers=FLAGS.num_workers)
         if FLAGS.sheet is not None:
             save_example_sheet(FLAGS.sheet, FLAGS.seed, height=FLAGS.height, width=FLAGS.width)
     except (ValueError, FileExistsError) as error:
