@@ -378,6 +378,16 @@ def test_workers_write_the_same_bytes(tmp_path):
 
 # --- SYSU-MM01 layout --------------------------------------------------------------
 
+def _sysu_splits(root):
+    """{train, val, test: ids} of a SYSU-layout dataset; each index file is one line."""
+    splits = {}
+    for name in ("train", "val", "test"):
+        lines = (root / "exp" / f"{name}_id.txt").read_text().splitlines()
+        assert len(lines) == 1
+        splits[name] = [int(pid) for pid in lines[0].split(",")]
+    return splits
+
+
 def test_sysu_layout_and_splits(tmp_path):
     num_ids = 10
     synthetic.generate(tmp_path, "sysu", num_ids, seed=0, height=H, width=W)
@@ -402,19 +412,10 @@ def test_sysu_layout_and_splits(tmp_path):
     ir = np.asarray(Image.open(ir_folder / "0001.jpg"))
     assert ir.shape == (H, W, 3) and np.array_equal(ir[..., 0], ir[..., 1]) and np.array_equal(ir[..., 0], ir[..., 2])
 
-    splits = {}
-    for name in ("train", "val", "test"):
-        lines = (tmp_path / "exp" / f"{name}_id.txt").read_text().splitlines()
-        assert len(lines) == 1
-        splits[name] = [int(pid) for pid in lines[0].split(",")]
+    splits = _sysu_splits(tmp_path)
     assert [len(splits[name]) for name in ("train", "val", "test")] == [6, 2, 2]
     assert sorted(sum(splits.values(), [])) == list(range(1, num_ids + 1))
     assert set(splits["test"]) & indoor  # the indoor-search protocol has a gallery
-
-
-def _sysu_splits(root):
-    return {name: [int(pid) for pid in (root / "exp" / f"{name}_id.txt").read_text().split(",")]
-            for name in ("train", "val", "test")}
 
 
 def test_fixed_test_persons_whatever_the_number_of_ids(tmp_path):

@@ -1047,7 +1047,7 @@ def _stratified_order(seed, pids, indoor):
     return pids[np.lexsort((~indoor, position))]
 
 
-def _sysu_split(seed, pids, indoor, test_ids=0):
+def _sysu_split(seed, pids, indoor, test_ids):
     """Train / val / test ids, each with the dataset's share of indoor ids.
 
     ``test_ids`` = 0: ~60 / 20 / 20, cut from the stratified order, test first (so the
