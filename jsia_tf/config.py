@@ -263,7 +263,8 @@ class LossConfig:
     instance_alignment: bool = option(True, "Eq. 11 instance-level alignment (Table 3 IL).", flag="il")
     local_alignment: str = option(
         "paired", "Eq. 12 local regions on generated pairs (paired, the paper), on the real unpaired RGB / IR "
-        "images of the same identity (unpaired, Table 3 index 8) or off (Table 3 LR).", flag="lr_align",
+        "images of the same identity (unpaired, Table 3 index 8) or off (no Eq. 12; the C^k keep their identity "
+        "loss, --lambda_local_id, unless --num_regions=0, which Table 3's rows without LR set).", flag="lr_align",
         choices=LOCAL_ALIGNMENTS)
     unseen_identity: bool = option(True, "Eq. 15 paired images of unseen identities (Table 3 UI).", flag="ui")
     lambda_local_id: float = option(

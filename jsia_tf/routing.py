@@ -61,7 +61,9 @@ def configured_terms(config):
     absent = set()
     if not loss.instance_alignment:
         absent.add("il")
-    if loss.local_alignment == "off" or not model.num_regions:
+    if loss.local_alignment == "off":
+        absent.add("lr")  # no Eq. 12; the C^k still learn identities (local_id) unless num_regions is 0
+    if not model.num_regions:
         absent.update({"lr", "local_id"})  # no local regions: no C^k
     if not loss.unseen_identity:
         absent.add("ui")

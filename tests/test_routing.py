@@ -33,7 +33,7 @@ def test_every_term_has_a_route_an_objective_and_a_weight():
     ({}, {}, set()),
     ({"instance_alignment": False}, {}, {"il"}),  # --il=false
     ({"unseen_identity": False}, {}, {"ui"}),  # --ui=false
-    ({"local_alignment": "off"}, {}, {"lr", "local_id"}),  # --lr_align=off: no C^k at all
+    ({"local_alignment": "off"}, {}, {"lr"}),  # --lr_align=off: no Eq. 12, the C^k still learn identities
     ({"local_alignment": "unpaired"}, {}, set()),  # --lr_align=unpaired: Eq. 12 still computed
     ({}, {"num_regions": 0}, {"lr", "local_id"}),  # no local classifiers
     ({}, {"set_level": "separate"}, set()),

@@ -11,7 +11,7 @@ import tensorflow as tf
 from tensorboard.backend.event_processing import event_accumulator
 
 from conftest import run_train as _train
-from jsia_tf import visualize
+from jsia_tf import routing, visualize
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -187,7 +187,7 @@ def test_flags_are_the_config_fields_with_their_defaults():
     assert all(config_lib.flag_name(f) in flags.FLAGS for f in fields if f.name != "phases")
 
 
-@pytest.mark.parametrize("preset", ["demo", "smoke", "learning", "regdb", "sysu"])
+@pytest.mark.parametrize("preset", ["demo", "smoke", "learning", "calibration", "regdb", "sysu"])
 def test_presets_parse_into_valid_configs(preset):
     from absl import flags
     from jsia_tf import train
@@ -217,6 +217,11 @@ def test_presets_parse_into_valid_configs(preset):
             ("pretrain_g", 100, ()), ("joint", 50, (30,))]
     else:  # CPU presets: the tiny ResNet-18
         assert cfg.model.backbone == "resnet18" and cfg.model.backbone_weights == "none"
+    if preset == "calibration":  # module F alone, its local classifiers learning identities
+        terms = routing.terms_for(routing.configured_terms(cfg), routing.term_weights(cfg.loss),
+                                  cfg.train.phases[0].groups)
+        assert terms == ("id_cls", "id_triplet", "local_id")
+        assert (cfg.data.synthetic_ids, cfg.data.synthetic_test_ids, cfg.data.height) == (900, 100, 128)
 
 
 def test_graph_optimizer_flag_switches_grappler_for_the_process():

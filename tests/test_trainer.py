@@ -247,8 +247,10 @@ def test_table3_flags_reject_bad_values():
 
 
 def test_switched_off_terms_are_not_computed(eager):
-    """Table 3 index 4 (SL and IL only: --lr_align=off --ui=false) and index 2 (--il=false too)."""
-    t = trainer_lib.Trainer(tiny_config(loss={"local_alignment": "off", "unseen_identity": False}), NUM_CLASSES)
+    """Table 3 index 4 (SL and IL only: --lr_align=off --num_regions=0 --ui=false) and index 2
+    (--il=false too); --lr_align=off with local regions keeps their identity loss (local_id)."""
+    t = trainer_lib.Trainer(tiny_config(loss={"local_alignment": "off", "unseen_identity": False}, num_regions=0),
+                            NUM_CLASSES)
     _, joint = t.config.train.phases
     kept = {"recon", "cycle", "gan", "discriminator", "variation", "id_cls", "id_triplet", "il"}
     assert set(t.compute_losses(fixed_batch(20), fixed_batch(21))) == kept
@@ -259,8 +261,11 @@ def test_switched_off_terms_are_not_computed(eager):
         with pytest.raises(ValueError, match=f"'{term}'.*not computed in this configuration"):
             t.compute_losses(fixed_batch(20), fixed_batch(21), terms=[term])
     no_il = trainer_lib.Trainer(tiny_config(loss={"instance_alignment": False, "local_alignment": "off",
-                                                  "unseen_identity": False}), NUM_CLASSES)
+                                                  "unseen_identity": False}, num_regions=0), NUM_CLASSES)
     assert set(no_il.compute_losses(fixed_batch(20), fixed_batch(21))) == kept - {"il"}
+    stripes = trainer_lib.Trainer(tiny_config(loss={"local_alignment": "off", "unseen_identity": False}),
+                                  NUM_CLASSES)
+    assert set(stripes.compute_losses(fixed_batch(20), fixed_batch(21))) == kept | {"local_id"}
 
 
 def test_unpaired_local_alignment_compares_the_real_images_of_each_person():
@@ -511,17 +516,19 @@ def test_reid_learning_rate_warms_up_from_the_first_step_that_trains_f():
 
 def test_module_f_alone_steps_only_f(eager):
     """--generation=false (Table 3 row 1 without the cost of G): one phase, F's groups, the
-    identity terms only; a term that needs generated images is a flag error."""
+    identity terms only (C^k's too where there are local regions); a term that needs
+    generated images is a flag error."""
     cfg = tiny_config(generation=False, loss={"instance_alignment": False, "local_alignment": "off",
                                              "unseen_identity": False})
     t = trainer_lib.Trainer(cfg, NUM_CLASSES)
     (phase,) = cfg.train.phases
     assert phase.groups == config_lib.REID_GROUPS
-    assert set(t.terms_for(phase.groups)) == {"id_cls", "id_triplet"}
+    assert set(t.terms_for(phase.groups)) == {"id_cls", "id_triplet", "local_id"}
     frozen = [v for name in ("generation", "discriminators", "variation") for v in t.groups[name]]
     before = _values(frozen)
     scalars = t.train_step(phase, fixed_batch(47), fixed_batch(48))
-    assert {n for n in scalars if n.startswith("loss/")} == {"loss/id_cls", "loss/id_triplet", "loss/total"}
+    assert {n for n in scalars if n.startswith("loss/")} == {"loss/id_cls", "loss/id_triplet", "loss/local_id",
+                                                             "loss/total"}
     for b, a in zip(before, _values(frozen)):
         np.testing.assert_array_equal(b, a)
     with pytest.raises(config_lib.ConfigError, match="--il=True.*--generation=false"):
