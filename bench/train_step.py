@@ -11,7 +11,9 @@ discriminators at 256x128; the batches scaled down to ``--paper_num_ids`` x
 
 The batches are fixed random tensors (the input pipeline has its own bench,
 bench/input_pipeline.py), so this times the step alone. Each variant builds a Trainer,
-takes one step per phase (tracing, XLA compilation; its seconds are reported), then ``--repeats`` times
+traces each phase's step (``get_concrete_function``: Python tracing alone, "tracing s"), takes
+one step (graph optimisation, XLA compilation, first-run allocations and the step itself:
+"first step s"), then ``--repeats`` times
 ``--steps`` timed steps; images/s = images per step (RGB + IR of the batches the phase
 trains on, as in the training log) / the median seconds per step. "mirrored" splits
 the CPU into 2 logical devices: it times the distributed code path, not a speed-up.
@@ -96,7 +98,8 @@ def resident_gib():
 
 
 def time_variant(shapes, variant, phases, steps, repeats):
-    """{phase name: (images/s, seconds per step, first step's seconds, (RSS after, peak RSS) GiB)} of one variant."""
+    """{phase name: (images/s, seconds per step, tracing seconds, first step's seconds, (RSS after, peak RSS)
+    GiB)} of one variant."""
     import keras
     from jsia_tf import train as train_lib
     from jsia_tf import trainer as trainer_lib
@@ -120,8 +123,13 @@ def time_variant(shapes, variant, phases, steps, repeats):
         if phase.name not in phases:
             continue
         start = time.perf_counter()
-        trainer.train_step(phase, reid, gan)["loss/total"].numpy()  # tracing / compiling
+        trainer.step_function(phase).get_concrete_function(reid, gan)
+        tracing = time.perf_counter() - start
+        start = time.perf_counter()
+        trainer.train_step(phase, reid, gan)["loss/total"].numpy()  # Grappler / XLA, first allocations
         first = time.perf_counter() - start
+        if trainer.step_function(phase).experimental_get_tracing_count() != 1:
+            raise RuntimeError(f"{phase.name}: the first step traced again; 'first step s' would include tracing")
         seconds = []
         for _ in range(repeats):
             start = time.perf_counter()
@@ -130,7 +138,8 @@ def time_variant(shapes, variant, phases, steps, repeats):
             out["loss/total"].numpy()
             seconds.append((time.perf_counter() - start) / steps)
         per_step = float(np.median(seconds))
-        results[phase.name] = (train_lib.images_per_step(phase, data) / per_step, per_step, first, resident_gib())
+        results[phase.name] = (train_lib.images_per_step(phase, data) / per_step, per_step, tracing, first,
+                               resident_gib())
     keras.mixed_precision.set_global_policy("float32")
     return results
 
@@ -149,13 +158,13 @@ def main(argv):
           f"median of {_REPEATS.value} x {_STEPS.value} steps; load average {load_before:.1f} -> "
           f"{os.getloadavg()[0]:.1f}")
     first = _VARIANTS.value[0]
-    print(f"| variant | phase | images/s | s/step | vs {first} | first step s (tracing) | RSS after GiB | "
+    print(f"| variant | phase | images/s | s/step | vs {first} | tracing s | first step s | RSS after GiB | "
           "peak RSS GiB |")
-    print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+    print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for variant, phases in rows.items():
-        for phase, (rate, seconds, tracing, (rss, peak)) in phases.items():
+        for phase, (rate, seconds, tracing, first_step, (rss, peak)) in phases.items():
             print(f"| {variant} | {phase} | {rate:.2f} | {seconds:.3f} | x{rate / rows[first][phase][0]:.2f} | "
-                  f"{tracing:.1f} | {rss:.2f} | {peak:.2f} |")
+                  f"{tracing:.1f} | {first_step:.1f} | {rss:.2f} | {peak:.2f} |")
 
 
 if __name__ == "__main__":

@@ -285,10 +285,16 @@ class Trainer:
         (the scale this step used; the gradient norms are unscaled, 0 when the group's
         update was skipped for non-finite scaled gradients).
         """
+        return self.step_function(phase)(reid_batch, gan_batch)
+
+    def step_function(self, phase):
+        """The ``tf.function`` of ``phase``'s step, one per set of stepped groups; it
+        traces on its first call (``bench/train_step.py`` times the tracing apart with
+        ``get_concrete_function``)."""
         groups = tuple(g for g in GROUPS if g in phase.groups)
         if groups not in self._step_functions:
             self._step_functions[groups] = self._make_step(groups)
-        return self._step_functions[groups](reid_batch, gan_batch)
+        return self._step_functions[groups]
 
     def set_learning_rates(self, rates):
         """Assigns {group: learning rate} (``TrainConfig.learning_rates_at``) to the optimizers."""
