@@ -31,6 +31,8 @@ from absl import app, flags, logging
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from jsia_tf.eval import protocols
+
 # Table 3 (Sec. 4.4): index -> (marks SL, IL, LR, UI; the flags that build it).
 # "x" removes a module, "-" is the degraded version; docs/FIDELITY.md explains each.
 ROWS = {
@@ -125,8 +127,9 @@ def collect(rows, seeds, out):
 
 
 def protocol_settings(metrics):
-    """A run's metrics without the intra-modality diagnostic (``<dataset>_intra_*``)."""
-    return {setting: values for setting, values in metrics.items() if "_intra_" not in setting}
+    """A run's metrics without the diagnostics (``<dataset>_<protocols.DIAGNOSTICS>``)."""
+    return {setting: values for setting, values in metrics.items()
+            if setting.split("_", 1)[-1] not in protocols.DIAGNOSTICS}
 
 
 def _mean_std(values):

@@ -355,6 +355,19 @@ def test_rerank_errors_name_the_argument():
         protocols.evaluate_sysu(np.ones((2, 2)), [1, 1], [1, 3], [1, 1], rerank={"lambda_value": -0.1})
 
 
+def test_full_gallery_diagnostic_ranks_each_direction_against_the_whole_other_modality():
+    """RGB (cams 1, 2) images of ids 0, 1; IR (cam 3) images of ids 0, 1, the id-1 one closer
+    to the id-0 RGB image: IR -> RGB ranks it second (AP 1/2); RGB -> IR finds both first."""
+    features = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0], [0.8, 0.6]])
+    labels, cams = np.array([0, 1, 0, 1]), np.array([1, 2, 3, 3])
+    out = protocols.evaluate_full_galleries(features, labels, cams, "sysu")
+    assert out["ir2rgb_full"]["cmc"]["1"] == pytest.approx(0.5)
+    assert out["ir2rgb_full"]["mAP"] == pytest.approx((1 + 1 / 2) / 2)
+    assert out["rgb2ir_full"]["cmc"]["1"] == 1.0 and out["rgb2ir_full"]["mAP"] == 1.0
+    with pytest.raises(ValueError, match="needs images of both modalities"):
+        protocols.evaluate_full_galleries(features[:2], labels[:2], cams[:2], "sysu")
+
+
 def test_intra_modality_diagnostic_excludes_the_query_itself():
     """RGB: 4 images of 2 ids, the last one closer to id 0 (AP 1/3); IR: 2 images of one id."""
     features = np.array([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [0.8, 0.2], [1.0, 1.0], [1.0, 0.9]])

@@ -282,6 +282,9 @@ def evaluate_regdb(features, labels, cams, direction="v2t", rerank=None):
 
 # The RGB cameras of each dataset (the others are IR).
 RGB_CAMS = {"regdb": (REGDB_VISIBLE_CAM,), "sysu": SYSU_RGB_CAMS}
+# The diagnostics' settings (evaluate_intra_modality, evaluate_full_galleries), which the
+# training job reports as "<dataset>_<setting>" beside the protocol's own.
+DIAGNOSTICS = ("intra_rgb", "intra_ir", "ir2rgb_full", "rgb2ir_full")
 
 
 def evaluate_intra_modality(features, labels, cams, dataset):
@@ -306,6 +309,27 @@ def evaluate_intra_modality(features, labels, cams, dataset):
         valid = ~np.eye(int(mask.sum()), dtype=bool)  # a query is not its own match
         out[name] = metrics.evaluate(features[mask], features[mask], labels[mask], labels[mask], valid=valid)
     return out
+
+
+def evaluate_full_galleries(features, labels, cams, dataset):
+    """Both cross-modality directions, each query against every test image of the other
+    modality: a diagnostic beside SYSU-MM01's protocol, which ranks IR queries only, against
+    sampled galleries (RegDB's protocol is this already, ``v2t`` and ``t2v``).
+
+    Image-level CMC, mAP, mINP over full galleries, without SYSU-MM01's same-place rule,
+    so the two directions are measured alike.
+
+    Returns:
+      {"ir2rgb_full": summary, "rgb2ir_full": summary} (``metrics.summarize``).
+    """
+    _check_choice("dataset", dataset, PROTOCOLS)
+    features = _check_features(features)
+    labels, cams = _check_int_arrays(len(features), labels=labels, cams=cams)
+    rgb = np.isin(cams, RGB_CAMS[dataset])
+    if rgb.all() or not rgb.any():
+        raise ValueError(f"{dataset} full galleries: the test set needs images of both modalities")
+    return {name: metrics.evaluate(features[query], features[~query], labels[query], labels[~query])
+            for name, query in (("ir2rgb_full", ~rgb), ("rgb2ir_full", rgb))}
 
 
 def evaluate_features(features, labels, cams, image_index=None, protocol="sysu", *, sysu_mode="all", sysu_shots=1,
