@@ -287,6 +287,14 @@ RGB_CAMS = {"regdb": (REGDB_VISIBLE_CAM,), "sysu": SYSU_RGB_CAMS}
 DIAGNOSTICS = ("intra_rgb", "intra_ir", "ir2rgb_full", "rgb2ir_full")
 
 
+def _checked_with_rgb_mask(features, labels, cams, dataset):
+    """The diagnostics' checked arrays and the mask of the test images from RGB cameras."""
+    _check_choice("dataset", dataset, PROTOCOLS)
+    features = _check_features(features)
+    labels, cams = _check_int_arrays(len(features), labels=labels, cams=cams)
+    return features, labels, cams, np.isin(cams, RGB_CAMS[dataset])
+
+
 def evaluate_intra_modality(features, labels, cams, dataset):
     """Same-modality retrieval, a diagnostic beside the cross-modality protocol.
 
@@ -298,10 +306,7 @@ def evaluate_intra_modality(features, labels, cams, dataset):
     Returns:
       {"intra_rgb": summary, "intra_ir": summary} (``metrics.summarize``).
     """
-    _check_choice("dataset", dataset, PROTOCOLS)
-    features = _check_features(features)
-    labels, cams = _check_int_arrays(len(features), labels=labels, cams=cams)
-    rgb = np.isin(cams, RGB_CAMS[dataset])
+    features, labels, cams, rgb = _checked_with_rgb_mask(features, labels, cams, dataset)
     out = {}
     for name, mask in (("intra_rgb", rgb), ("intra_ir", ~rgb)):
         if mask.sum() < 2:
@@ -322,10 +327,7 @@ def evaluate_full_galleries(features, labels, cams, dataset):
     Returns:
       {"ir2rgb_full": summary, "rgb2ir_full": summary} (``metrics.summarize``).
     """
-    _check_choice("dataset", dataset, PROTOCOLS)
-    features = _check_features(features)
-    labels, cams = _check_int_arrays(len(features), labels=labels, cams=cams)
-    rgb = np.isin(cams, RGB_CAMS[dataset])
+    features, labels, cams, rgb = _checked_with_rgb_mask(features, labels, cams, dataset)
     if rgb.all() or not rgb.any():
         raise ValueError(f"{dataset} full galleries: the test set needs images of both modalities")
     return {name: metrics.evaluate(features[query], features[~query], labels[query], labels[~query])
