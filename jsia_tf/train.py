@@ -226,11 +226,8 @@ def evaluate(trainer, dataset, cfg, writer):
         features, dataset.test, dataset.name, sysu_modes=ev.sysu_modes, sysu_shots=ev.sysu_shots,
         sysu_rand_perm=ev.sysu_rand_perm or None, trials=ev.trials, regdb_directions=ev.regdb_directions,
         seed=cfg.data.seed)
-    # Diagnostics beside the protocol: how well each modality alone re-identifies, and
-    # (SYSU-MM01, whose protocol has IR queries only) both directions over full galleries.
-    diagnostics = protocols.evaluate_intra_modality(features, dataset.test.pids, dataset.test.cams, dataset.name)
-    if dataset.name == "sysu":
-        diagnostics.update(protocols.evaluate_full_galleries(features, dataset.test.pids, dataset.test.cams, "sysu"))
+    # Diagnostics beside the protocol: each modality alone, and both directions.
+    diagnostics = protocols.evaluate_diagnostics(features, dataset.test.pids, dataset.test.cams, dataset.name)
     metrics.update({f"{dataset.name}_{name}": values for name, values in diagnostics.items()})
     with writer.as_default(step=int(trainer.step.numpy())):
         for setting, values in metrics.items():

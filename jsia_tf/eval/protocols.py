@@ -282,8 +282,8 @@ def evaluate_regdb(features, labels, cams, direction="v2t", rerank=None):
 
 # The RGB cameras of each dataset (the others are IR).
 RGB_CAMS = {"regdb": (REGDB_VISIBLE_CAM,), "sysu": SYSU_RGB_CAMS}
-# The diagnostics' settings (evaluate_intra_modality, evaluate_full_galleries), which the
-# training job reports as "<dataset>_<setting>" beside the protocol's own.
+# The settings of evaluate_diagnostics, which the training job reports as
+# "<dataset>_<setting>" beside the protocol's own.
 DIAGNOSTICS = ("intra_rgb", "intra_ir", "ir2rgb_full", "rgb2ir_full")
 
 
@@ -332,6 +332,16 @@ def evaluate_full_galleries(features, labels, cams, dataset):
         raise ValueError(f"{dataset} full galleries: the test set needs images of both modalities")
     return {name: metrics.evaluate(features[query], features[~query], labels[query], labels[~query])
             for name, query in (("ir2rgb_full", ~rgb), ("rgb2ir_full", rgb))}
+
+
+def evaluate_diagnostics(features, labels, cams, dataset):
+    """The diagnostics beside ``dataset``'s protocol: :func:`evaluate_intra_modality`, and
+    for SYSU-MM01, whose protocol ranks IR queries only, :func:`evaluate_full_galleries`
+    (RegDB's protocol already runs both directions over full galleries)."""
+    out = evaluate_intra_modality(features, labels, cams, dataset)
+    if dataset == "sysu":
+        out.update(evaluate_full_galleries(features, labels, cams, dataset))
+    return out
 
 
 def evaluate_features(features, labels, cams, image_index=None, protocol="sysu", *, sysu_mode="all", sysu_shots=1,
