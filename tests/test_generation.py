@@ -98,7 +98,7 @@ def _upsample_then_convolve(x, kernel, padding):
     return np.einsum("bijcuv,uvco->bijo", windows, kernel)  # [B, 2h, 2w, C_out]
 
 
-@pytest.mark.parametrize("height, width, padding", [(5, 3, 2), (4, 7, 1), (6, 5, 3), (8, 4, 2), (2, 2, 2)])
+@pytest.mark.parametrize("height, width, padding", [(5, 3, 2), (4, 7, 1), (6, 5, 3), (8, 4, 2), (9, 6, 4), (2, 2, 2)])
 def test_upsample_conv2d_is_upsampling_then_reflection_padded_convolution(height, width, padding):
     """The sub-pixel form equals upsampling, reflection padding and the k x k convolution
     as written (borders included; (2, 2, 2) is the written fallback), and so do its

@@ -150,13 +150,20 @@ def upsample_conv2d(x, kernel, padding):
     size, c_in, c_out = high - low + 1, kernel.shape[2], kernel.shape[3]
     phases = tf.reshape(tf.einsum("adt,bes,tsio->deiabo", taps, taps, kernel),
                         [size, size, c_in, 4 * c_out])  # filter (2a + b) * C_out + o, as depth_to_space reads
-    padded = tf.pad(x, [[0, 0], [-low, high], [-low, high], [0, 0]])  # zeros: their outputs are replaced
-    inner = tf.nn.depth_to_space(tf.nn.conv2d(padded, phases, 1, "VALID"), 2)  # [B, 2h, 2w, C_out]
+    # Output row 2i + a of the phases' valid convolution needs x rows i + low .. i + high; zero
+    # rows pad x only as far as output row p - p % 2 (the first row not in a border strip,
+    # rounded down to a phase pair), so an even p crops nothing (no slice and no zero-filled
+    # slice gradient at the output's size).
+    extra = [-low - p // 2, high - p // 2]
+    inner = tf.nn.depth_to_space(tf.nn.conv2d(tf.pad(x, [[0, 0], extra, extra, [0, 0]]) if any(extra) else x,
+                                              phases, 1, "VALID"), 2)  # [B, 2h - 2p + 2 (p % 2), ..., C_out]
+    if p % 2:
+        inner = inner[:, 1:-1, 1:-1]
     top = _upsample_reflect_conv(x[:, :p], kernel, (p, 0), (p, p))  # [B, p, 2w, C_out]
     bottom = _upsample_reflect_conv(x[:, height - p:], kernel, (0, p), (p, p))
     left = _upsample_reflect_conv(x[:, :, :p], kernel, (0, 0), (p, 0))  # [B, 2h - 2p, p, C_out]
     right = _upsample_reflect_conv(x[:, :, width - p:], kernel, (0, 0), (0, p))
-    middle = tf.concat([left, inner[:, p:2 * height - p, p:2 * width - p], right], axis=2)
+    middle = tf.concat([left, inner, right], axis=2)
     return tf.concat([top, middle, bottom], axis=1)
 
 
