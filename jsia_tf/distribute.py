@@ -243,7 +243,13 @@ def end_worker(err, cfg):
     checkpoints = tf.train.latest_checkpoint(str(pathlib.Path(cfg.run_dir) / "checkpoints"))
     print(f"{message}\nEnding this worker. Restart every worker with the same command to resume from "
           f"{checkpoints or 'the start (no checkpoint was written yet)'}.", file=sys.stderr)
+    end_process(1)
+
+
+def end_process(status):
+    """Flushes the logs and ends the process with ``status`` at once (``os._exit``: no
+    interpreter shutdown; see :func:`end_worker`)."""
     logging.flush()
     sys.stdout.flush()
     sys.stderr.flush()
-    os._exit(1)  # pylint: disable=protected-access
+    os._exit(status)  # pylint: disable=protected-access

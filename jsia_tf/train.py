@@ -359,9 +359,20 @@ def train_evaluate_export(cfg, strategy, out_dir):
         logging.info("TensorBoard: tensorboard --logdir %s", run_dir)
 
 
+def main_then_exit(argv):
+    """:func:`main`, then, after a run on one host that ended well, the process ends
+    without the interpreter's teardown: everything is on disk by then (checkpoints,
+    flushed summaries, metrics.json, the export), and tearing down TensorFlow's objects
+    took about 3 s of the smoke preset's 31 (docs/BENCHMARKS.md). A multi-worker run
+    ends normally: its workers leave the coordination service on the way out."""
+    main(argv)
+    if flags.FLAGS.strategy != "multi_worker":
+        distribute.end_process(0)
+
+
 def run():
     flags.mark_flags_as_required(["run_dir", "data_dir"])
-    app.run(main)
+    app.run(main_then_exit)
 
 
 if __name__ == "__main__":

@@ -323,3 +323,24 @@ def test_the_config_imports_no_tensorflow_and_training_does_not_import_analyze()
             "assert 'jsia_tf.analyze' not in sys.modules\n")
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
+
+
+def test_a_finished_run_on_one_host_skips_the_interpreter_teardown_and_a_multi_worker_run_does_not(monkeypatch):
+    from absl import flags
+    from absl.testing import flagsaver
+    from jsia_tf import train
+
+    ended = []
+    monkeypatch.setattr(train, "main", lambda argv: None)
+    monkeypatch.setattr(train.distribute, "end_process", ended.append)
+    parsed = flags.FLAGS.is_parsed()
+    flags.FLAGS.mark_as_parsed()
+    try:
+        for strategy, expected in (("default", [0]), ("mirrored", [0]), ("multi_worker", [])):
+            ended.clear()
+            with flagsaver.flagsaver(strategy=strategy):
+                train.main_then_exit(["jsia_tf.train"])
+            assert ended == expected, strategy
+    finally:
+        if not parsed:
+            flags.FLAGS.unparse_flags()
