@@ -35,7 +35,12 @@ networks are in inference mode (module V returns its mean, u). Each kind in
   gray difference in [0, 1]) is averaged over the paper's generated pairs: FRI
   (X_rgb, X_rgb2ir) and (X_ir, X_ir2rgb); FLS (x_mix_rgb, x_mix_ir). FID is that of
   the Inception pool features of the real test images of a modality and the
-  generated images of that modality, averaged over RGB and IR.
+  generated images of that modality, averaged over RGB and IR. On a synthetic
+  dataset, module G is also measured against the true pairs of its test persons
+  (``jsia_tf.eval.ground_truth``: SSIM to the true pair with its floors, identity
+  kept, self-reconstruction) under ``"ground_truth"``; the judge embedder is the
+  module F of ``--judge_run`` (default: the analysed run's own). Real datasets have
+  no true pairs: that part is left out, with a line saying so.
 """
 
 import dataclasses
@@ -50,9 +55,8 @@ import tensorflow as tf
 
 from jsia_tf import config as config_lib
 from jsia_tf import runs, visualize
-from jsia_tf.data import pipeline, records
-from jsia_tf.eval import metrics, protocols, quality, similarity
-from jsia_tf.models.generation import to_unit_range
+from jsia_tf.data import pipeline, records, synthetic
+from jsia_tf.eval import ground_truth, metrics, protocols, quality, similarity
 
 KINDS = ("paired", "mixing", "similarity", "ranked", "quality")
 # Fig. 4 histogram's size.
@@ -73,6 +77,7 @@ class Options:
     batch_size: int = 32
     inception_weights: str = "imagenet"
     fid_images: int = 500
+    judge_run: str = ""
 
     def __post_init__(self):
         unknown = [kind for kind in self.what if kind not in KINDS]
@@ -278,7 +283,7 @@ def generated_sets(trainer, test, dataset_name, options):
         alpha = alphas[start:start + len(rgb_1)]
         for m, images_2 in (("rgb", rgb_2), ("ir", ir_2)):
             z_2, _, _ = trainer.model.variation(trainer.model.content(images_2, training=False), training=False)
-            codes_2 = (z_2, trainer.model.generators[m].encode_style(to_unit_range(images_2)))
+            codes_2 = (z_2, trainer.model.generators[m].encode_style(trainer.model.to_generation(images_2)))
             out["real"][m].append(visualize.to_pixels(gen["real"][m]))
             out["fri"][m].append(visualize.to_pixels(gen["cross"][m]))
             mixed = trainer.model.decode_mixture(m, visualize.latent_codes(trainer.model, gen, m), codes_2, alpha)
@@ -300,6 +305,23 @@ def quality_numbers(images, inception):
     md_fls = quality.identity_distance(images["fls"]["rgb"], images["fls"]["ir"])
     return {"MD_FRI": float(md_fri), "MD_FLS": float(md_fls), "FID_FRI": fid["fri"], "FID_FLS": fid["fls"],
             "pairs": len(images["real"]["rgb"])}
+
+
+def ground_truth_numbers(trainer, test, dataset_name, data_dir, options):
+    """``ground_truth.evaluate`` on the dataset's true pairs with the judge of ``options``
+    (None, said in a line, where the dataset has none)."""
+    pairs = synthetic.read_paired_test(data_dir)
+    if pairs is None:
+        print(f"Ground truth skipped: {data_dir} holds no true pairs ({synthetic.PAIRED_FILE}); only synthetic "
+              "datasets have them.")
+        return None
+    judge = runs.load_run(options.judge_run)[0] if options.judge_run else trainer
+    data = trainer.config.data
+    numbers = ground_truth.evaluate(trainer.model, judge.embed, pairs, test, dataset_name, data.height, data.width,
+                                    batch_size=options.batch_size)
+    numbers["judge"] = options.judge_run or "the analysed run's module F"
+    print(ground_truth.summary_line(numbers))
+    return numbers
 
 
 # -- the command ----------------------------------------------------------------------------------
@@ -357,6 +379,7 @@ def analyze(run_dir, out=None, options=Options(), data_dir=None, dataset=None, t
         else:
             numbers = quality_numbers(generated_sets(trainer, test, dataset, options), inception)
             numbers.update(inception_weights=options.inception_weights, checkpoint=checkpoint)
+            numbers["ground_truth"] = ground_truth_numbers(trainer, test, dataset, data_dir, options)
             results[kind], results["quality_numbers"] = table_figure(numbers), numbers
             fid = (f"FID FRI {numbers['FID_FRI']:.4g} FLS {numbers['FID_FLS']:.4g}" if inception is not None
                    else "FID skipped")
@@ -392,7 +415,8 @@ def main(argv):
         options = Options(what=tuple(values.what), num_identities=values.num_identities,
                           num_queries=values.num_queries, top_k=values.top_k,
                           regdb_direction=values.regdb_direction, seed=values.seed, batch_size=values.batch_size,
-                          inception_weights=values.inception_weights, fid_images=values.fid_images)
+                          inception_weights=values.inception_weights, fid_images=values.fid_images,
+                          judge_run=values.judge_run or "")
         out = values.out or os.path.join(values.run_dir, "analysis")
         analyze(values.run_dir, out, options, data_dir=values.data_dir, dataset=values.dataset, trial=values.trial,
                 checkpoint=values.checkpoint)
@@ -419,6 +443,9 @@ def run():
     flags.DEFINE_integer("batch_size", 32, "Images per network call.")
     flags.DEFINE_string("inception_weights", "imagenet", "FID network: 'imagenet' or an InceptionV3 weights file.")
     flags.DEFINE_integer("fid_images", 500, "At most this many test pairs for MD and FID.")
+    flags.DEFINE_string("judge_run", None, "quality: the run whose module F judges whether generated images keep "
+                        "their identity (default: the analysed run); prefer one that never trained on generated "
+                        "images, such as a --generation=false run on the same dataset.")
     flags.mark_flags_as_required(["run_dir"])
     app.run(main)
 

@@ -57,6 +57,11 @@ PRETRAIN_PHASE, JOINT_PHASE = "pretrain_g", "joint"
 # "joint trained with our generation module" (Sec. 3.2); the re-ID encoders are not
 # stepped, as in the official GAN warm-up.
 PRETRAIN_GROUPS = ("generation", "discriminators", "variation")
+# The objectives (jsia_tf.routing.TERM_OBJECTIVES) of G's pre-training: module G's,
+# its discriminators' and module V's. When it also steps E^sl (paper_phases'
+# pretrain_set_level), only module G's terms reach it, not the identity terms.
+OBJECTIVES = ("generator", "discriminator", "variation", "reid", "alignment", "modality_adversarial")
+PRETRAIN_OBJECTIVES = ("generator", "discriminator", "variation")
 # Module F's groups: the re-ID optimizer settings (TrainConfig.lr ...); the others take
 # the generation settings (TrainConfig.gan_lr ...).
 REID_GROUPS = ("reid_set_level", "reid_instance_level")
@@ -193,12 +198,17 @@ class ModelConfig:
         "shared", "Set-level alignment (Table 3): E^i = E^sl (shared, the paper's SL); a separate E^i trained only "
         "by module G (separate, no SL); or separate with E^sl trained modality-adversarially as in Dai et al. 2018 "
         "(gan, the degraded SL of index 7).", flag="sl", choices=SET_LEVEL_SHARING)
+    generation_scale: int = option(
+        1, "Module G works on images this many times smaller than module F's: 1 (the paper: both at 256x128) or 2 "
+        "(the official code: 128x64 GAN images, upsampled for F). E^i reads F's full-size image either way.")
     style_dim: int = option(128, "Style code length of E^s_m.")
     style_base_width: int = option(32, "First width of the style encoders.")
     style_num_downsample: int = option(2, "Strided convs of the style encoders (paper: 2).")
     style_max_width: int = option(128, "Maximum width of the style encoders.")
     mlp_hidden_dim: int = option(256, "AdaIN MLP width.")
     num_res_blocks: int = option(4, "AdaIN residual blocks per decoder (paper: 4, official: 2).")
+    decoder_width: int = option(0, "Width of the decoders' residual blocks, halved by each upsampling (0: the "
+                                   "content channels of E^sl, as in the paper: 256 for ResNet-50).")
     disc_num_scales: int = option(2, "Scales of the multi-scale discriminators.")
     disc_num_layers: int = option(4, "Strided convs per discriminator scale.")
     disc_base_width: int = option(32, "First width of the discriminators.")
@@ -222,11 +232,12 @@ class ModelConfig:
         _require(self.set_level in SET_LEVEL_SHARING, "sl", self.set_level, f"one of {SET_LEVEL_SHARING}")
         _require(self.modality_bn in MODALITY_BN, "modality_bn", self.modality_bn, f"one of {MODALITY_BN}")
         _require(self.generated_bn in GENERATED_BN, "generated_bn", self.generated_bn, f"one of {GENERATED_BN}")
+        _require(self.generation_scale in (1, 2), "generation_scale", self.generation_scale, "1 or 2")
         for flag in ("style_dim", "style_base_width", "style_max_width", "mlp_hidden_dim", "disc_num_scales",
                      "disc_num_layers", "disc_base_width", "variation_hidden_channels",
                      "variation_latent_channels"):
             _require(getattr(self, flag) > 0, flag, getattr(self, flag), "a positive integer")
-        for flag in ("style_num_downsample", "num_res_blocks", "variation_num_downsample"):
+        for flag in ("style_num_downsample", "num_res_blocks", "variation_num_downsample", "decoder_width"):
             _require(getattr(self, flag) >= 0, flag, getattr(self, flag), ">= 0")
 
     @property
@@ -299,12 +310,15 @@ class Phase:
         term is computed only when it updates one of them.
       lr_decay_epochs: epochs into this phase at which the learning rate is multiplied
         by ``TrainConfig.lr_decay_factor`` (paper: 30 epochs into joint training).
+      objectives: the objectives (a subset of ``OBJECTIVES``) whose terms the phase
+        computes; empty: every one routed to its groups.
     """
 
     name: str
     epochs: int
     groups: tuple
     lr_decay_epochs: tuple = ()
+    objectives: tuple = ()
 
     def __post_init__(self):
         _require(self.epochs >= 0, _PHASE_FLAGS.get(self.name, "phases"), self.epochs, ">= 0")
@@ -312,17 +326,24 @@ class Phase:
                  f"a non-empty subset of {GROUPS}")
         _require(all(0 < e for e in self.lr_decay_epochs), "lr_decay_epochs", self.lr_decay_epochs,
                  "positive epochs")
+        _require(set(self.objectives) <= set(OBJECTIVES), "phases", self.objectives, f"a subset of {OBJECTIVES}")
 
 
 def paper_phases(pretrain_epochs=PAPER_PRETRAIN_EPOCHS, joint_epochs=PAPER_JOINT_EPOCHS,
-                 lr_decay_epochs=PAPER_LR_DECAY_EPOCHS, generation=True):
+                 lr_decay_epochs=PAPER_LR_DECAY_EPOCHS, generation=True, pretrain_set_level=False):
     """The paper's schedule (Sec. 4.2): G pre-trained, then everything jointly.
 
     ``generation=False`` (module F alone): only the joint phase, stepping F's groups.
+    ``pretrain_set_level``: G's pre-training also steps E^sl = E^i with module G's
+    terms. The paper pre-trains "the generation module", of which E^i is a part; the
+    official code leaves the stem out of its GAN warm-up, where it holds ImageNet
+    weights. From random weights a frozen stem is a random content code that the
+    decoders cannot invert (docs/FIDELITY.md, docs/RESULTS.md).
     """
     if not generation:
         return (Phase(JOINT_PHASE, joint_epochs, REID_GROUPS, tuple(lr_decay_epochs)),)
-    return (Phase(PRETRAIN_PHASE, pretrain_epochs, PRETRAIN_GROUPS),
+    pretrain_groups = PRETRAIN_GROUPS + (("reid_set_level",) if pretrain_set_level else ())
+    return (Phase(PRETRAIN_PHASE, pretrain_epochs, pretrain_groups, objectives=PRETRAIN_OBJECTIVES),
             Phase(JOINT_PHASE, joint_epochs, GROUPS, tuple(lr_decay_epochs)))
 
 
@@ -435,9 +456,9 @@ class TrainConfig:
         decay = self.lr_decay_factor ** sum(epoch >= e for e in phase.lr_decay_epochs)
         rates = {group: self.optimizer_settings(group)[0] * decay for group in GROUPS}
         if self.warmup_steps:
-            first = 0  # the first step of the first phase that steps F
+            first = 0  # the first step of the first phase that steps F's identity terms
             for p in self.phases:
-                if set(REID_GROUPS) & set(p.groups):
+                if "reid_instance_level" in p.groups:
                     break
                 first += p.epochs * self.steps_per_epoch
             warmup = min(1.0, (max(step - first, 0) + 1) / self.warmup_steps)

@@ -74,9 +74,11 @@ def configured_terms(config):
     return tuple(term for term in TERM_ROUTES if term not in absent)
 
 
-def terms_for(terms, weights, groups):
-    """Of ``terms``, those a phase stepping ``groups`` computes: routed to one of them, weight > 0."""
-    return tuple(term for term in terms if set(TERM_ROUTES[term]) & set(groups) and weights[term] > 0)
+def terms_for(terms, weights, groups, objectives=()):
+    """Of ``terms``, those a phase stepping ``groups`` computes: routed to one of them, weight > 0,
+    of one of ``objectives`` (:data:`TERM_OBJECTIVES` names; empty: any)."""
+    return tuple(term for term in terms if set(TERM_ROUTES[term]) & set(groups) and weights[term] > 0
+                 and (not objectives or TERM_OBJECTIVES[term] in objectives))
 
 
 def route_scale(scales, stepped):

@@ -82,10 +82,12 @@ def restore_or_start(trainer, manager, checkpoint_dir=None):
 EVAL_HISTORY = "eval_history.json"
 
 
-def record_evaluation(path, step, metrics):
-    """Adds (or, after a resume, replaces) ``step``'s metrics in the run's eval history."""
+def record_evaluation(path, step, metrics, generation=None):
+    """Adds (or, after a resume, replaces) ``step``'s metrics in the run's eval history, with
+    module G's ground-truth numbers (``jsia_tf.eval.ground_truth``) under "generation" when given."""
     history = json.loads(path.read_text()) if path.exists() else []
-    history = [entry for entry in history if entry["step"] != step] + [{"step": step, "metrics": metrics}]
+    entry = {"step": step, "metrics": metrics, **({"generation": generation} if generation is not None else {})}
+    history = [e for e in history if e["step"] != step] + [entry]
     path.write_text(json.dumps(sorted(history, key=lambda entry: entry["step"]), indent=1) + "\n")
 
 

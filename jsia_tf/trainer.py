@@ -8,9 +8,10 @@ step per training phase. A step (:meth:`Trainer._replica_step`, on each replica)
    (P x K images per modality) and one generation batch (the official code's smaller
    P x K batch for module G), both id-major;
 2. the objectives and each stepped group's gradient of only the terms routed to it
-   (:mod:`jsia_tf.routing`): in the pre-training phase the re-ID stem is not stepped, as
-   in the official GAN warm-up, and the discriminators never learn from the generator's
-   term;
+   (:mod:`jsia_tf.routing`): the pre-training phase computes only the objectives of
+   modules G and V and of the discriminators (``Phase.objectives``), so the re-ID stem,
+   when that phase steps it (``--pretrain_set_level``), learns from module G's terms
+   alone; the discriminators never learn from the generator's term;
 3. each group's optimizer applies its gradient; the step returns every term, the
    Eq. 8 and Eq. 16 totals and per-group gradient norms, reduced over replicas.
 
@@ -200,9 +201,10 @@ class Trainer:
 
     # -- the losses -----------------------------------------------------------------------
 
-    def terms_for(self, groups):
-        """The terms a phase stepping ``groups`` computes: those it has updating one of them, weight > 0."""
-        return routing.terms_for(self.terms, self.term_weights, groups)
+    def terms_for(self, groups, objectives=()):
+        """The terms a phase stepping ``groups`` computes: those it has updating one of them, weight > 0,
+        of one of ``objectives`` (empty: any)."""
+        return routing.terms_for(self.terms, self.term_weights, groups, objectives)
 
     def mixing_ratios(self, batch_size):
         """alpha ~ U[0, 1] per example (Eq. 14), stateless from (data seed, step): drawn for
@@ -255,8 +257,8 @@ class Trainer:
             norms[f"loss_scale/{name}"] = scales[name]
         return scalars, norms
 
-    def _make_step(self, groups):
-        terms = self.terms_for(groups)
+    def _make_step(self, groups, objectives):
+        terms = self.terms_for(groups, objectives)
 
         replica_step = functools.partial(self._replica_step, groups, terms)
         if self.config.train.jit_compile:  # XLA per replica, as Keras' own fit does under a strategy
@@ -288,13 +290,13 @@ class Trainer:
         return self.step_function(phase)(reid_batch, gan_batch)
 
     def step_function(self, phase):
-        """The ``tf.function`` of ``phase``'s step, one per set of stepped groups; it
+        """The ``tf.function`` of ``phase``'s step, one per set of stepped groups and objectives; it
         traces on its first call (``bench/train_step.py`` times the tracing apart with
         ``get_concrete_function``)."""
-        groups = tuple(g for g in GROUPS if g in phase.groups)
-        if groups not in self._step_functions:
-            self._step_functions[groups] = self._make_step(groups)
-        return self._step_functions[groups]
+        key = tuple(g for g in GROUPS if g in phase.groups), tuple(phase.objectives)
+        if key not in self._step_functions:
+            self._step_functions[key] = self._make_step(*key)
+        return self._step_functions[key]
 
     def set_learning_rates(self, rates):
         """Assigns {group: learning rate} (``TrainConfig.learning_rates_at``) to the optimizers."""

@@ -103,8 +103,7 @@ def run(strategy, checkpoint):
             compared = weights(trainer), statistics(trainer)
         losses.append({k: float(v) for k, v in out.items() if k.startswith("loss/") and k not in (
             "loss/variation", "loss/total")})
-    traces = {name: trainer._step_functions[tuple(g for g in config_lib.GROUPS if g in p.groups)]
-              .experimental_get_tracing_count() for name, p in (("pretrain_g", pretrain), ("joint", joint))}
+    traces = {name: trainer.step_function(p).experimental_get_tracing_count() for name, p in (("pretrain_g", pretrain), ("joint", joint))}
     # Eq. 14's alpha for a global batch of 4 generation images, replicas in order.
     alphas = strategy.experimental_local_results(
         strategy.run(lambda: trainer.mixing_ratios(4 // strategy.num_replicas_in_sync)))

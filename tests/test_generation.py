@@ -253,6 +253,28 @@ def test_decoder_adain_parameter_layout_is_bias_then_scale_per_layer():
         np.testing.assert_allclose(decoder(content, params), expected, atol=1e-5)
 
 
+def test_decoder_width_of_its_own_maps_the_content_with_a_1x1_convolution():
+    """A decoder wider than its content (``width``): a linear 1 x 1 conv lifts the content,
+    then the blocks and upsamplings run at the width, halved per upsampling."""
+    decoder = generation.Decoder(4, width=8, num_res_blocks=1, num_upsample=1)
+    decoder.build((None, None, None, 4), (None, decoder.num_adain_params))
+    assert decoder.num_adain_params == 2 * 2 * 8  # 2 AdaIN layers x (bias + scale) x width
+    # 1x1 4->8, two 3x3 8->8 convs, 5x5 8->4 with layer norm (gamma, beta), 7x7 4->3.
+    assert decoder.count_params() == (4 * 8 + 8) + 2 * (9 * 8 * 8 + 8) + (25 * 8 * 4 + 4 + 2 * 4) + (49 * 4 * 3 + 3)
+    rng = _rng(12)
+    content = rng.normal(size=(2, 8, 4, 4)).astype(np.float32)
+    kernel, bias = decoder.input_conv.conv.kernel.numpy()[0, 0], decoder.input_conv.conv.bias.numpy()  # [4, 8], [8]
+    np.testing.assert_allclose(decoder.input_conv(content), content @ kernel + bias, atol=1e-5)
+    params = tf.constant(rng.normal(size=(2, decoder.num_adain_params)).astype(np.float32))
+    content = tf.constant(content)
+    with tf.GradientTape() as tape:
+        tape.watch(content)
+        images = decoder(content, params)
+    assert tuple(images.shape) == (2, 16, 8, 3)
+    assert np.all(tape.gradient(images, content).numpy() != 0)  # every content value reaches the image
+    assert generation.Decoder.from_config(decoder.get_config()).width == 8
+
+
 def test_decoder_rejects_mismatched_inputs():
     decoder = generation.Decoder(16, num_res_blocks=1)
     with pytest.raises(ValueError, match="16-channel"):

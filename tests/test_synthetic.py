@@ -9,7 +9,9 @@ import sys
 import numpy as np
 from PIL import Image
 import pytest
+from scipy import ndimage
 
+from jsia_tf.data import pipeline
 from jsia_tf.data import records
 from jsia_tf.data import synthetic
 
@@ -294,6 +296,49 @@ def test_rgb_and_ir_images_are_unpaired():
     assert len({d.view for d in rgb_draws}) > 1
 
 
+def _edges(gray):
+    """Gradient magnitude of a lightly smoothed gray image."""
+    smooth = ndimage.gaussian_filter(gray.astype(float), 1.0)
+    return np.hypot(ndimage.sobel(smooth, 0), ndimage.sobel(smooth, 1))
+
+
+@pytest.mark.parametrize("layout", ["sysu", "regdb"])
+def test_true_pairs_of_the_test_persons_beside_the_dataset(tmp_path, layout):
+    """PAIRED_FILE: per person, PAIRS_PER_ID frames each seen by one of its RGB and one of its
+    IR cameras (sysu: the test persons; regdb: every person, each trial testing another
+    half). A pair is one draw: both images show the person in the same place and pose.
+    The frames are new draws (no dataset image), and no reader of the layout lists the
+    file, so training never reads it."""
+    synthetic.generate(tmp_path, layout, 8, seed=1, height=PARTS_H, width=PARTS_W, images_per_id=2)
+    pairs = synthetic.read_paired_test(tmp_path)
+    dataset = pipeline.load_dataset(layout, tmp_path)
+    test_ids = _sysu_splits(tmp_path)["test"] if layout == "sysu" else list(range(1, 9))
+    assert pairs["pids"].tolist() == [pid for pid in test_ids for _ in range(synthetic.PAIRS_PER_ID)]
+    assert pairs["rgb"].shape == (len(pairs["pids"]), PARTS_H, PARTS_W, 3) and pairs["rgb"].dtype == np.uint8
+    assert pairs["ir"].shape == (len(pairs["pids"]), PARTS_H, PARTS_W)
+    every = {path for split in (dataset.train_rgb, dataset.train_ir, dataset.test) for path in split.paths}
+    assert all(synthetic.PAIRED_FILE not in path for path in every)
+    for i, pid in enumerate(pairs["pids"]):
+        # Each image from a camera the person appears in, of its modality.
+        person_cams = set(dataset.test.cams[dataset.test.pids == pid])
+        if layout == "sysu":
+            assert pairs["rgb_cams"][i] in person_cams & set(records.SYSU_RGB_CAMS)
+            assert pairs["ir_cams"][i] in person_cams & set(records.SYSU_IR_CAMS)
+    # Same frame: the edges of a pair's two images (the person's outline and parts; the
+    # backgrounds are each camera's own) coincide far better than those of other frames.
+    edges = {m: [_edges(image if m == "ir" else image.mean(-1)) for image in pairs[m]] for m in ("rgb", "ir")}
+    correlation = np.corrcoef(np.stack([e.ravel() for e in edges["rgb"] + edges["ir"]]))
+    n = len(pairs["pids"])
+    cross = correlation[:n, n:]  # [RGB image i, IR image j]
+    assert np.mean(np.diag(cross)) > np.mean(cross[~np.eye(n, dtype=bool)]) + 0.1
+    # New draws: no dataset image of the person is one of its pair images.
+    files = [path for path in every if f"/{pairs['pids'][0]:04d}/" in path or f"/{pairs['pids'][0]}/" in path]
+    first = pairs["rgb"][0].astype(float)
+    assert all(np.abs(np.asarray(Image.open(path).convert("RGB"), float) - first).mean() > 5 for path in files
+               if np.asarray(Image.open(path)).ndim == 3 and "cam3" not in path and "cam6" not in path)
+    assert synthetic.read_paired_test(tmp_path / "nowhere") is None
+
+
 def test_identities_differ_and_are_seeded():
     assert synthetic.sample_identity(0, 1) == synthetic.sample_identity(0, 1)
     assert synthetic.sample_identity(0, 1) != synthetic.sample_identity(1, 1)
@@ -391,7 +436,8 @@ def _sysu_splits(root):
 def test_sysu_layout_and_splits(tmp_path):
     num_ids = 10
     synthetic.generate(tmp_path, "sysu", num_ids, seed=0, height=H, width=W)
-    assert sorted(os.listdir(tmp_path)) == [f"cam{cam}" for cam in range(1, 7)] + ["exp", "synthetic.json"]
+    assert sorted(os.listdir(tmp_path)) == [f"cam{cam}" for cam in range(1, 7)] + ["exp", "paired_test.npz",
+                                                                                   "synthetic.json"]
     cams_of = {pid: set() for pid in range(1, num_ids + 1)}
     low, high = synthetic._SYSU_IMAGES_PER_CAM
     for cam in range(1, 7):
@@ -466,12 +512,12 @@ def test_generate_records_what_it_rendered(tmp_path, layout, num_ids):
     synthetic.generate(tmp_path, layout, num_ids, seed=3, height=H, width=W + 2, images_per_id=1)
     written = json.loads((tmp_path / "synthetic.json").read_text())
     assert written == {"render_version": 2, "layout": layout, "num_ids": num_ids, "seed": 3, "height": H,
-                       "width": W + 2, "test_ids": 0}
+                       "width": W + 2, "test_ids": 0, "pairs_per_id": synthetic.PAIRS_PER_ID}
     assert written == synthetic.metadata(layout, num_ids, 3, H, W + 2)
     synthetic.generate(tmp_path, layout, num_ids + 1, seed=4, height=H, width=W, images_per_id=1, overwrite=True)
     assert json.loads((tmp_path / "synthetic.json").read_text()) == {
         "render_version": 2, "layout": layout, "num_ids": num_ids + 1, "seed": 4, "height": H, "width": W,
-        "test_ids": 0}
+        "test_ids": 0, "pairs_per_id": synthetic.PAIRS_PER_ID}
     assert [name for name in os.listdir(tmp_path.parent) if name.startswith(".synthetic-")] == []
 
 

@@ -215,6 +215,9 @@ def test_presets_parse_into_valid_configs(preset):
             assert train.optimizer_settings(group) == (1e-4, 0.5, 0.999, 1e-4)
         assert [(p.name, p.epochs, p.lr_decay_epochs) for p in train.phases] == [
             ("pretrain_g", 100, ()), ("joint", 50, (30,))]
+        # The paper pre-trains the generation module, E^i = E^sl included, with G's terms alone.
+        assert "reid_set_level" in train.phases[0].groups and "reid_instance_level" not in train.phases[0].groups
+        assert train.phases[0].objectives == ("generator", "discriminator", "variation")
     else:  # CPU presets: the tiny ResNet-18
         assert cfg.model.backbone == "resnet18" and cfg.model.backbone_weights == "none"
     if preset == "calibration":  # module F alone, its local classifiers learning identities

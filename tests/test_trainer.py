@@ -139,6 +139,28 @@ def test_pretrain_phase_leaves_the_reid_encoders_out(trainer):
     assert float(objectives[(("generation",), "generator")]) == pytest.approx(1.0 + 10.0 + 1.0)
 
 
+def test_pretraining_steps_the_stem_with_module_g_terms_alone(eager):
+    """--pretrain_set_level (the default of jsia_tf.train): G's pre-training also steps
+    E^sl = E^i, computing only the objectives of G, V and the discriminators, so E^sl moves
+    by L^G alone and E^il and the classifiers stay."""
+    cfg = tiny_config()
+    cfg = dataclasses.replace(cfg, train=dataclasses.replace(
+        cfg.train, phases=config_lib.paper_phases(1, 1, (), generation=True, pretrain_set_level=True)))
+    t = trainer_lib.Trainer(cfg, NUM_CLASSES)
+    pretrain = cfg.train.phases[0]
+    assert pretrain.objectives == config_lib.PRETRAIN_OBJECTIVES
+    assert set(t.terms_for(pretrain.groups, pretrain.objectives)) == {"recon", "cycle", "gan", "discriminator",
+                                                                        "variation"}
+    before = {name: _values(group) for name, group in t.groups.items()}
+    scalars = t.train_step(pretrain, fixed_batch(1), fixed_batch(2))
+    changed = {name for name, group in t.groups.items()
+               if any(np.any(b != a) for b, a in zip(before[name], _values(group)))}
+    assert changed == {"generation", "discriminators", "variation", "reid_set_level"}
+    assert not {"loss/id_cls", "loss/id_triplet", "loss/local_id"} & set(scalars)
+    stem = {name for name in scalars if name.startswith("grad_norm/reid_set_level/")}
+    assert stem == {"grad_norm/reid_set_level/generator"} and float(scalars[stem.pop()]) > 0
+
+
 def test_discriminator_step_changes_only_the_discriminators(trainer):
     others = [v for name, group in trainer.groups.items() if name != "discriminators" for v in group]
     before_others, before_d = _values(others), _values(trainer.groups["discriminators"])

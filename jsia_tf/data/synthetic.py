@@ -61,6 +61,7 @@ import multiprocessing
 import os
 import shutil
 import tempfile
+import zipfile
 
 from absl import app
 from absl import flags
@@ -77,6 +78,12 @@ LAYOUTS = ("regdb", "sysu")
 #    inner layers, collars, folds.
 RENDER_VERSION = 2
 METADATA_FILE = "synthetic.json"  # at the dataset root, written with the index
+# Ground truth for module G, which only synthetic data can give: true cross-modality
+# pairs (one person in one frame seen by an RGB and an IR camera) of the test persons,
+# at the dataset root beside the layout. No reader of the layout opens it, so training
+# never sees it (``read_paired_test``).
+PAIRED_FILE = "paired_test.npz"
+PAIRS_PER_ID = 4
 
 # Part labels of the label map all modalities are rendered from.
 BACKGROUND, FACE, SKIN, HAIR, UPPER, UPPER_PRINT, LOWER, SHOES, BAG, INNER, COLLAR = range(11)
@@ -90,6 +97,7 @@ THERMAL = "thermal"  # long-wave thermal (RegDB)
 _STREAM_IDENTITY = 0
 _STREAM_SPLIT = 1
 _STREAM_PRESENCE = 2
+_STREAM_PAIRED = 3
 
 # --- Identity attribute tables ------------------------------------------------
 _CLOTHING_COLOURS = np.array([
@@ -405,7 +413,10 @@ def sample_image_draw(seed, pid, camera, index):
     Each (camera, index) has its own stream, so a person's RGB and IR images share
     no pose, view or scene: the modalities are unpaired.
     """
-    rng = _rng(seed, pid, camera.stream, index)
+    return _draw(_rng(seed, pid, camera.stream, index))
+
+
+def _draw(rng):
     return ImageDraw(
         view=VIEWS[rng.choice(3, p=_VIEW_PROBS)], facing=int(rng.choice((-1, 1))),
         phase=rng.uniform(0.0, 2.0 * np.pi), dx=rng.uniform(-0.07, 0.07), dy=rng.uniform(-0.03, 0.02),
@@ -1069,12 +1080,11 @@ def _sysu_split(seed, pids, indoor, test_ids):
     return np.sort(train), np.sort(val), np.sort(test)
 
 
-def _write_sysu_index(root, seed, plan, test_ids):
+def _write_sysu_index(root, splits):
     for cam in SYSU_CAMERAS:  # every camera folder exists, as in the real dataset
         os.makedirs(os.path.join(root, f"cam{cam}"), exist_ok=True)
-    pids = np.array(sorted(plan))
     os.makedirs(os.path.join(root, "exp"))
-    for name, split in zip(("train", "val", "test"), _sysu_split(seed, pids, _sysu_indoor(seed, pids), test_ids)):
+    for name, split in zip(("train", "val", "test"), splits):
         with open(os.path.join(root, "exp", f"{name}_id.txt"), "w") as out:
             out.write(",".join(str(pid) for pid in split.tolist()) + "\n")
 
@@ -1094,18 +1104,60 @@ def _write_person(root, seed, height, width, pid, shots):
                 Image.fromarray(image).save(os.path.join(root, path), format="BMP")
 
 
+def _write_paired(root, seed, height, width, plan, pids):
+    """Writes ``PAIRED_FILE``: ``PAIRS_PER_ID`` true pairs of each person of ``pids``.
+
+    A pair is one :class:`ImageDraw` (pose, view, placement, scene seed) of its own
+    stream, rendered by one of the person's RGB cameras and one of its IR cameras:
+    what module G's translation of either image should give is the other one. Arrays:
+    ``rgb`` uint8 [N, H, W, 3], ``ir`` uint8 [N, H, W], ``pids``, ``rgb_cams`` and
+    ``ir_cams`` [N] (camera numbers: RegDB 1 visible, 2 thermal; SYSU-MM01 1..6).
+    """
+    cam_ids = {REGDB_VISIBLE: 1, REGDB_THERMAL: 2, **{camera: cam for cam, camera in SYSU_CAMERAS.items()}}
+    out = {name: [] for name in ("rgb", "ir", "pids", "rgb_cams", "ir_cams")}
+    for pid in pids:
+        identity = sample_identity(seed, pid)
+        cameras = [camera for camera, _ in plan[pid]]
+        for index in range(1, PAIRS_PER_ID + 1):
+            rng = _rng(seed, pid, _STREAM_PAIRED, index)
+            draw = _draw(rng)
+            for modality, infrared in (("rgb", False), ("ir", True)):
+                choices = [camera for camera in cameras if bool(camera.infrared) == infrared]
+                camera = choices[rng.integers(len(choices))]
+                out[modality].append(render_image(identity, draw, camera, height, width))
+                out[f"{modality}_cams"].append(cam_ids[camera])
+            out["pids"].append(pid)
+    # np.savez_compressed's format with a fixed timestamp: the same seed writes the same bytes.
+    with zipfile.ZipFile(os.path.join(root, PAIRED_FILE), "w") as archive:
+        for name, values in out.items():
+            entry = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+            entry.compress_type = zipfile.ZIP_DEFLATED
+            with archive.open(entry, "w") as f:
+                np.lib.format.write_array(f, np.asarray(values), allow_pickle=False)
+
+
+def read_paired_test(root):
+    """The true pairs ``generate`` wrote beside a synthetic dataset (``_write_paired``'s
+    arrays, a dict), or None where there are none (a real dataset)."""
+    path = os.path.join(root, PAIRED_FILE)
+    if not os.path.isfile(path):
+        return None
+    with np.load(path) as arrays:
+        return {name: arrays[name] for name in arrays.files}
+
+
 def metadata(layout, num_ids, seed, height, width, test_ids=0):
     """What ``generate`` records in ``METADATA_FILE``: a cached dataset is current
     when its file holds exactly this."""
     return {"render_version": RENDER_VERSION, "layout": layout, "num_ids": int(num_ids), "seed": int(seed),
-            "height": int(height), "width": int(width), "test_ids": int(test_ids)}
+            "height": int(height), "width": int(width), "test_ids": int(test_ids), "pairs_per_id": PAIRS_PER_ID}
 
 
 def layout_entries(layout):
-    """Top-level folders of a layout, index folder last."""
+    """Top-level entries of a layout, the true pairs then the index folder last."""
     if layout == "regdb":
-        return ("Visible", "Thermal", "idx")
-    return tuple(f"cam{cam}" for cam in SYSU_CAMERAS) + ("exp",)
+        return ("Visible", "Thermal", PAIRED_FILE, "idx")
+    return tuple(f"cam{cam}" for cam in SYSU_CAMERAS) + (PAIRED_FILE, "exp")
 
 
 def _validate(layout, num_ids, seed, height, width, images_per_id, num_workers, test_ids):
@@ -1146,6 +1198,10 @@ def generate(out_dir, layout, num_ids, seed, height=256, width=128, *, images_pe
       the test ids are pids 1..T and the others ~75/25 train/val, so datasets of
       more training ids share one test set. ``images_per_id`` is unused.
 
+    Beside the layout, ``PAIRED_FILE`` holds ``PAIRS_PER_ID`` true RGB-IR pairs of each
+    test person (sysu) or of every person (regdb, whose trials split the ids anew;
+    the evaluation keeps its trial's test persons): ``read_paired_test``.
+
     The files do not depend on ``num_workers`` (processes rendering persons in
     parallel). Everything is first written to a sibling temporary folder and moved
     in with the index folder last, so an interrupted run never leaves a dataset
@@ -1178,10 +1234,15 @@ def generate(out_dir, layout, num_ids, seed, height=256, width=128, *, images_pe
             context = multiprocessing.get_context("spawn")
             with concurrent.futures.ProcessPoolExecutor(num_workers, mp_context=context) as pool:
                 list(pool.map(write, plan.keys(), plan.values(), chunksize=4))
+        pids = np.array(sorted(plan))
         if layout == "regdb":
             _write_regdb_index(staging, seed, plan)
+            paired_pids = pids  # each trial tests another half: the evaluation keeps its trial's
         else:
-            _write_sysu_index(staging, seed, plan, test_ids)
+            splits = _sysu_split(seed, pids, _sysu_indoor(seed, pids), test_ids)
+            _write_sysu_index(staging, splits)
+            paired_pids = splits[2]
+        _write_paired(staging, seed, height, width, plan, paired_pids.tolist())
         with open(os.path.join(staging, METADATA_FILE), "w") as out:
             json.dump(metadata(layout, num_ids, seed, height, width, test_ids), out, indent=2, sort_keys=True)
             out.write("\n")
@@ -1189,8 +1250,11 @@ def generate(out_dir, layout, num_ids, seed, height=256, width=128, *, images_pe
         if os.path.exists(os.path.join(out_dir, METADATA_FILE)):
             os.remove(os.path.join(out_dir, METADATA_FILE))
         for name in reversed(entries):  # index first out, last in
-            if os.path.exists(os.path.join(out_dir, name)):
-                shutil.rmtree(os.path.join(out_dir, name))
+            path = os.path.join(out_dir, name)
+            if os.path.isdir(path):
+                shutil.rmtree(path)
+            elif os.path.exists(path):
+                os.remove(path)
         for name in entries + (METADATA_FILE,):
             os.replace(os.path.join(staging, name), os.path.join(out_dir, name))
     finally:

@@ -138,8 +138,9 @@ class StyleEncoder(keras.layers.Layer):
 class Decoder(keras.layers.Layer):
     """AdaIN decoder D_rgb / D_ir (Sec. 3.1, Eq. 3; Sec. 4.2).
 
-    ``num_res_blocks`` :class:`~jsia_tf.models.layers.AdaINResBlock` at
-    ``content_channels``, then ``num_upsample`` x [nearest upsampling x2,
+    ``num_res_blocks`` :class:`~jsia_tf.models.layers.AdaINResBlock` at ``width``
+    (default ``content_channels``; a different width first maps the content with a 1 x 1
+    convolution), then ``num_upsample`` x [nearest upsampling x2,
     ``upsample_kernel`` conv halving the width, ``upsample_norm``, ReLU], then a
     reflection-padded ``output_kernel`` conv to ``output_channels`` and tanh. Each
     upsampling and its conv are computed together at the lower resolution
@@ -154,12 +155,14 @@ class Decoder(keras.layers.Layer):
 
     AdaIN parameters: ``adain_params`` [B, num_adain_params] holds, for each AdaIN
     layer in order (block 0 conv 1, block 0 conv 2, block 1 conv 1, ...), its bias
-    (``content_channels`` values) then its scale (``content_channels`` values): the
-    official layout.
+    (W values) then its scale (W values): the official layout.
 
     Args:
-      content_channels: channels C of the modality-invariant maps, which are also the
-        residual blocks' width (256 for ResNet-50's layer1).
+      content_channels: channels C of the modality-invariant maps (256 for ResNet-50's
+        layer1).
+      width: the residual blocks' width W; None: ``content_channels``, as in the paper
+        and the official code, whose 256 channels leave 64 before the output conv. A
+        small E^sl (16 channels) would leave 4: its decoders get their own width.
       num_res_blocks: number of AdaIN residual blocks.
       num_upsample: number of x2 upsamplings.
       upsample_kernel: kernel size of the upsampling convs.
@@ -176,13 +179,14 @@ class Decoder(keras.layers.Layer):
 
     def __init__(self, content_channels=256, num_res_blocks=4, num_upsample=2, upsample_kernel=5,
                  upsample_norm="layer", output_channels=3, output_kernel=7, activation="relu",
-                 kernel_initializer=None, **kwargs):
+                 kernel_initializer=None, width=None, **kwargs):
         super().__init__(**kwargs)
         if upsample_norm not in NORMS:
             raise ValueError(f"Decoder upsample_norm must be one of {NORMS}, got {upsample_norm!r}")
-        if content_channels % 2 ** num_upsample:
-            raise ValueError(f"Decoder halves content_channels={content_channels} {num_upsample} times: "
-                             f"it must be divisible by {2 ** num_upsample}")
+        self.width = content_channels if width is None else width
+        if self.width % 2 ** num_upsample:
+            raise ValueError(f"Decoder halves its width {self.width} {num_upsample} times: it must be divisible by "
+                             f"{2 ** num_upsample}")
         self.content_channels = content_channels
         self.num_res_blocks = num_res_blocks
         self.num_upsample = num_upsample
@@ -192,13 +196,16 @@ class Decoder(keras.layers.Layer):
         self.output_kernel = output_kernel
         self.activation = activation
         self.kernel_initializer = initializer_config(kernel_initializer)
+        self.input_conv = (None if self.width == content_channels else ConvBlock(
+            self.width, 1, activation=None, kernel_initializer=self.kernel_initializer, dtype=self.dtype_policy,
+            name="input_conv"))
         for i in range(num_res_blocks):
-            setattr(self, f"res_block{i}", AdaINResBlock(content_channels, activation=activation,
+            setattr(self, f"res_block{i}", AdaINResBlock(self.width, activation=activation,
                                                          kernel_initializer=self.kernel_initializer,
                                                          dtype=self.dtype_policy, name=f"res_block{i}"))
         for i in range(num_upsample):
             setattr(self, f"upsample_conv{i}", ConvBlock(
-                content_channels // 2 ** (i + 1), upsample_kernel, norm=upsample_norm, activation=activation,
+                self.width // 2 ** (i + 1), upsample_kernel, norm=upsample_norm, activation=activation,
                 kernel_initializer=self.kernel_initializer, upsample=True, dtype=self.dtype_policy,
                 name=f"upsample_conv{i}"))
         # float32: the image and its tanh are the generator's outputs (losses, discriminators).
@@ -215,8 +222,8 @@ class Decoder(keras.layers.Layer):
 
     @property
     def num_adain_params(self):
-        """Length of ``adain_params``: 2 AdaIN layers per block x (bias + scale) x C."""
-        return self.num_res_blocks * 2 * 2 * self.content_channels
+        """Length of ``adain_params``: 2 AdaIN layers per block x (bias + scale) x W."""
+        return self.num_res_blocks * 2 * 2 * self.width
 
     def build(self, content_shape, adain_params_shape):
         if content_shape[-1] != self.content_channels:
@@ -224,7 +231,10 @@ class Decoder(keras.layers.Layer):
         if adain_params_shape[-1] != self.num_adain_params:
             raise ValueError(f"Decoder expects {self.num_adain_params} AdaIN parameters, got {adain_params_shape}")
         shape = tuple(content_shape)
-        params_shape = (content_shape[0], self.content_channels)
+        if self.input_conv is not None:
+            build_sublayer(self.input_conv, shape)
+            shape = self.input_conv.compute_output_shape(shape)
+        params_shape = (content_shape[0], self.width)
         for block in self.res_blocks:
             build_sublayer(block, shape, *[params_shape] * 4)
         for conv in self.upsample_convs:
@@ -236,11 +246,13 @@ class Decoder(keras.layers.Layer):
         # Per AdaIN layer: bias then scale, [B, C] each (official layout).
         params = tf.split(adain_params, 4 * self.num_res_blocks, axis=-1)
         x = content  # [B, h, w, C]
+        if self.input_conv is not None:
+            x = self.input_conv(x)  # [B, h, w, W]
         for i, block in enumerate(self.res_blocks):
             beta1, gamma1, beta2, gamma2 = params[4 * i:4 * i + 4]
-            x = block(x, gamma1, beta1, gamma2, beta2)  # [B, h, w, C]
+            x = block(x, gamma1, beta1, gamma2, beta2)  # [B, h, w, W]
         for conv in self.upsample_convs:
-            x = conv(x)  # [B, 2h, 2w, C/2] per upsampling
+            x = conv(x)  # [B, 2h, 2w, W/2] per upsampling
         return self.output_conv(x)  # [B, h * 2^n, w * 2^n, 3], float32 in [-1, 1]
 
     def compute_output_shape(self, content_shape, adain_params_shape):
@@ -250,7 +262,7 @@ class Decoder(keras.layers.Layer):
                 self.output_channels)
 
     def get_config(self):
-        return {**super().get_config(), "content_channels": self.content_channels,
+        return {**super().get_config(), "content_channels": self.content_channels, "width": self.width,
                 "num_res_blocks": self.num_res_blocks, "num_upsample": self.num_upsample,
                 "upsample_kernel": self.upsample_kernel, "upsample_norm": self.upsample_norm,
                 "output_channels": self.output_channels, "output_kernel": self.output_kernel,
@@ -280,14 +292,16 @@ class Generator(keras.Model):
         :class:`StyleEncoder` ``base_width``, ``num_downsample``, ``max_width``,
         ``first_kernel``.
       mlp_hidden_dim, mlp_num_layers: :class:`~jsia_tf.models.layers.MLP` sizes.
-      num_res_blocks, num_upsample, upsample_norm: :class:`Decoder` arguments.
+      num_res_blocks, num_upsample, upsample_norm, decoder_width: :class:`Decoder`
+        ``num_res_blocks``, ``num_upsample``, ``upsample_norm``, ``width``.
       activation: activation of every hidden layer.
       kernel_initializer: see ``layers.initializer_config``.
     """
 
     def __init__(self, content_channels=256, style_dim=128, style_base_width=32, style_num_downsample=2,
                  style_max_width=128, style_first_kernel=7, mlp_hidden_dim=256, mlp_num_layers=3, num_res_blocks=4,
-                 num_upsample=2, upsample_norm="layer", activation="relu", kernel_initializer=None, **kwargs):
+                 num_upsample=2, upsample_norm="layer", activation="relu", kernel_initializer=None, decoder_width=None,
+                 **kwargs):
         super().__init__(**kwargs)
         self.content_channels = content_channels
         self.style_dim = style_dim
@@ -300,6 +314,7 @@ class Generator(keras.Model):
         self.num_res_blocks = num_res_blocks
         self.num_upsample = num_upsample
         self.upsample_norm = upsample_norm
+        self.decoder_width = decoder_width
         self.activation = activation
         self.kernel_initializer = initializer_config(kernel_initializer)
         self.style_encoder = StyleEncoder(style_dim, base_width=style_base_width, num_downsample=style_num_downsample,
@@ -308,7 +323,8 @@ class Generator(keras.Model):
                                           dtype=self.dtype_policy, name="style_encoder")
         self.decoder = Decoder(content_channels, num_res_blocks=num_res_blocks, num_upsample=num_upsample,
                                upsample_norm=upsample_norm, activation=activation,
-                               kernel_initializer=self.kernel_initializer, dtype=self.dtype_policy, name="decoder")
+                               kernel_initializer=self.kernel_initializer, width=decoder_width,
+                               dtype=self.dtype_policy, name="decoder")
         self.mlp = MLP(self.decoder.num_adain_params, hidden_dim=mlp_hidden_dim, num_layers=mlp_num_layers,
                        activation=activation, kernel_initializer=self.kernel_initializer, dtype=self.dtype_policy,
                        name="mlp")
@@ -338,4 +354,4 @@ class Generator(keras.Model):
                 "mlp_hidden_dim": self.mlp_hidden_dim, "mlp_num_layers": self.mlp_num_layers,
                 "num_res_blocks": self.num_res_blocks, "num_upsample": self.num_upsample,
                 "upsample_norm": self.upsample_norm, "activation": self.activation,
-                "kernel_initializer": self.kernel_initializer}
+                "kernel_initializer": self.kernel_initializer, "decoder_width": self.decoder_width}

@@ -78,12 +78,17 @@ class JSIA:
             self.content_encoder = self.alignment.set_level_encoder
         else:  # Table 3 without SL ("separate") or with the degraded SL ("gan"): E^i is not E^sl.
             self.content_encoder = self._build_backbone(synchronized).set_level_encoder
-        # E^sl downsamples by 4: two x2 upsamplings give back the input size (Sec. 4.2).
+        # E^sl downsamples by 4: two x2 upsamplings give back the input size (Sec. 4.2), one
+        # gives half of it (--generation_scale=2, the official code's GAN images).
+        self.generation_scale = model.generation_scale
+        self.generation_size = (data.height // model.generation_scale, data.width // model.generation_scale)
         self.generators = {m: Generator(
             content_channels=backbone.out_channels, style_dim=model.style_dim,
             style_base_width=model.style_base_width, style_num_downsample=model.style_num_downsample,
             style_max_width=model.style_max_width, mlp_hidden_dim=model.mlp_hidden_dim,
-            num_res_blocks=model.num_res_blocks, num_upsample=2, name=f"generator_{m}") for m in MODALITIES}
+            num_res_blocks=model.num_res_blocks, num_upsample=2 - (model.generation_scale - 1),
+            decoder_width=model.decoder_width or None,
+            name=f"generator_{m}") for m in MODALITIES}
         self.discriminators = {m: MultiScaleDiscriminator(
             num_scales=model.disc_num_scales, num_layers=model.disc_num_layers, base_width=model.disc_base_width,
             name=f"discriminator_{m}") for m in MODALITIES}
@@ -108,8 +113,8 @@ class JSIA:
         self.alignment(images, training=False)
         maps = self.content(images, training=False)
         for m in MODALITIES:
-            self.generators[m](maps, to_unit_range(images))
-            self.discriminators[m](to_unit_range(images))
+            self.generators[m](maps, self.to_generation(images))
+            self.discriminators[m](self.to_generation(images))
         if self.modality_discriminator is not None:
             self.modality_discriminator(self.alignment.set_level(images, training=False))
         self.variation(maps, training=False)
@@ -144,6 +149,22 @@ class JSIA:
                 "reid_instance_level": instance_level, "variation": self.variation.trainable_variables}
 
     # -- forward passes ------------------------------------------------------------------
+
+    def to_generation(self, images):
+        """Module G's view of caffe-normalised images [B, H, W, 3]: unit range, at
+        ``generation_size`` (area-averaged when G works at a smaller scale)."""
+        if self.generation_scale > 1:
+            images = tf.image.resize(images, self.generation_size, method="area")
+        return to_unit_range(images)
+
+    def to_alignment(self, images):
+        """Module F's view of module G's unit-range images: caffe-normalised at F's input
+        size (bilinear upsampling when G works at a smaller scale, as the official code's
+        encoder does with its 128x64 GAN images)."""
+        images = from_unit_range(images)
+        if self.generation_scale > 1:
+            images = tf.image.resize(images, (self.config.data.height, self.config.data.width), method="bilinear")
+        return images
 
     def per_modality(self, fn, rgb, ir):
         """``fn`` on an RGB and an IR batch: {"rgb": fn(rgb), "ir": fn(ir)}.
@@ -208,13 +229,14 @@ class JSIA:
         Args:
           rgb, ir: caffe-normalised [B, H, W, 3]; rgb[i] and ir[i] show the same person.
         Returns:
-          a dict of per-modality dicts ("rgb"/"ir" keys) of unit-range images or codes:
-          "real" [B, H, W, 3], "content" M^i [B, H/4, W/4, C], "style" [B, style_dim],
+          a dict of per-modality dicts ("rgb"/"ir" keys) of unit-range images (at
+          ``generation_size`` (h, w)) or codes: "real" [B, h, w, 3], "content" M^i
+          [B, H/4, W/4, C] (E^i reads the full-size images), "style" [B, style_dim],
           "recon" (Eq. 4's decodings), "cross" ({"rgb": X_ir2rgb, "ir": X_rgb2ir}: the
           generated image OF that modality), "cycle" (Eq. 6).
         """
         g = self.generators
-        out = {"real": {"rgb": to_unit_range(rgb), "ir": to_unit_range(ir)},
+        out = {"real": {"rgb": self.to_generation(rgb), "ir": self.to_generation(ir)},
                "content": self.per_modality(lambda x: self.content(x, training), rgb, ir)}
         content, style = out["content"], {m: g[m].encode_style(out["real"][m]) for m in MODALITIES}
         out["style"], out["recon"], out["cross"] = style, {}, {}
@@ -227,7 +249,7 @@ class JSIA:
             out["recon"][m], out["cross"][m] = tf.split(both, 2, axis=0)
         # Eq. 6: X_rgb2ir2rgb = D_rgb(E^i(X_rgb2ir), E^s_rgb(X_ir2rgb)), and symmetrically.
         cycle_content = self.on_generated(lambda t: self.per_modality(
-            lambda x: self.content(x, t), from_unit_range(out["cross"]["rgb"]), from_unit_range(out["cross"]["ir"])),
+            lambda x: self.content(x, t), self.to_alignment(out["cross"]["rgb"]), self.to_alignment(out["cross"]["ir"])),
             training)  # {"rgb": E^i(X_ir2rgb), "ir": E^i(X_rgb2ir)}
         out["cycle"] = {
             "rgb": g["rgb"].decode(cycle_content["ir"], g["rgb"].encode_style(out["cross"]["rgb"])),
@@ -236,7 +258,7 @@ class JSIA:
         return out
 
     def decode_mixture(self, modality, codes_1, codes_2, alpha):
-        """Eq. 14, then D^v (Eq. 9) and the modality's decoder (Eq. 3): unit-range [B, H, W, 3].
+        """Eq. 14, then D^v (Eq. 9) and the modality's decoder (Eq. 3): unit-range [B, h, w, 3].
 
         ``codes_1``, ``codes_2``: (z [B, h', w', Z], style [B, style_dim]) pairs; alpha [B],
         the weight of codes_1. Training (UI), the summaries and ``analyze`` all mix here.
@@ -324,8 +346,8 @@ class JSIA:
                 real["ir"]["local_logits"], real["rgb"]["local_logits"], cfg.il_convention), gan_size)
         if paired:
             fake = self.on_generated(lambda t: self.per_modality(
-                lambda x: alignment(x, training=t), from_unit_range(tf.stop_gradient(gen["cross"]["rgb"])),
-                from_unit_range(tf.stop_gradient(gen["cross"]["ir"]))), training)
+                lambda x: alignment(x, training=t), self.to_alignment(tf.stop_gradient(gen["cross"]["rgb"])),
+                self.to_alignment(tf.stop_gradient(gen["cross"]["ir"]))), training)
             if "il" in paired:  # Eq. 11
                 out["il"] = mean(losses.instance_alignment_loss(
                     real["ir"]["logits"], fake["rgb"]["logits"], real["rgb"]["logits"], fake["ir"]["logits"],
@@ -342,7 +364,7 @@ class JSIA:
             mixed = {}
             for m in MODALITIES:
                 codes = (z[m], gen["style"][m])
-                mixed[m] = tf.stop_gradient(from_unit_range(self.decode_mixture(
+                mixed[m] = tf.stop_gradient(self.to_alignment(self.decode_mixture(
                     m, codes, tuple(tf.roll(c, shift, axis=0) for c in codes), alpha)))  # [B, H, W, 3]
             mix_out = self.on_generated(lambda t: self.per_modality(
                 lambda x: alignment(x, training=t)["logits"], mixed["rgb"], mixed["ir"]), training)
