@@ -28,6 +28,14 @@ def test_gray_ssim_and_l1_against_hand_values():
     c1 = 0.01 ** 2
     np.testing.assert_allclose(ground_truth.ssim(black, white), c1 / (white_gray ** 2 + c1), rtol=1e-3)
     assert ground_truth.ssim(noise, 255 - noise).max() < 0  # an inverted image anti-correlates
+    # Scored over a mask: equal there, different elsewhere (beyond the window's reach).
+    other = noise.copy()
+    other[:, :, 8:] = 255 - other[:, :, 8:]
+    left = np.zeros((3, 16, 16), bool)
+    left[:, :, :2] = True
+    np.testing.assert_allclose(ground_truth.ssim(noise, other, left), 1.0, atol=1e-6)
+    np.testing.assert_allclose(ground_truth.l1(noise, other, left), 0.0, atol=1e-7)
+    assert ground_truth.ssim(noise, other).max() < 0.6
 
 
 def test_fidelity_reports_both_floors_and_the_better_one():
@@ -36,6 +44,7 @@ def test_fidelity_reports_both_floors_and_the_better_one():
     source = (255 - target).astype(np.uint8)
     numbers = ground_truth.fidelity(target, target, source)
     assert numbers["ssim"] == pytest.approx(1.0, abs=1e-6) and numbers["l1"] == pytest.approx(0.0, abs=1e-7)
+    assert numbers["ssim_frame"] == numbers["ssim"]  # no mask: the person is the frame
     mean_image = np.round(target.mean(axis=0)).astype(np.uint8)
     gray_target = ground_truth.gray(target)
     assert numbers["l1_floor_source"] == pytest.approx(np.abs(ground_truth.gray(source) - gray_target).mean(),
@@ -117,6 +126,7 @@ def test_evaluate_scores_known_translators_on_the_true_pairs(sysu, monkeypatch, 
             assert values["l1"] == pytest.approx(values["l1_floor_source"], abs=1e-6)
     for m in ("rgb", "ir"):
         assert numbers["reconstruction"][m]["ssim"] == pytest.approx(1.0, abs=1e-5)
+        assert numbers["reconstruction"][m]["ssim_floor"] < 0.9
     assert set(ground_truth.scalars(numbers)) >= {"generation/rgb2ir/ssim", "generation/ir2rgb/ssim_floor",
                                                   "generation/recon_ir/l1", "generation/ir2rgb/identity_rank1"}
 

@@ -316,6 +316,8 @@ def test_true_pairs_of_the_test_persons_beside_the_dataset(tmp_path, layout):
     assert pairs["pids"].tolist() == [pid for pid in test_ids for _ in range(synthetic.PAIRS_PER_ID)]
     assert pairs["rgb"].shape == (len(pairs["pids"]), PARTS_H, PARTS_W, 3) and pairs["rgb"].dtype == np.uint8
     assert pairs["ir"].shape == (len(pairs["pids"]), PARTS_H, PARTS_W)
+    assert pairs["person"].shape == pairs["ir"].shape and pairs["person"].dtype == bool
+    assert 0.05 < pairs["person"].mean() < 0.6  # a standing person in the frame
     every = {path for split in (dataset.train_rgb, dataset.train_ir, dataset.test) for path in split.paths}
     assert all(synthetic.PAIRED_FILE not in path for path in every)
     for i, pid in enumerate(pairs["pids"]):

@@ -955,9 +955,12 @@ def _render_thermal(identity, labels, rim, crease, camera, rng):
 _RENDERERS = {None: _render_rgb, NIR: _render_nir, THERMAL: _render_thermal}
 
 
-def render_image(identity, draw, camera, height=256, width=128):
-    """One image of ``identity``: uint8 [height, width, 3] RGB, or [height, width] IR."""
-    labels, rim, crease = render_maps(identity, draw, height, width)
+def render_image(identity, draw, camera, height=256, width=128, maps=None):
+    """One image of ``identity``: uint8 [height, width, 3] RGB, or [height, width] IR.
+
+    ``maps``: ``render_maps(identity, draw, height, width)`` when the caller has them
+    (one frame seen by several cameras)."""
+    labels, rim, crease = maps or render_maps(identity, draw, height, width)
     rng = np.random.default_rng(draw.scene_seed)
     return _RENDERERS[camera.infrared](identity, labels, rim, crease, camera, rng)
 
@@ -1109,23 +1112,27 @@ def _write_paired(root, seed, height, width, plan, pids):
 
     A pair is one :class:`ImageDraw` (pose, view, placement, scene seed) of its own
     stream, rendered by one of the person's RGB cameras and one of its IR cameras:
-    what module G's translation of either image should give is the other one. Arrays:
-    ``rgb`` uint8 [N, H, W, 3], ``ir`` uint8 [N, H, W], ``pids``, ``rgb_cams`` and
-    ``ir_cams`` [N] (camera numbers: RegDB 1 visible, 2 thermal; SYSU-MM01 1..6).
+    what module G's translation of either image should give is the other one, on the
+    person: the backgrounds are each camera's own scene. Arrays: ``rgb`` uint8
+    [N, H, W, 3], ``ir`` uint8 [N, H, W], ``person`` bool [N, H, W] (the person's
+    pixels, the same in both images), ``pids``, ``rgb_cams`` and ``ir_cams`` [N]
+    (camera numbers: RegDB 1 visible, 2 thermal; SYSU-MM01 1..6).
     """
     cam_ids = {REGDB_VISIBLE: 1, REGDB_THERMAL: 2, **{camera: cam for cam, camera in SYSU_CAMERAS.items()}}
-    out = {name: [] for name in ("rgb", "ir", "pids", "rgb_cams", "ir_cams")}
+    out = {name: [] for name in ("rgb", "ir", "person", "pids", "rgb_cams", "ir_cams")}
     for pid in pids:
         identity = sample_identity(seed, pid)
         cameras = [camera for camera, _ in plan[pid]]
         for index in range(1, PAIRS_PER_ID + 1):
             rng = _rng(seed, pid, _STREAM_PAIRED, index)
             draw = _draw(rng)
+            maps = render_maps(identity, draw, height, width)
             for modality, infrared in (("rgb", False), ("ir", True)):
                 choices = [camera for camera in cameras if bool(camera.infrared) == infrared]
                 camera = choices[rng.integers(len(choices))]
-                out[modality].append(render_image(identity, draw, camera, height, width))
+                out[modality].append(render_image(identity, draw, camera, height, width, maps))
                 out[f"{modality}_cams"].append(cam_ids[camera])
+            out["person"].append(maps[0] != BACKGROUND)
             out["pids"].append(pid)
     # np.savez_compressed's format with a fixed timestamp: the same seed writes the same bytes.
     with zipfile.ZipFile(os.path.join(root, PAIRED_FILE), "w") as archive:
