@@ -1,4 +1,5 @@
-"""SavedModel export of the re-ID embedder, Eq. 17 (paper Sec. 3.4), for TensorFlow Serving.
+"""Export of the re-ID embedder, Eq. 17 (paper Sec. 3.4): a SavedModel for TensorFlow Serving,
+LiteRT files for edge devices.
 
 Only the test-time path of module F is exported: E^sl, E^il and, for the "bn" test
 feature, the batch norm of the identity classifier C; no generator, discriminator, VAE,
@@ -29,8 +30,8 @@ its end too)::
       [--calibration_images=256] [--data_dir=DATASET]
 
 ``--quantization`` (a list; default none) applies to the LiteRT files. ``int8`` and
-``int8_float_head`` calibrate on ``--calibration_images`` training images of the run's dataset, half RGB
-and half IR (``--data_dir`` if the dataset has moved since training).
+``int8_float_head`` calibrate on ``--calibration_images`` training images of the run's
+dataset, half RGB and half IR (``--data_dir`` if the dataset has moved since training).
 """
 
 import dataclasses

@@ -92,6 +92,11 @@ def saved_model_embeddings(export_dir, images):
     return signature(images=tf.constant(images))["embedding"].numpy()
 
 
+def run_module(module, *args):
+    """``python -m module args`` from the repository root (5 minutes at most)."""
+    return subprocess.run([sys.executable, "-m", module, *args], cwd=REPO, capture_output=True, text=True, timeout=300)
+
+
 def rankings(features, test):
     """{setting: (rank-1, mAP)}: RegDB's two directions and the two intra-modality diagnostics."""
     results = {direction: protocols.evaluate_regdb(features, test.pids, test.cams, direction)
@@ -211,10 +216,8 @@ def test_export_litert_refuses_bad_requests(model, export_dir, tmp_path):
 def test_evaluate_cli_runs_through_the_tflite_model(export_dir, data_dir, dataset, tmp_path):
     path = os.path.join(export_dir, litert.file_name("int8"))
     output = tmp_path / "out.json"
-    result = subprocess.run(
-        [sys.executable, "-m", "jsia_tf.evaluate", f"--tflite={path}", f"--data_dir={data_dir}", "--trial=1",
-         "--protocol=regdb", "--regdb_direction=t2v", f"--output_json={output}"],
-        cwd=REPO, capture_output=True, text=True, timeout=300)
+    result = run_module("jsia_tf.evaluate", f"--tflite={path}", f"--data_dir={data_dir}", "--trial=1",
+                        "--protocol=regdb", "--regdb_direction=t2v", f"--output_json={output}")
     assert result.returncode == 0, result.stderr[-3000:]
     features = litert.LiteRTEmbedder(path).embed_files(dataset.test.paths)
     expected = protocols.evaluate_regdb(features, dataset.test.pids, dataset.test.cams, "t2v")
@@ -227,10 +230,8 @@ def test_evaluate_cli_runs_through_the_tflite_model(export_dir, data_dir, datase
 def test_export_cli_writes_litert_models_of_the_run(smoke_run, tmp_path):
     data_dir, run_dir, _, _, _, _ = smoke_run
     out = tmp_path / "jsia"
-    result = subprocess.run(
-        [sys.executable, "-m", "jsia_tf.export", f"--run_dir={run_dir}", f"--export_dir={out}", "--format=both",
-         "--quantization=none,int8", "--calibration_images=8", f"--data_dir={data_dir}"],
-        cwd=REPO, capture_output=True, text=True, timeout=300)
+    result = run_module("jsia_tf.export", f"--run_dir={run_dir}", f"--export_dir={out}", "--format=both",
+                        "--quantization=none,int8", "--calibration_images=8", f"--data_dir={data_dir}")
     assert result.returncode == 0, result.stderr[-3000:]
     assert sorted(os.listdir(out)) == ["1", "embedder_float32.tflite", "embedder_int8.tflite"]
     images = np.random.default_rng(0).integers(0, 256, size=(3, HEIGHT, WIDTH, 3), dtype=np.uint8)
@@ -240,8 +241,7 @@ def test_export_cli_writes_litert_models_of_the_run(smoke_run, tmp_path):
     assert int8["training_config_sha256"] == saved["training_config_sha256"]
     assert (int8["calibration_images"], int8["calibration_rgb"], int8["calibration_ir"]) == (8, 4, 4)
 
-    misuse = subprocess.run(
-        [sys.executable, "-m", "jsia_tf.export", f"--run_dir={run_dir}", f"--export_dir={tmp_path / 'other'}",
-         "--quantization=int8"], cwd=REPO, capture_output=True, text=True, timeout=300)
+    misuse = run_module("jsia_tf.export", f"--run_dir={run_dir}", f"--export_dir={tmp_path / 'other'}",
+                        "--quantization=int8")
     assert misuse.returncode != 0 and "Traceback" not in misuse.stderr
     assert "--quantization: only used with --format=litert or --format=both" in misuse.stderr
