@@ -18,7 +18,6 @@ square ``tf.linalg.matmul`` in float32 and in bfloat16, 2 n^3 FLOPs each.
 
 import os
 import tempfile
-import time
 
 from absl import app, flags
 import keras
@@ -27,6 +26,7 @@ import tensorflow as tf
 
 from jsia_tf import export
 from jsia_tf.models import alignment, backbone
+from timing import median_seconds
 
 _BATCH_SIZES = flags.DEFINE_list("batch_sizes", ["1", "32", "128"], "Batch sizes timed.")
 _REPEATS = flags.DEFINE_integer("repeats", 3, "Timed calls per batch size (median reported).")
@@ -36,16 +36,6 @@ _MATMUL_SIZE = flags.DEFINE_integer("matmul_size", 4096, "Side of the square mat
 _PRECISIONS = flags.DEFINE_list("precisions", ["float32", "mixed_bfloat16"], "Keras dtype policies exported.")
 
 NUM_CLASSES = 395  # SYSU-MM01 training ids (only the classifier's size; not in the embedder)
-
-
-def median_seconds(call, repeats):
-    call()  # warm-up: tracing, allocation
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        call()
-        times.append(time.perf_counter() - start)
-    return float(np.median(times))
 
 
 def matmul_flops_per_second(size, dtype, repeats):

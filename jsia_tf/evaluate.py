@@ -6,8 +6,9 @@
   python -m jsia_tf.evaluate --features=F.npz --protocol=regdb [--regdb_direction=v2t|t2v] \\
       --output_json=OUT.json
   Either with [--rerank [--rerank_k1=20] [--rerank_k2=6] [--rerank_lambda=0.3]].
-  Instead of --features: --saved_model=EXPORT/<version> --data_dir=DATASET [--trial=T]
-  embeds the dataset's test images with an exported model (``jsia_tf.export``) first.
+  Instead of --features: --saved_model=EXPORT/<version> or --tflite=EXPORT/embedder_int8.tflite,
+  with --data_dir=DATASET [--trial=T], embeds the dataset's test images with an exported
+  model (``jsia_tf.export``: a SavedModel, or a LiteRT model of any quantisation) first.
 
 F.npz holds ``features`` [N, D] float, ``labels`` [N] int person ids, ``cams``
 [N] int and, for SYSU-MM01, ``image_index`` [N] int (see
@@ -52,17 +53,18 @@ _RERANK_K2 = flags.DEFINE_integer("rerank_k2", rerank.DEFAULT_K2, "Re-ranking k2
 _RERANK_LAMBDA = flags.DEFINE_float("rerank_lambda", rerank.DEFAULT_LAMBDA,
                                     "Re-ranking weight of the original distance.", lower_bound=0.0, upper_bound=1.0)
 _SAVED_MODEL = flags.DEFINE_string("saved_model", None, "Exported embedder version folder (instead of --features).")
-_DATA_DIR = flags.DEFINE_string("data_dir", None, "With --saved_model: the dataset root whose test set is embedded.")
-_TRIAL = flags.DEFINE_integer("trial", 1, "With --saved_model and RegDB: the split whose test set is embedded.")
-_BATCH_SIZE = flags.DEFINE_integer("batch_size", 64, "With --saved_model: images per embedding call.", lower_bound=1)
+_TFLITE = flags.DEFINE_string("tflite", None, "Exported LiteRT embedder, a .tflite file (instead of --features).")
+_DATA_DIR = flags.DEFINE_string("data_dir", None, "With a model: the dataset root whose test set is embedded.")
+_TRIAL = flags.DEFINE_integer("trial", 1, "With a model and RegDB: the split whose test set is embedded.")
+_BATCH_SIZE = flags.DEFINE_integer("batch_size", 64, "With a model: images per embedding call.", lower_bound=1)
 _OUTPUT_JSON = flags.DEFINE_string("output_json", None, "Where to write the metrics as JSON.")
 
 flags.mark_flags_as_required(["protocol", "output_json"])
 flags.register_multi_flags_validator(
-    ["features", "saved_model", "data_dir"],
-    lambda f: (f["features"] is None) != (f["saved_model"] is None) and (f["saved_model"] is None) == (
-        f["data_dir"] is None),
-    message="give either --features=F.npz or both --saved_model=DIR and --data_dir=DIR")
+    ["features", "saved_model", "tflite", "data_dir"],
+    lambda f: [f["features"], f["saved_model"], f["tflite"]].count(None) == 2 and (f["features"] is None) == (
+        f["data_dir"] is not None),
+    message="give either --features=F.npz or one model (--saved_model=DIR or --tflite=FILE) and --data_dir=DIR")
 
 # Flags named after one protocol: setting them under the other is a mistake.
 # (--trials and --seed only matter to SYSU-MM01; RegDB ignores them: one trial per call.)
@@ -90,11 +92,15 @@ def load_features(path, protocol):
         return {k: npz[k] for k in keys}
 
 
-def embed_test_set(saved_model, data_dir, protocol, trial=1, batch_size=64):
+def embed_test_set(model, data_dir, protocol, trial=1, batch_size=64):
     """The test set of the dataset at ``data_dir`` embedded by an exported model.
 
+    ``model`` is a SavedModel version folder, or a LiteRT ``.tflite`` file (by its name).
     The files' bytes go through the SavedModel's ``embed_encoded`` signature, which
-    decodes and preprocesses them in its graph as training did.
+    decodes and preprocesses them in its graph as training did. A LiteRT model takes
+    uint8 images of its input size: the files are decoded and resized as training does,
+    rounded to uint8 (:meth:`jsia_tf.litert.LiteRTEmbedder.embed_files`), and the
+    model's graph does the rest of the preprocessing.
 
     Returns:
       the arrays of a features .npz: features, labels, cams, image_index.
@@ -103,16 +109,24 @@ def embed_test_set(saved_model, data_dir, protocol, trial=1, batch_size=64):
     """
     import tensorflow as tf  # only this mode needs TensorFlow
 
+    from jsia_tf import litert
     from jsia_tf.data import pipeline
 
     dataset = pipeline.load_dataset(protocol, data_dir, trial=trial)  # DatasetError is a ValueError
-    try:
-        embed = tf.saved_model.load(saved_model).signatures["embed_encoded"]
-    except (OSError, KeyError, tf.errors.OpError) as e:
-        raise ValueError(f"--saved_model={saved_model}: not a jsia_tf export with an 'embed_encoded' signature "
-                         f"({e})") from e
-    files = tf.data.Dataset.from_tensor_slices(dataset.test.paths).map(tf.io.read_file).batch(batch_size)
-    features = np.concatenate([embed(image_bytes=batch)["embedding"].numpy() for batch in files])
+    if str(model).endswith(".tflite"):
+        try:
+            embedder = litert.LiteRTEmbedder(model)
+        except (OSError, ValueError) as e:
+            raise ValueError(f"--tflite={model}: not a LiteRT model of jsia_tf.export ({e})") from e
+        features = embedder.embed_files(dataset.test.paths, batch_size)
+    else:
+        try:
+            embed = tf.saved_model.load(model).signatures["embed_encoded"]
+        except (OSError, KeyError, tf.errors.OpError) as e:
+            raise ValueError(f"--saved_model={model}: not a jsia_tf export with an 'embed_encoded' signature "
+                             f"({e})") from e
+        files = tf.data.Dataset.from_tensor_slices(dataset.test.paths).map(tf.io.read_file).batch(batch_size)
+        features = np.concatenate([embed(image_bytes=batch)["embedding"].numpy() for batch in files])
     test = dataset.test
     return {"features": features, "labels": test.pids, "cams": test.cams, "image_index": test.image_index}
 
@@ -130,8 +144,11 @@ def main(argv):
         raise app.UsageError(f"{', '.join(given)}: only used with --rerank")
     # Bad input data ends the run with its message, not a traceback.
     try:
-        if _SAVED_MODEL.value:
-            arrays = embed_test_set(_SAVED_MODEL.value, _DATA_DIR.value, protocol, _TRIAL.value, _BATCH_SIZE.value)
+        if _TFLITE.value and not _TFLITE.value.endswith(".tflite"):
+            raise ValueError(f"--tflite={_TFLITE.value}: expected a .tflite file")
+        if _SAVED_MODEL.value or _TFLITE.value:
+            arrays = embed_test_set(_SAVED_MODEL.value or _TFLITE.value, _DATA_DIR.value, protocol, _TRIAL.value,
+                                    _BATCH_SIZE.value)
         else:
             arrays = load_features(_FEATURES.value, protocol)
     except ValueError as e:
@@ -144,7 +161,9 @@ def main(argv):
         metrics = protocols.evaluate_features(**arrays, **settings)
         reranked = protocols.evaluate_features(**arrays, **settings, rerank=parameters) if _RERANK.value else None
     except ValueError as e:
-        sys.exit(f"error: --features={_FEATURES.value or _SAVED_MODEL.value}: {e}")
+        source = next(f"--{n}={flags.FLAGS[n].value}" for n in ("features", "saved_model", "tflite")
+                      if flags.FLAGS[n].value)
+        sys.exit(f"error: {source}: {e}")
     if reranked is not None:
         metrics["rerank"] = {**reranked, "parameters": parameters}
     output = pathlib.Path(_OUTPUT_JSON.value)

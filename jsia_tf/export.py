@@ -1,4 +1,5 @@
-"""SavedModel export of the re-ID embedder, Eq. 17 (paper Sec. 3.4), for TensorFlow Serving.
+"""Export of the re-ID embedder, Eq. 17 (paper Sec. 3.4): a SavedModel for TensorFlow Serving,
+LiteRT files for edge devices.
 
 Only the test-time path of module F is exported: E^sl, E^il and, for the "bn" test
 feature, the batch norm of the identity classifier C; no generator, discriminator, VAE,
@@ -18,10 +19,19 @@ loads (the highest number wins), with three signatures and no training flag:
 A version folder appears complete or not at all: it is written under a temporary
 name TF Serving ignores, then renamed.
 
+``export_litert`` writes the same embedder as LiteRT ``.tflite`` files for edge devices,
+float or quantised (:mod:`jsia_tf.litert` has their signature, metadata and quantisations).
+
 Command line, from a training run (the training job calls :func:`export_trainer` at
 its end too)::
 
-  python -m jsia_tf.export --run_dir=RUN [--checkpoint=RUN/checkpoints/ckpt-N] --export_dir=models/jsia
+  python -m jsia_tf.export --run_dir=RUN [--checkpoint=RUN/checkpoints/ckpt-N] --export_dir=models/jsia \
+      [--format=saved_model|litert|both] [--quantization=none,float16,dynamic_int8,int8,int8_float_head] \
+      [--calibration_images=256] [--data_dir=DATASET]
+
+``--quantization`` (a list; default none) applies to the LiteRT files. ``int8`` and
+``int8_float_head`` calibrate on ``--calibration_images`` training images of the run's
+dataset, half RGB and half IR (``--data_dir`` if the dataset has moved since training).
 """
 
 import dataclasses
@@ -35,12 +45,14 @@ import tempfile
 from absl import app, flags
 import tensorflow as tf
 
-from jsia_tf import runs
+from jsia_tf import litert, runs
 from jsia_tf.data import pipeline
 from jsia_tf.models import alignment
 
 METADATA_ASSET = "jsia_metadata.json"
 SIGNATURES = ("serving_default", "embed_encoded", "metadata")
+FORMATS = ("saved_model", "litert", "both")
+DEFAULT_CALIBRATION_IMAGES = 256
 PREPROCESSING = ("jsia_tf.data.pipeline.preprocess: gray -> 3 channels, antialiased bilinear resize to "
                  "{height}x{width}, caffe normalisation (RGB -> BGR minus the ImageNet mean pixel "
                  "(103.939, 116.779, 123.68), no scaling)")
@@ -115,6 +127,35 @@ class Embedder(tf.Module):
         return self.embed_preprocessed(images)
 
 
+def _check_size(height, width):
+    for name, size in (("height", height), ("width", width)):
+        if not isinstance(size, int) or size < 1:
+            raise ValueError(f"export {name}={size!r}: expected a positive integer")
+
+
+def metadata_document(model, height, width, format_entries, metadata=None):
+    """The metadata document of an export: what every format records, its own entries, and the caller's.
+
+    Raises:
+      ValueError: ``metadata`` would replace an entry computed here.
+    """
+    document = {
+        "model": "JSIA-ReID embedder (Eq. 17), module F",
+        "embedding_dim": int(model.instance_level_encoder.output_shape[-1]),
+        "input_height": height,
+        "input_width": width,
+        "preprocessing": PREPROCESSING.format(height=height, width=width),
+        "test_features": model.test_features,
+        "gray_input": model.gray_input,
+        "tensorflow_version": tf.__version__,
+        **format_entries,
+    }
+    clashes = sorted(set(metadata or {}) & set(document))
+    if clashes:
+        raise ValueError(f"export metadata: {clashes} are computed by the export and cannot be given")
+    return {**document, **(metadata or {})}
+
+
 def export_embedder(model, export_dir, height, width, metadata=None, version=None):
     """Writes the embedder of ``model`` as SavedModel ``export_dir/<version>/``.
 
@@ -135,9 +176,7 @@ def export_embedder(model, export_dir, height, width, metadata=None, version=Non
       ValueError: a bad size, version or metadata entry.
       FileExistsError: the version folder exists.
     """
-    for name, size in (("height", height), ("width", width)):
-        if not isinstance(size, int) or size < 1:
-            raise ValueError(f"export_embedder {name}={size!r}: expected a positive integer")
+    _check_size(height, width)
     if version is None:
         version = next_version(export_dir)
     elif not isinstance(version, int) or version < 1:
@@ -147,23 +186,8 @@ def export_embedder(model, export_dir, height, width, metadata=None, version=Non
         raise FileExistsError(f"{version_dir} exists; export a new version or remove it")
 
     embedder = Embedder(model, height, width)
-    embedding_dim = int(model.instance_level_encoder.output_shape[-1])
-    document = {
-        "model": "JSIA-ReID embedder (Eq. 17), module F",
-        "model_version": version,
-        "embedding_dim": embedding_dim,
-        "input_height": height,
-        "input_width": width,
-        "preprocessing": PREPROCESSING.format(height=height, width=width),
-        "test_features": model.test_features,
-        "gray_input": model.gray_input,
-        "signatures": list(SIGNATURES),
-        "tensorflow_version": tf.__version__,
-    }
-    clashes = sorted(set(metadata or {}) & set(document))
-    if clashes:
-        raise ValueError(f"export_embedder metadata: {clashes} are computed by the export and cannot be given")
-    document.update(metadata or {})
+    document = metadata_document(model, height, width, {"model_version": version, "signatures": list(SIGNATURES)},
+                                 metadata)
     document_json = json.dumps(document, indent=2, sort_keys=True)
 
     @tf.function(input_signature=[tf.TensorSpec([None, None, None, None], tf.uint8, name="images")])
@@ -194,37 +218,107 @@ def export_embedder(model, export_dir, height, width, metadata=None, version=Non
     return version_dir
 
 
-def export_trainer(trainer, export_dir, checkpoint=None):
+def export_litert(model, export_dir, height, width, quantizations=("none",), representative=None, metadata=None):
+    """Writes the embedder of ``model`` as ``export_dir/embedder_<quantization>.tflite`` files.
+
+    Args:
+      model: a built :class:`jsia_tf.models.alignment.FeatureAlignment` (its weights restored).
+      export_dir: the folder, created if needed.
+      height, width: the input size, the training size (LiteRT needs static shapes).
+      quantizations: some of :data:`jsia_tf.litert.QUANTIZATIONS`.
+      representative: with int8 quantisations, ``(images, counts)`` of
+        :func:`jsia_tf.litert.representative_images`, recorded in their metadata.
+      metadata: extra JSON-serialisable entries for every model's metadata document.
+    Returns:
+      The paths of the files, in the order of ``quantizations``.
+    Raises:
+      ValueError: a bad size, quantization or metadata entry; int8 without representative images.
+      FileExistsError: a file exists (nothing is written then).
+    """
+    _check_size(height, width)
+    unknown = [q for q in quantizations if q not in litert.QUANTIZATIONS]
+    if unknown or not quantizations:
+        raise ValueError(f"quantization={','.join(quantizations)}: expected some of {', '.join(litert.QUANTIZATIONS)}")
+    calibrated = [q for q in quantizations if q in litert.CALIBRATED]
+    if calibrated and representative is None:
+        raise ValueError(f"quantization={calibrated[0]}: needs representative images (calibration_images) to "
+                         "calibrate")
+    paths = [os.path.join(export_dir, litert.file_name(q)) for q in quantizations]
+    existing = [path for path in paths if os.path.exists(path)]
+    if existing:
+        raise FileExistsError(f"{', '.join(existing)} exist; export into another folder or remove them")
+    embedder = Embedder(model, height, width)
+    os.makedirs(export_dir, exist_ok=True)
+    for quantization, path in zip(quantizations, paths):
+        entries = {"quantization": quantization, "signatures": [litert.SIGNATURE],
+                   "input": litert.INPUT.format(height=height, width=width)}
+        images = None
+        if quantization in litert.CALIBRATED:
+            images, counts = representative
+            entries.update(calibration_images=len(images), calibration_rgb=counts["rgb"], calibration_ir=counts["ir"])
+        document = metadata_document(model, height, width, entries, metadata)
+        model_bytes = litert.with_metadata(litert.convert(embedder, height, width, quantization, images), document)
+        with open(path + ".tmp", "wb") as f:  # a reader never sees half a file
+            f.write(model_bytes)
+        os.replace(path + ".tmp", path)
+    return paths
+
+
+def export_trainer(trainer, export_dir, checkpoint=None, formats=("saved_model",), quantizations=("none",),
+                   calibration_images=DEFAULT_CALIBRATION_IMAGES, data_dir=None):
     """Exports the embedder of a trainer's module F with its run's metadata.
 
     Args:
       trainer: a :class:`jsia_tf.trainer.Trainer` with its weights.
       export_dir: the model's base path; a new version folder is written.
       checkpoint: the checkpoint the weights come from, recorded in the metadata.
+      formats: "saved_model" and/or "litert".
+      quantizations, calibration_images, data_dir: of the LiteRT files; int8 calibrates
+        on ``calibration_images`` training images of the run's dataset (at ``data_dir``,
+        default the run's).
     Returns:
-      The path of the version folder.
+      The paths written: the SavedModel's version folder, then the ``.tflite`` files.
     """
     cfg = trainer.config
+    model, height, width = trainer.model.alignment, cfg.data.height, cfg.data.width
     metadata = {"training_config_sha256": config_fingerprint(dataclasses.asdict(cfg)),
                 "num_classes": trainer.num_classes, "dataset": cfg.data.dataset, "checkpoint": checkpoint or ""}
-    return export_embedder(trainer.model.alignment, export_dir, cfg.data.height, cfg.data.width, metadata=metadata)
+    written = []
+    if "saved_model" in formats:
+        written.append(export_embedder(model, export_dir, height, width, metadata=metadata))
+    if "litert" in formats:
+        representative = None
+        if set(quantizations) & set(litert.CALIBRATED):
+            dataset = pipeline.load_dataset(cfg.data.dataset, data_dir or cfg.data.data_dir, trial=cfg.data.trial)
+            representative = litert.representative_images(dataset, calibration_images, height, width)
+        written += export_litert(model, export_dir, height, width, quantizations, representative, metadata)
+    return written
 
 
-def export_run(run_dir, export_dir, checkpoint=None):
-    """Exports the embedder of a training run (:func:`jsia_tf.runs.load_run`'s arguments and errors)."""
+def export_run(run_dir, export_dir, checkpoint=None, **options):
+    """Exports the embedder of a training run (:func:`jsia_tf.runs.load_run`'s arguments and errors;
+    ``options`` as :func:`export_trainer`'s)."""
     trainer, checkpoint = runs.load_run(run_dir, checkpoint)
-    return export_trainer(trainer, export_dir, checkpoint)
+    return export_trainer(trainer, export_dir, checkpoint, **options)
 
 
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     flag_values = flags.FLAGS
+    formats = ("saved_model", "litert") if flag_values.format == "both" else (flag_values.format,)
+    if "litert" not in formats:
+        given = [f"--{n}" for n in ("quantization", "calibration_images", "data_dir") if flag_values[n].present]
+        if given:
+            raise app.UsageError(f"{', '.join(given)}: only used with --format=litert or --format=both")
     try:
-        version_dir = export_run(flag_values.run_dir, flag_values.export_dir, flag_values.checkpoint or None)
+        written = export_run(flag_values.run_dir, flag_values.export_dir, flag_values.checkpoint or None,
+                             formats=formats, quantizations=tuple(flag_values.quantization),
+                             calibration_images=flag_values.calibration_images, data_dir=flag_values.data_dir)
     except (ValueError, FileExistsError) as err:
         raise app.UsageError(str(err)) from None
-    print(f"exported {version_dir}")
+    for path in written:
+        print(f"exported {path}")
 
 
 def run():
@@ -232,7 +326,17 @@ def run():
     # Flags are defined only when run as a program: importers (train.py) own flags too.
     flags.DEFINE_string("run_dir", None, "Training run folder (config.json, dataset.json, checkpoints/).")
     flags.DEFINE_string("checkpoint", None, "Checkpoint prefix; default the newest of the run.")
-    flags.DEFINE_string("export_dir", None, "TF Serving base path; a new version folder is written in it.")
+    flags.DEFINE_string("export_dir", None, "TF Serving base path (a new version folder is written in it) and the "
+                        "folder of the .tflite files.")
+    flags.DEFINE_enum("format", "saved_model", list(FORMATS), "SavedModel (TF Serving), LiteRT .tflite files, or both.")
+    flags.DEFINE_list("quantization", ["none"], f"LiteRT: one .tflite file per value, some of "
+                      f"{','.join(litert.QUANTIZATIONS)}.")
+    flags.register_validator("quantization", lambda values: values and set(values) <= set(litert.QUANTIZATIONS),
+                             message=f"expected a comma-separated list of {', '.join(litert.QUANTIZATIONS)}")
+    flags.DEFINE_integer("calibration_images", DEFAULT_CALIBRATION_IMAGES,
+                         "LiteRT int8: training images (half RGB, half IR) that calibrate the activation ranges.",
+                         lower_bound=2)
+    flags.DEFINE_string("data_dir", None, "LiteRT int8: the run's dataset root, if not where config.json says.")
     flags.mark_flags_as_required(["run_dir", "export_dir"])
     app.run(main)
 

@@ -118,10 +118,15 @@ def test_errors_name_the_file_or_flag(tmp_path, sysu_npz):
             "--rerank_k1, --rerank_lambda: only used with --rerank",
         (f"--features={path}", "--protocol=sysu", "--rerank", "--rerank_lambda=1.5"): "--rerank_lambda",
         (f"--features={path}", "--protocol=sysu", "--rerank", "--rerank_k2=0"): "--rerank_k2",
-        ("--protocol=regdb",): "give either --features=F.npz or both --saved_model=DIR and --data_dir=DIR",
-        (f"--saved_model={tmp_path}", "--protocol=regdb"): "both --saved_model=DIR and --data_dir=DIR",
+        ("--protocol=regdb",): "give either --features=F.npz or one model (--saved_model=DIR or --tflite=FILE) "
+                               "and --data_dir=DIR",
+        (f"--saved_model={tmp_path}", "--protocol=regdb"): "and --data_dir=DIR",
         (f"--features={path}", f"--saved_model={tmp_path}", f"--data_dir={tmp_path}", "--protocol=regdb"):
             "give either --features=F.npz",
+        (f"--saved_model={tmp_path}", f"--tflite={tmp_path / 'm.tflite'}", f"--data_dir={tmp_path}",
+         "--protocol=regdb"): "one model",
+        (f"--tflite={tmp_path / 'model'}", f"--data_dir={tmp_path}", "--protocol=regdb"):
+            f"--tflite={tmp_path / 'model'}: expected a .tflite file",
         (f"--saved_model={tmp_path}", f"--data_dir={tmp_path / 'no_dataset'}", "--protocol=regdb"):
             "missing directory; expected the RegDB root",
     }

@@ -104,9 +104,21 @@ def preprocess(images, height, width):
         images = tf.repeat(images, 3, axis=-1)  # gray -> 3 identical channels
     elif channels != 3:
         raise ValueError(f"preprocess expects 1 or 3 channels (a static last dimension), got shape {images.shape}")
-    # antialias: like PIL's bilinear resize (torchvision) when shrinking.
-    images = tf.image.resize(tf.cast(images, tf.float32), (height, width), method="bilinear", antialias=True)
-    return normalize(images)
+    return normalize(resize(images, height, width))
+
+
+def resize(images, height, width):
+    """float32 pixels [..., height, width, C]: the resize of :func:`preprocess`.
+
+    Antialiased bilinear, like PIL's bilinear resize (torchvision) when shrinking. Images
+    whose static size is already ``height`` x ``width`` are only cast: resizing them is
+    the identity, and the graph stays free of ``ScaleAndTranslate``, which LiteRT lacks
+    (the ``jsia_tf.litert`` models take images of the training size).
+    """
+    images = tf.cast(images, tf.float32)
+    if tuple(images.shape[-3:-1]) == (height, width):
+        return images
+    return tf.image.resize(images, (height, width), method="bilinear", antialias=True)
 
 
 def decode_image(path):
