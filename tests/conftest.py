@@ -147,6 +147,17 @@ def run_train(*args):
         cwd=REPO, capture_output=True, text=True, timeout=300)
 
 
+def train_preset(preset, tmp_path):
+    """``python -m jsia_tf.train`` on ``configs/<preset>.flags`` with its data and run in
+    ``tmp_path`` (10 minutes at most); returns the run folder after asserting success."""
+    result = subprocess.run(
+        [sys.executable, "-m", "jsia_tf.train", f"--flagfile={REPO / 'configs' / f'{preset}.flags'}",
+         f"--data_dir={tmp_path / 'data'}", f"--run_dir={tmp_path / 'run'}"],
+        cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return tmp_path / "run"
+
+
 def run_script_json(code):
     """The JSON of the last line that the Python ``code`` prints, run in a fresh process
     (one that sets up its own logical devices first; 5 minutes at most)."""
