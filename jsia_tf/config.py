@@ -517,6 +517,24 @@ class Config:
             raise ValueError(f"{path}: not a jsia_tf run config ({err})") from err
 
 
+# What a run's checkpoints fix: the networks' shapes and the identities they were trained
+# on. A resume may change the schedule, the loss weights or the evaluation, not these.
+_RESUME_FIXED_DATA = ("dataset", "trial", "height", "width", "synthetic_ids", "synthetic_test_ids")
+
+
+def resume_conflicts(saved, wanted):
+    """``--flag: the run has X, the flags give Y`` for each field that ``wanted`` (this
+    start's Config) changes among those the saved run's checkpoints fix; empty if none."""
+    fixed = [("data", field) for field in dataclasses.fields(DataConfig) if field.name in _RESUME_FIXED_DATA]
+    fixed += [("model", field) for field in dataclasses.fields(ModelConfig)]
+    conflicts = []
+    for section, field in fixed:
+        before, after = (getattr(getattr(config, section), field.name) for config in (saved, wanted))
+        if before != after:
+            conflicts.append(f"--{flag_name(field)}: the run has {before!r}, the flags give {after!r}")
+    return conflicts
+
+
 def _tuples(fields):
     """JSON lists back to the tuples the frozen dataclasses hold."""
     return {name: tuple(value) if isinstance(value, list) else value for name, value in fields.items()}

@@ -1,9 +1,11 @@
 """``python -m jsia_tf.train --flagfile=configs/demo.flags``: the main job.
 
 Flags are defined here and turned into one frozen :class:`jsia_tf.config.Config`
-(written to ``<run_dir>/config.json``). The run prepares its data and resumes from
-the newest checkpoint in ``<run_dir>/checkpoints`` if there is one (:mod:`jsia_tf.runs`:
-the step counter and the data streams continue where they stopped), builds the
+(written to ``<run_dir>/config.json`` once the resume has succeeded). The run locks its
+folder (one training per folder), prepares its data and resumes from the newest
+checkpoint in ``<run_dir>/checkpoints`` that loads, naming any newer one that does not
+(:mod:`jsia_tf.runs`: the step counter and the data streams continue where they
+stopped; a folder with recorded work is started over only with ``--restart``), builds the
 :class:`jsia_tf.trainer.Trainer` (modules F, G, V and the discriminators of Sec. 3),
 trains through the schedule's phases (G pre-training, then joint training, Sec. 4.2)
 in the loop below, then evaluates module F's Eq. 17 features with the dataset's
@@ -83,6 +85,9 @@ _PRETRAIN_SET_LEVEL = flags.DEFINE_bool(
     "pretrain_set_level", True, "G's pre-training also steps E^sl = E^i with module G's terms (with --sl=shared; "
     "the paper pre-trains the generation module, E^i included). false: the official GAN warm-up, which leaves its "
     "ImageNet stem as it is.")
+_RESTART = flags.DEFINE_bool(
+    "restart", False, "Start at step 0 in a --run_dir that holds a run's checkpoints or records: its files are "
+    "moved into <run_dir>/restarted-<time>/. Without it such a run resumes from its newest checkpoint that loads.")
 
 
 def _int_list(flag, values):
@@ -280,7 +285,7 @@ def main(argv):
         sys.exit(f"error: {err}")
     configure_tensorflow(cfg.train)
     try:
-        run_as_worker(cfg, strategy)
+        run_as_worker(cfg, strategy, _RESTART.value)
     except BaseException as err:  # pylint: disable=broad-except
         multi_worker = isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
         if not multi_worker or (isinstance(err, SystemExit) and not err.code):
@@ -294,22 +299,30 @@ def configure_tensorflow(train_cfg):
     tf.config.optimizer.set_experimental_options({"disable_meta_optimizer": not train_cfg.graph_optimizer})
 
 
-def run_as_worker(cfg, strategy):
+def run_as_worker(cfg, strategy, restart=False):
     """Trains, evaluates and exports: into the run folder on the chief, into a scratch
     folder elsewhere (every worker saves checkpoints and the export, because saving runs
-    collectives; TF's multi-worker guide)."""
+    collectives; TF's multi-worker guide).
+
+    The chief holds the run folder's lock throughout (one training per folder) and
+    checks the folder before changing any file (:func:`jsia_tf.runs.prepare_run_folder`;
+    ``restart`` moves a previous run aside)."""
     run_dir = pathlib.Path(cfg.run_dir)
-    if distribute.is_chief(strategy):
-        run_dir.mkdir(parents=True, exist_ok=True)
-        cfg.save(run_dir / "config.json")
-        train_evaluate_export(cfg, strategy, run_dir)
-        return
-    scratch = pathlib.Path(tempfile.mkdtemp(prefix="jsia_worker_"))
-    logging.info("Not the chief: no summaries; checkpoints and export go to %s, removed at the end", scratch)
     try:
-        train_evaluate_export(cfg, strategy, scratch)
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
+        if distribute.is_chief(strategy):
+            run_dir.mkdir(parents=True, exist_ok=True)
+            with runs.lock_run_folder(run_dir):
+                runs.prepare_run_folder(run_dir, cfg, restart)
+                train_evaluate_export(cfg, strategy, run_dir)
+            return
+        scratch = pathlib.Path(tempfile.mkdtemp(prefix="jsia_worker_"))
+        logging.info("Not the chief: no summaries; checkpoints and export go to %s, removed at the end", scratch)
+        try:
+            train_evaluate_export(cfg, strategy, scratch)
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+    except runs.RunFolderError as err:
+        sys.exit(f"error: {err}")
 
 
 def train_evaluate_export(cfg, strategy, out_dir):
@@ -335,12 +348,17 @@ def train_evaluate_export(cfg, strategy, out_dir):
     logging.info("%d replica(s), %s", strategy.num_replicas_in_sync, cfg.train.mixed_precision)
     # Weight initialisation is seeded too: a run is reproducible from its config.
     keras.utils.set_random_seed(cfg.data.seed)
-    if chief:
-        runs.write_dataset_summary(run_dir, dataset)
     trainer = trainer_lib.Trainer(cfg, dataset.num_classes, strategy)
+    try:
+        start, _ = runs.restore_or_start(trainer, run_dir / "checkpoints")
+    except runs.RunFolderError as err:
+        raise runs.RunFolderError(f"{err}. Pass --restart to start the run over (its files are moved aside), or "
+                                  "another --run_dir") from None
+    if chief:  # only now: a rejected start leaves the run's config.json as its checkpoints need it
+        cfg.save(run_dir / "config.json")
+        runs.write_dataset_summary(run_dir, dataset)
     manager = tf.train.CheckpointManager(trainer.checkpoint(), str(out_dir / "checkpoints"),
                                          max_to_keep=cfg.train.keep_checkpoints)
-    start = runs.restore_or_start(trainer, manager, run_dir / "checkpoints")
     watchdog = None
     if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
         watchdog = distribute.ProgressWatchdog(cfg)
