@@ -486,13 +486,14 @@ class Config:
             _require(getattr(self.data, flag) % 4 == 0, flag, getattr(self.data, flag), "a multiple of 4")
         if not self.model.generation:  # module F alone: no term may need generated images
             loss = self.loss
-            for ok, flag, value, expected in (
-                    (not loss.instance_alignment, "il", True, "false (no generated pairs without module G)"),
-                    (loss.local_alignment != "paired" or not self.model.num_regions, "lr_align", "paired",
-                     "'off' or 'unpaired' (no generated pairs without module G)"),
-                    (not loss.unseen_identity, "ui", True, "false (no mixed images without modules G and V)"),
-                    (self.model.set_level != "gan", "sl", "gan", "'shared' or 'separate' without module G")):
-                _require(ok, flag, value, f"{expected} with --generation=false")
+            conflicts = [f"--{flag}={value!r} (expected {expected})" for ok, flag, value, expected in (
+                (not loss.instance_alignment, "il", True, "false: no generated pairs without module G"),
+                (loss.local_alignment != "paired" or not self.model.num_regions, "lr_align", "paired",
+                 "'off' or 'unpaired': no generated pairs without module G"),
+                (not loss.unseen_identity, "ui", True, "false: no mixed images without modules G and V"),
+                (self.model.set_level != "gan", "sl", "gan", "'shared' or 'separate' without module G")) if not ok]
+            _require(not conflicts, "generation", False, f"module F alone, which these flags contradict: "
+                     f"{'; '.join(conflicts)}")
             _require(all(set(p.groups) <= set(REID_GROUPS) for p in self.train.phases), "generation", False,
                      "phases that step only module F's groups")
         # Whole identities per replica: checked against the strategy's replica count once it
@@ -515,6 +516,11 @@ class Config:
                        loss=LossConfig(**_tuples(raw["loss"])), train=TrainConfig(**_tuples(train)))
         except (OSError, ValueError, KeyError, TypeError) as err:
             raise ValueError(f"{path}: not a jsia_tf run config ({err})") from err
+
+
+# What --generation=false implies unless the flags say otherwise: module F alone has no
+# generated pairs (IL, LR) nor mixed images (UI); Table 3 row 1.
+MODULE_F_ALONE = {"il": False, "lr_align": "off", "ui": False}
 
 
 # What a run's checkpoints fix: the networks' shapes and the identities they were trained

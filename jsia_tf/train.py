@@ -108,6 +108,13 @@ def _flag_value(field):
 def config_from_flags():
     """The one place where flags become the run's Config."""
     values = {name: {field.name: _flag_value(field) for field in _option_fields(cls)} for name, cls in _SECTIONS}
+    if not values["model"]["generation"]:  # module F alone: what needs module G is off unless given
+        implied = {name: value for name, value in config_lib.MODULE_F_ALONE.items() if not flags.FLAGS[name].present}
+        fields = {config_lib.flag_name(field): field.name for field in _option_fields(config_lib.LossConfig)}
+        values["loss"].update({fields[name]: value for name, value in implied.items()})
+        if implied:
+            logging.info("--generation=false (module F alone) implies %s",
+                         " ".join(f"--{name}={value}" for name, value in implied.items()))
     values["train"]["phases"] = config_lib.paper_phases(
         _PRETRAIN_EPOCHS.value, _JOINT_EPOCHS.value, _int_list("lr_decay_epochs", _LR_DECAY_EPOCHS.value),
         values["model"]["generation"],
