@@ -35,6 +35,9 @@ def prepare_dataset(data_cfg):
     version, size, seed, number of ids or test persons): a cached demo dataset always
     matches the code. A non-empty folder without ``synthetic.json`` is never overwritten.
 
+    Every training and test image is decoded once before training starts
+    (:func:`jsia_tf.data.pipeline.check_images`, its verdict cached beside the data).
+
     Workers that share ``--data_dir`` (one host, or a shared filesystem) take turns
     through an exclusive lock on ``.<data_dir name>.lock`` beside it: the first one
     generates, the others then find the dataset. Workers on separate disks each
@@ -65,7 +68,7 @@ def prepare_dataset(data_cfg):
                                        num_workers=os.cpu_count() or 1)
                 except ValueError as err:
                     raise config_lib.ConfigError("synthetic_ids", data_cfg.synthetic_ids, str(err)) from None
-    return pipeline.load_dataset(data_cfg.dataset, root, trial=data_cfg.trial)
+    return pipeline.load_dataset(data_cfg.dataset, root, trial=data_cfg.trial, verify=True)
 
 
 class RunFolderError(Exception):

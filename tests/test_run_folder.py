@@ -185,3 +185,20 @@ def test_resume_conflicts_name_every_field_the_checkpoints_fix_and_only_those():
         "--trial: the run has 1, the flags give 2", "--sl: the run has 'shared', the flags give 'separate'",
         "--style_dim: the run has 128, the flags give 64"]
     assert config_lib.resume_conflicts(base, base) == []
+
+
+@pytest.mark.large
+def test_an_undecodable_test_image_is_named_before_training_starts(finished_run, tmp_path):
+    data_dir = tmp_path / "data"
+    shutil.copytree(finished_run[0], data_dir)
+    first_test_image = (data_dir / "idx" / "test_thermal_1.txt").read_text().split()[0]
+    bad = data_dir / first_test_image
+    bad.write_bytes(bad.read_bytes()[:10])  # truncated to 10 bytes
+    run_dir = tmp_path / "run"
+    result = _train(data_dir, run_dir)
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    [line] = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert line.startswith(f"error: --data_dir={data_dir}: 1 image file(s) do not decode: {bad}: cannot be decoded as "
+                           "a BMP/JPEG/PNG image (")
+    assert "Training steps" not in result.stderr
+    assert sorted(p.name for p in run_dir.iterdir()) == [runs.LOCK_FILE]  # no config.json, no checkpoint
