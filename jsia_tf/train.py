@@ -277,6 +277,12 @@ def _not_tensorflow_info(record):
     return record.levelno >= logging.converter.STANDARD_WARNING or not record.pathname.startswith(_TENSORFLOW_DIR)
 
 
+def usage_error(err):
+    """Ends the process on a flag the run cannot use: its one line, not absl's usage text
+    (this module's docstring and ~150 flags, which buried the line)."""
+    sys.exit(f"error: {err} (--helpfull lists every flag)")
+
+
 def main(argv):
     del argv
     if logging.get_verbosity() < logging.DEBUG:  # --verbosity=1 brings them back
@@ -287,7 +293,7 @@ def main(argv):
         strategy = distribute.make_strategy(cfg.train)
         distribute.check_replica_split(cfg.data, strategy.num_replicas_in_sync)
     except config_lib.ConfigError as err:
-        raise app.UsageError(str(err)) from None
+        usage_error(err)
     except distribute.ClusterError as err:
         sys.exit(f"error: {err}")
     configure_tensorflow(cfg.train)
@@ -346,7 +352,7 @@ def train_evaluate_export(cfg, strategy, out_dir):
     try:
         dataset = runs.prepare_dataset(cfg.data)
     except config_lib.ConfigError as err:
-        raise app.UsageError(str(err)) from None
+        usage_error(err)
     except records.DatasetError as err:
         sys.exit(f"error: --data_dir={cfg.data.data_dir}: {err}")
     logging.info("%s: %d training ids, %d RGB + %d IR training images, %d test images",

@@ -125,8 +125,10 @@ def test_mirrored_strategy_over_two_logical_cpus_trains_and_evaluates(smoke_run,
 def test_bad_flags_are_one_clear_line_from_the_command(tmp_path, flag, expected):
     result = _train(f"--data_dir={tmp_path / 'data'}", f"--run_dir={tmp_path / 'run'}", flag)
     assert result.returncode != 0
-    assert expected in result.stderr
+    [line] = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert expected in line
     assert "Traceback" not in result.stderr
+    assert "--backbone_widths" not in result.stderr  # not absl's usage text: every flag with its help
 
 
 def test_missing_dataset_is_a_clear_error(tmp_path):
