@@ -219,6 +219,8 @@ def test_verify_names_every_bad_file_and_decodes_each_good_one_once(regdb_root, 
     assert sorted(decoded) == sorted(bad)  # only the changed files are decoded again
     assert str(error.value).startswith("2 image file(s) do not decode: ")
     assert all(f"{path}: cannot be decoded as a BMP/JPEG/PNG image (" in str(error.value) for path in bad)
+    assert f"{bad[0]}: cannot be decoded as a BMP/JPEG/PNG image (Unknown image file format" in str(error.value)
+    assert "{{" not in str(error.value) and "[Op:" not in str(error.value)  # TensorFlow's node names
 
 
 def test_load_dataset_dispatch(regdb_root, sysu_root):

@@ -131,8 +131,11 @@ GOOD_IMAGES = np.zeros((1, 32, 16, 3), np.uint8)
     (_request({"image_bytes": np.array([encode(pixels((8, 4, 3)), "PNG"), b"not an image"], dtype=object)},
               signature="embed_encoded"),
      grpc.StatusCode.INVALID_ARGUMENT, "image_bytes[1]: not a BMP, GIF, JPEG or PNG file"),
+    (_request({"image_bytes": np.array([encode(pixels((8, 4, 3)), "PNG"), encode(pixels((8, 4, 3)), "PNG")[:60]],
+                                       dtype=object)}, signature="embed_encoded"),
+     grpc.StatusCode.INVALID_ARGUMENT, "image_bytes[1]: Invalid PNG data, size 60"),
 ], ids=["model", "signature", "version", "version_label", "output_filter", "missing", "extra", "dtype", "rank", "empty", "too_large", "channels",
-        "undecodable"])
+        "undecodable", "truncated"])
 def test_bad_requests_get_their_status_and_the_server_goes_on(stub, client, request_, code, message):
     with pytest.raises(grpc.RpcError) as error:
         stub.Predict(request_, timeout=TIMEOUT_S)

@@ -21,6 +21,7 @@ import concurrent.futures
 import dataclasses
 import json
 import os
+import re
 
 from absl import logging
 import numpy as np
@@ -141,12 +142,19 @@ VERIFIED_IMAGES = ".jsia_verified_images.json"
 _SHOWN_BAD_FILES = 10
 
 
+def op_error_line(message):
+    """What a TensorFlow error ``message`` says failed, in one line: its last unindented
+    line (graph errors put the check's message there), without node and op names."""
+    line = [line for line in message.splitlines() if line.strip() and not line[0].isspace()][-1]
+    return re.sub(r"\{\{[^}]*\}\}\s*|\s*\[Op:[^\]]*\]", "", line).strip()
+
+
 def _decode_problem(path):
     """None if ``path`` decodes as training decodes it, else why not (one line)."""
     try:
         decode_image(path)
     except (tf.errors.InvalidArgumentError, tf.errors.NotFoundError) as error:
-        return error.message.strip().splitlines()[0]
+        return op_error_line(error.message)
     return None
 
 

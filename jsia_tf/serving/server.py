@@ -28,6 +28,8 @@ from absl import app, flags, logging
 from tensorflow.core.protobuf import saved_model_pb2
 from tensorflow_serving.apis import get_model_metadata_pb2, predict_pb2, prediction_service_pb2_grpc
 
+from jsia_tf.data import pipeline
+
 DEFAULT_SIGNATURE = "serving_default"
 DEFAULT_MAX_BATCH_SIZE = 256
 DEFAULT_MAX_MESSAGE_MB = 64
@@ -137,7 +139,10 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
             try:
                 outputs = self._signatures[signature_name](**inputs)
             except tf.errors.OpError as error:  # the graph's own checks: channels, size, undecodable bytes
-                raise RequestError(_GRPC_CODES[error.error_code], _check_message(error.message)) from error
+                message = pipeline.op_error_line(error.message)
+                if signature_name == "embed_encoded" and "image_bytes[" not in message:
+                    message = _undecodable_item(inputs["image_bytes"]) or message
+                raise RequestError(_GRPC_CODES[error.error_code], message) from error
         except RequestError as error:
             context.abort(error.code, str(error))
         response = predict_pb2.PredictResponse()
@@ -167,10 +172,20 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
         return response
 
 
-def _check_message(message):
-    """The failed check's own line of a graph error ("assertion failed: [...]"): the last
-    unindented line; the others name graph nodes and stacks, nothing about the request."""
-    return [line for line in message.splitlines() if line.strip() and not line[0].isspace()][-1]
+def _undecodable_item(image_bytes):
+    """``image_bytes[i]: why`` for the first item that does not decode, None if all do.
+
+    The signature names the item of a failed format or size check, but a file with a
+    good header and bad data (truncated) fails in TensorFlow's decoder, which names
+    none. The items before it passed the signature's size check: decoding them here is
+    bounded by its ``max_pixels``.
+    """
+    for index, data in enumerate(image_bytes):
+        try:
+            tf.io.decode_image(data, channels=3, expand_animations=False)
+        except tf.errors.OpError as error:
+            return f"image_bytes[{index}]: {pipeline.op_error_line(error.message)}"
+    return None
 
 
 # TensorFlow's error codes are gRPC's status codes: tf.errors.INVALID_ARGUMENT == 3 == INVALID_ARGUMENT.
