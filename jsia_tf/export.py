@@ -29,7 +29,7 @@ its end too)::
 
   python -m jsia_tf.export --run_dir=RUN [--checkpoint=RUN/checkpoints/ckpt-N] --export_dir=models/jsia \
       [--format=saved_model|litert|both] [--quantization=none,float16,dynamic_int8,int8,int8_float_head] \
-      [--calibration_images=256] [--data_dir=DATASET]
+      [--calibration_images=256] [--data_dir=DATASET] [--max_pixels=4194304]
 
 ``--quantization`` (a list; default none) applies to the LiteRT files. ``int8`` and
 ``int8_float_head`` calibrate on ``--calibration_images`` training images of the run's
@@ -326,7 +326,7 @@ def export_litert(model, export_dir, height, width, quantizations=("none",), rep
 
 
 def export_trainer(trainer, export_dir, checkpoint=None, formats=("saved_model",), quantizations=("none",),
-                   calibration_images=DEFAULT_CALIBRATION_IMAGES, data_dir=None):
+                   calibration_images=DEFAULT_CALIBRATION_IMAGES, data_dir=None, max_pixels=DEFAULT_MAX_PIXELS):
     """Exports the embedder of a trainer's module F with its run's metadata.
 
     Args:
@@ -337,6 +337,7 @@ def export_trainer(trainer, export_dir, checkpoint=None, formats=("saved_model",
       quantizations, calibration_images, data_dir: of the LiteRT files; int8 calibrates
         on ``calibration_images`` training images of the run's dataset (at ``data_dir``,
         default the run's).
+      max_pixels: of the SavedModel's image signatures (:func:`export_embedder`).
     Returns:
       The paths written: the SavedModel's version folder, then the ``.tflite`` files.
     """
@@ -346,7 +347,7 @@ def export_trainer(trainer, export_dir, checkpoint=None, formats=("saved_model",
                 "num_classes": trainer.num_classes, "dataset": cfg.data.dataset, "checkpoint": checkpoint or ""}
     written = []
     if "saved_model" in formats:
-        written.append(export_embedder(model, export_dir, height, width, metadata=metadata))
+        written.append(export_embedder(model, export_dir, height, width, metadata=metadata, max_pixels=max_pixels))
     if "litert" in formats:
         representative = None
         if set(quantizations) & set(litert.CALIBRATED):
@@ -375,7 +376,8 @@ def main(argv):
     try:
         written = export_run(flag_values.run_dir, flag_values.export_dir, flag_values.checkpoint or None,
                              formats=formats, quantizations=tuple(flag_values.quantization),
-                             calibration_images=flag_values.calibration_images, data_dir=flag_values.data_dir)
+                             calibration_images=flag_values.calibration_images, data_dir=flag_values.data_dir,
+                             max_pixels=flag_values.max_pixels)
     except (ValueError, FileExistsError) as err:
         raise app.UsageError(str(err)) from None
     for path in written:
@@ -398,6 +400,8 @@ def run():
                          "LiteRT int8: training images (half RGB, half IR) that calibrate the activation ranges.",
                          lower_bound=2)
     flags.DEFINE_string("data_dir", None, "LiteRT int8: the run's dataset root, if not where config.json says.")
+    flags.DEFINE_integer("max_pixels", DEFAULT_MAX_PIXELS, "SavedModel: the largest image (height x width) its "
+                         "signatures accept; a larger one is INVALID_ARGUMENT naming its index.", lower_bound=1)
     flags.mark_flags_as_required(["run_dir", "export_dir"])
     app.run(main)
 

@@ -7,6 +7,7 @@ Each test copies one finished smoke run (G pre-training only: 3 steps, a checkpo
 and breaks the copy as a user would, then runs the command.
 """
 
+import json
 import os
 import pathlib
 import shutil
@@ -90,10 +91,12 @@ def test_corrupt_checkpoints_fall_back_with_the_file_named_in_export_and_train(r
         f.write(os.urandom(4096))
 
     exported = subprocess.run(
-        [sys.executable, "-m", "jsia_tf.export", f"--run_dir={run_dir}", f"--export_dir={tmp_path / 'jsia'}"],
-        cwd=REPO, capture_output=True, text=True, timeout=300)
+        [sys.executable, "-m", "jsia_tf.export", f"--run_dir={run_dir}", f"--export_dir={tmp_path / 'jsia'}",
+         "--max_pixels=1000"], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert exported.returncode == 0, exported.stderr[-3000:]
     assert "Traceback" not in exported.stderr
+    metadata = json.loads((tmp_path / "jsia" / "1" / "assets" / "jsia_metadata.json").read_text())
+    assert (metadata["checkpoint"], metadata["max_pixels"]) == (str(checkpoints / "ckpt-1"), 1000)
     assert f"{index}: not a checkpoint index" in exported.stderr
     assert f"{data}: the values do not load" in exported.stderr
     assert f"{checkpoints / 'ckpt-1'} is the newest checkpoint that loads" in exported.stderr
