@@ -106,6 +106,7 @@ EVAL_HISTORY = "eval_history.json"  # the test-set metrics of every evaluation o
 # Files a run writes once it has trained and evaluated.
 _RECORDS = ("metrics.json", EVAL_HISTORY)
 _RESTARTED = "restarted-"
+RESTART_ADVICE = "pass --restart to start the run over (its files are moved aside), or another --run_dir"
 
 
 def prepare_run_folder(run_dir, cfg, restart):
@@ -121,9 +122,9 @@ def prepare_run_folder(run_dir, cfg, restart):
       RunFolderError: the start would lose work or mismatch the run's checkpoints.
     """
     run_dir = pathlib.Path(run_dir)
-    advice = "pass --restart to start the run over (its files are moved aside), or another --run_dir"
     if restart:
-        previous = sorted(p.name for p in run_dir.iterdir() if p.name != LOCK_FILE and not p.name.startswith(_RESTARTED))
+        previous = sorted(p.name for p in run_dir.iterdir()
+                          if p.name != LOCK_FILE and not p.name.startswith(_RESTARTED))
         if previous:
             aside = run_dir / (_RESTARTED + time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()))
             aside.mkdir()
@@ -135,17 +136,18 @@ def prepare_run_folder(run_dir, cfg, restart):
     records = [name for name in _RECORDS if (run_dir / name).exists()]
     if records and not checkpoints:
         raise RunFolderError(f"--run_dir={run_dir} holds {', '.join(records)} of a run that trained, but no "
-                             f"checkpoint to resume from in {run_dir / 'checkpoints'}: {advice}")
+                             f"checkpoint to resume from in {run_dir / 'checkpoints'}: {RESTART_ADVICE}")
     saved_path = run_dir / "config.json"
     if checkpoints and saved_path.exists():
         try:
             saved = config_lib.Config.load(saved_path)
         except ValueError as err:
-            raise RunFolderError(f"{err}: the flags cannot be checked against the run's checkpoints; {advice}") from None
+            raise RunFolderError(f"{err}: the flags cannot be checked against the run's checkpoints; "
+                                 f"{RESTART_ADVICE}") from None
         conflicts = config_lib.resume_conflicts(saved, cfg)
         if conflicts:
             raise RunFolderError(f"--run_dir={run_dir} has checkpoints trained with other values ({saved_path}): "
-                                 f"{'; '.join(conflicts)}. Pass the run's values, or {advice}")
+                                 f"{'; '.join(conflicts)}. Pass the run's values, or {RESTART_ADVICE}")
 
 
 # CheckpointManager's file names: <prefix>.index and <prefix>.data-<shard>-of-<shards>.
@@ -169,9 +171,9 @@ def checkpoints_on_disk(checkpoint_dir):
     return [os.path.join(str(checkpoint_dir), prefix) for prefix in sorted(steps, key=steps.get, reverse=True)]
 
 
-def _first_line(err):
-    text = str(getattr(err, "message", None) or err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
+def _why(err):
+    """What a failed restore says, in one line."""
+    return pipeline.op_error_line(str(getattr(err, "message", None) or err)) or type(err).__name__
 
 
 def _load_problem(checkpoint, prefix):
@@ -182,13 +184,13 @@ def _load_problem(checkpoint, prefix):
     try:
         reader = tf.train.load_checkpoint(prefix)  # reads the index alone
     except (tf.errors.OpError, ValueError) as err:
-        return f"{index}: not a checkpoint index ({_first_line(err)})"
+        return f"{index}: not a checkpoint index ({_why(err)})"
     del reader
     data = sorted(tf.io.gfile.glob(prefix + ".data-*")) or [prefix + ".data-00000-of-00001"]
     try:
         checkpoint.restore(prefix).assert_existing_objects_matched()
     except (tf.errors.OpError, ValueError, AssertionError) as err:
-        return f"{', '.join(data)}: the values do not load ({_first_line(err)})"
+        return f"{', '.join(data)}: the values do not load ({_why(err)})"
     return None
 
 
@@ -225,14 +227,14 @@ def restore_newest(checkpoint, checkpoint_dir):
 
 def restore_or_start(trainer, checkpoint_dir):
     """Restores the newest checkpoint of ``checkpoint_dir`` that loads (:func:`restore_newest`);
-    returns ``(step to continue from, the restored prefix or None)``."""
+    returns the step to continue from."""
     latest = restore_newest(trainer.checkpoint(), checkpoint_dir)
     if latest:
         logging.info("Resumed from %s (step %d)", latest, int(trainer.step.numpy()))
         for group, (saved, wanted) in trainer.restored_settings_differ().items():
             logging.warning("%s: the checkpoint was trained with (lr, beta1, beta2, weight_decay) %s; "
                             "continuing with this start's %s", group, saved, wanted)
-    return int(trainer.step.numpy()), latest
+    return int(trainer.step.numpy())
 
 
 def record_evaluation(path, step, metrics, generation=None):

@@ -363,10 +363,9 @@ def train_evaluate_export(cfg, strategy, out_dir):
     keras.utils.set_random_seed(cfg.data.seed)
     trainer = trainer_lib.Trainer(cfg, dataset.num_classes, strategy)
     try:
-        start, _ = runs.restore_or_start(trainer, run_dir / "checkpoints")
+        start = runs.restore_or_start(trainer, run_dir / "checkpoints")
     except runs.RunFolderError as err:
-        raise runs.RunFolderError(f"{err}. Pass --restart to start the run over (its files are moved aside), or "
-                                  "another --run_dir") from None
+        raise runs.RunFolderError(f"{err}: {runs.RESTART_ADVICE}") from None
     if chief:  # only now: a rejected start leaves the run's config.json as its checkpoints need it
         cfg.save(run_dir / "config.json")
         runs.write_dataset_summary(run_dir, dataset)

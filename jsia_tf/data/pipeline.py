@@ -145,7 +145,8 @@ _SHOWN_BAD_FILES = 10
 def op_error_line(message):
     """What a TensorFlow error ``message`` says failed, in one line: its last unindented
     line (graph errors put the check's message there), without node and op names."""
-    line = [line for line in message.splitlines() if line.strip() and not line[0].isspace()][-1]
+    lines = [line for line in message.splitlines() if line.strip() and not line[0].isspace()]
+    line = lines[-1] if lines else message.strip()
     return re.sub(r"\{\{[^}]*\}\}\s*|\s*\[Op:[^\]]*\]", "", line).strip()
 
 
