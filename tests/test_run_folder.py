@@ -97,6 +97,11 @@ def test_corrupt_checkpoints_fall_back_with_the_file_named_in_export_and_train(r
     assert "Traceback" not in exported.stderr
     metadata = json.loads((tmp_path / "jsia" / "1" / "assets" / "jsia_metadata.json").read_text())
     assert (metadata["checkpoint"], metadata["max_pixels"]) == (str(checkpoints / "ckpt-1"), 1000)
+    named = subprocess.run(
+        [sys.executable, "-m", "jsia_tf.export", f"--run_dir={run_dir}", f"--export_dir={tmp_path / 'jsia'}",
+         f"--checkpoint={checkpoints / 'ckpt-3'}"], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert named.returncode != 0 and "Traceback" not in named.stderr
+    assert f"--checkpoint={checkpoints / 'ckpt-3'}: {index}: not a checkpoint index" in named.stderr
     assert f"{index}: not a checkpoint index" in exported.stderr
     assert f"{data}: the values do not load" in exported.stderr
     assert f"{checkpoints / 'ckpt-1'} is the newest checkpoint that loads" in exported.stderr
