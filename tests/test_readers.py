@@ -221,6 +221,9 @@ def test_verify_names_every_bad_file_and_decodes_each_good_one_once(regdb_root, 
     assert all(f"{path}: cannot be decoded as a BMP/JPEG/PNG image (" in str(error.value) for path in bad)
     assert f"{bad[0]}: cannot be decoded as a BMP/JPEG/PNG image (Unknown image file format" in str(error.value)
     assert "{{" not in str(error.value) and "[Op:" not in str(error.value)  # TensorFlow's node names
+    os.remove(bad[1])  # deleted after the readers listed it
+    with pytest.raises(records.DatasetError, match=f"{bad[1]}: cannot be decoded as a BMP/JPEG/PNG image \\("):
+        pipeline.check_images([first.train_ir, first.test], regdb_root)
 
 
 def test_load_dataset_dispatch(regdb_root, sysu_root):

@@ -160,7 +160,11 @@ def _decode_problem(path):
 
 
 def _signature(path):
-    stat = os.stat(path)
+    """[size, mtime_ns] of ``path``, None if it is missing (then decoding it names it)."""
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return None
     return [stat.st_size, stat.st_mtime_ns]
 
 
