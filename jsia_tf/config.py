@@ -486,13 +486,14 @@ class Config:
             _require(getattr(self.data, flag) % 4 == 0, flag, getattr(self.data, flag), "a multiple of 4")
         if not self.model.generation:  # module F alone: no term may need generated images
             loss = self.loss
-            for ok, flag, value, expected in (
-                    (not loss.instance_alignment, "il", True, "false (no generated pairs without module G)"),
-                    (loss.local_alignment != "paired" or not self.model.num_regions, "lr_align", "paired",
-                     "'off' or 'unpaired' (no generated pairs without module G)"),
-                    (not loss.unseen_identity, "ui", True, "false (no mixed images without modules G and V)"),
-                    (self.model.set_level != "gan", "sl", "gan", "'shared' or 'separate' without module G")):
-                _require(ok, flag, value, f"{expected} with --generation=false")
+            conflicts = [f"--{flag}={value!r} (expected {expected})" for ok, flag, value, expected in (
+                (not loss.instance_alignment, "il", True, "false: no generated pairs without module G"),
+                (loss.local_alignment != "paired" or not self.model.num_regions, "lr_align", "paired",
+                 "'off' or 'unpaired': no generated pairs without module G"),
+                (not loss.unseen_identity, "ui", True, "false: no mixed images without modules G and V"),
+                (self.model.set_level != "gan", "sl", "gan", "'shared' or 'separate' without module G")) if not ok]
+            _require(not conflicts, "generation", False, f"module F alone, which these flags contradict: "
+                     f"{'; '.join(conflicts)}")
             _require(all(set(p.groups) <= set(REID_GROUPS) for p in self.train.phases), "generation", False,
                      "phases that step only module F's groups")
         # Whole identities per replica: checked against the strategy's replica count once it
@@ -515,6 +516,29 @@ class Config:
                        loss=LossConfig(**_tuples(raw["loss"])), train=TrainConfig(**_tuples(train)))
         except (OSError, ValueError, KeyError, TypeError) as err:
             raise ValueError(f"{path}: not a jsia_tf run config ({err})") from err
+
+
+# What --generation=false implies unless the flags say otherwise: module F alone has no
+# generated pairs (IL, LR) nor mixed images (UI); Table 3 row 1.
+MODULE_F_ALONE = {"il": False, "lr_align": "off", "ui": False}
+
+
+# What a run's checkpoints fix: the networks' shapes and the identities they were trained
+# on. A resume may change the schedule, the loss weights or the evaluation, not these.
+_RESUME_FIXED_DATA = ("dataset", "trial", "height", "width", "synthetic_ids", "synthetic_test_ids")
+
+
+def resume_conflicts(saved, wanted):
+    """``--flag: the run has X, the flags give Y`` for each field that ``wanted`` (this
+    start's Config) changes among those the saved run's checkpoints fix; empty if none."""
+    fixed = [("data", field) for field in dataclasses.fields(DataConfig) if field.name in _RESUME_FIXED_DATA]
+    fixed += [("model", field) for field in dataclasses.fields(ModelConfig)]
+    conflicts = []
+    for section, field in fixed:
+        before, after = (getattr(getattr(config, section), field.name) for config in (saved, wanted))
+        if before != after:
+            conflicts.append(f"--{flag_name(field)}: the run has {before!r}, the flags give {after!r}")
+    return conflicts
 
 
 def _tuples(fields):

@@ -9,9 +9,11 @@ classifier weights or local-region classifier. Preprocessing is in the graph and
 ``export_embedder`` writes ``export_dir/<version>/``, the numbered folder TF Serving
 loads (the highest number wins), with three signatures and no training flag:
 
-- ``serving_default``: ``images`` uint8 [N, H, W, C], N >= 1, any H and W, C 1 (gray,
-  such as thermal images) or 3 (RGB) -> ``embedding`` float32 [N, D], L2-normalised.
-- ``embed_encoded``: ``image_bytes`` string [N], BMP/JPEG/PNG files -> ``embedding``.
+- ``serving_default``: ``images`` uint8 [N, H, W, C], N >= 1, any H and W up to
+  ``max_pixels`` (H x W), C 1 (gray, such as thermal images) or 3 (RGB) ->
+  ``embedding`` float32 [N, D], L2-normalised.
+- ``embed_encoded``: ``image_bytes`` string [N], BMP/GIF/JPEG/PNG files up to
+  ``max_pixels`` -> ``embedding``; a bad item is named by its index.
 - ``metadata``: no input -> ``metadata_json``, a string scalar: the JSON document
   that is also written to ``assets/jsia_metadata.json`` (embedding dimension, input
   size, preprocessing, model version, training config hash, ...).
@@ -27,7 +29,7 @@ its end too)::
 
   python -m jsia_tf.export --run_dir=RUN [--checkpoint=RUN/checkpoints/ckpt-N] --export_dir=models/jsia \
       [--format=saved_model|litert|both] [--quantization=none,float16,dynamic_int8,int8,int8_float_head] \
-      [--calibration_images=256] [--data_dir=DATASET]
+      [--calibration_images=256] [--data_dir=DATASET] [--max_pixels=4194304]
 
 ``--quantization`` (a list; default none) applies to the LiteRT files. ``int8`` and
 ``int8_float_head`` calibrate on ``--calibration_images`` training images of the run's
@@ -53,6 +55,9 @@ METADATA_ASSET = "jsia_metadata.json"
 SIGNATURES = ("serving_default", "embed_encoded", "metadata")
 FORMATS = ("saved_model", "litert", "both")
 DEFAULT_CALIBRATION_IMAGES = 256
+# Largest image the signatures take, in pixels (H x W): a person crop is far smaller, and
+# without a bound one small PNG of 8000 x 8000 decodes to 192 MB (server memory it keeps).
+DEFAULT_MAX_PIXELS = 2048 * 2048
 PREPROCESSING = ("jsia_tf.data.pipeline.preprocess: gray -> 3 channels, antialiased bilinear resize to "
                  "{height}x{width}, caffe normalisation (RGB -> BGR minus the ImageNet mean pixel "
                  "(103.939, 116.779, 123.68), no scaling)")
@@ -83,12 +88,14 @@ class Embedder(tf.Module):
     Args:
       model: a built :class:`jsia_tf.models.alignment.FeatureAlignment`.
       height, width: the input size of the model (paper: 256x128).
+      max_pixels: the largest image (H x W) accepted; larger is InvalidArgument.
     """
 
-    def __init__(self, model, height, width):
+    def __init__(self, model, height, width, max_pixels=DEFAULT_MAX_PIXELS):
         super().__init__(name="jsia_embedder")
         self.height = height
         self.width = width
+        self.max_pixels = max_pixels
         self.gray_input = model.gray_input
         self.set_level_encoder = model.set_level_encoder
         self.instance_level_encoder = model.instance_level_encoder
@@ -107,24 +114,76 @@ class Embedder(tf.Module):
             tf.debugging.assert_positive(shape[0], message="images: the batch is empty (N must be >= 1)"),
             tf.debugging.Assert(tf.logical_or(shape[3] == 1, shape[3] == 3),
                                 ["images: expected 1 (gray) or 3 (RGB) channels, got shape", shape], summarize=4),
+            self._assert_size("images (each of {} items)", shape[0], shape[1], shape[2]),
         ]
         with tf.control_dependencies(checks):
             rgb = tf.cond(shape[3] == 1, lambda: tf.tile(images, [1, 1, 1, 3]), lambda: tf.identity(images))
         rgb = tf.ensure_shape(rgb, [None, None, None, 3])  # preprocess needs a static channel dimension
         return self.embed_preprocessed(pipeline.preprocess(rgb, self.height, self.width))
 
+    def _assert_size(self, item, index, height, width):
+        """InvalidArgument naming the item (``item``, a format string of ``index``) and the
+        limit if ``height`` x ``width`` is above ``max_pixels``."""
+        pixels = tf.cast(height, tf.int64) * tf.cast(width, tf.int64)
+        message = tf.strings.format(item + ": {}x{} = {} pixels, above the limit of {} pixels (max_pixels)",
+                                    (index, height, width, pixels, self.max_pixels))
+        return tf.debugging.Assert(pixels <= self.max_pixels, [message])
+
     def embed_encoded(self, image_bytes):
-        """string [N] of BMP/JPEG/PNG files -> float32 [N, D]; InvalidArgument if one does not decode."""
+        """string [N] of BMP/GIF/JPEG/PNG files -> float32 [N, D].
+
+        Each file's format and size are read from its header before it is decoded, so
+        that an item that is not an image, or too large, is InvalidArgument naming its
+        index (and the limit) without its pixels ever being allocated.
+        """
         check = tf.debugging.assert_positive(tf.size(image_bytes), message="image_bytes: the batch is empty")
 
-        def load(data):
-            image = tf.io.decode_image(data, channels=3, expand_animations=False)  # uint8 [h, w, 3]
+        def load(item):
+            index, data = item
+            known, height, width = encoded_size(data)
+            checks = [tf.debugging.Assert(known, [tf.strings.format(
+                "image_bytes[{}]: not a BMP, GIF, JPEG or PNG file", index)])]
+            with tf.control_dependencies(checks):
+                checks.append(self._assert_size("image_bytes[{}]", index, height, width))
+            with tf.control_dependencies(checks):
+                image = tf.io.decode_image(data, channels=3, expand_animations=False)  # uint8 [h, w, 3]
             return pipeline.preprocess(image, self.height, self.width)  # [H, W, 3]
 
         with tf.control_dependencies([check]):
-            images = tf.map_fn(load, image_bytes, fn_output_signature=tf.TensorSpec(
-                [self.height, self.width, 3], tf.float32))  # [N, H, W, 3]
-        return self.embed_preprocessed(images)
+            images = tf.map_fn(load, (tf.range(tf.size(image_bytes)), image_bytes),
+                               fn_output_signature=tf.TensorSpec([self.height, self.width, 3], tf.float32))
+        return self.embed_preprocessed(images)  # images: [N, H, W, 3]
+
+
+def _header_int(data, offset, dtype, little_endian):
+    """The integer of ``dtype`` at byte ``offset`` of the string scalar ``data`` (int64)."""
+    return tf.cast(tf.io.decode_raw(tf.strings.substr(data, offset, dtype.size), dtype,
+                                    little_endian=little_endian)[0], tf.int64)
+
+
+def encoded_size(data):
+    """``(known, height, width)`` of an image file from its header, without decoding it.
+
+    ``known``: BMP, GIF, JPEG or PNG magic bytes (the formats ``tf.io.decode_image``
+    reads); the size is 0 x 0 for another file. Header layouts: PNG's IHDR (big-endian
+    width, height at bytes 16, 20), BMP's info header (little-endian at 18, 22; a
+    negative height is a top-down bitmap), GIF's screen descriptor (16-bit at 6, 8);
+    JPEG's SOF marker through ``tf.image.extract_jpeg_shape``.
+    """
+    padded = tf.strings.join([data, tf.constant(b"\0" * 26)])  # every header field is then in range
+    start = tf.strings.substr(padded, 0, 8)
+    png = tf.equal(start, b"\x89PNG\r\n\x1a\n")
+    bmp = tf.equal(tf.strings.substr(start, 0, 2), b"BM")
+    gif = tf.equal(tf.strings.substr(start, 0, 4), b"GIF8")
+    jpeg = tf.equal(tf.strings.substr(start, 0, 3), b"\xff\xd8\xff")
+    zero = tf.constant(0, tf.int64)
+    height, width = tf.case([
+        (png, lambda: (_header_int(padded, 20, tf.int32, False), _header_int(padded, 16, tf.int32, False))),
+        (bmp, lambda: (tf.abs(_header_int(padded, 22, tf.int32, True)), _header_int(padded, 18, tf.int32, True))),
+        (gif, lambda: (_header_int(padded, 8, tf.uint16, True), _header_int(padded, 6, tf.uint16, True))),
+        (jpeg, lambda: tuple(tf.unstack(tf.cast(tf.image.extract_jpeg_shape(data)[:2], tf.int64)))),
+    ], default=lambda: (zero, zero), exclusive=False)
+    return tf.reduce_any(tf.stack([png, bmp, gif, jpeg])), height, width
 
 
 def _check_size(height, width):
@@ -156,7 +215,7 @@ def metadata_document(model, height, width, format_entries, metadata=None):
     return {**document, **(metadata or {})}
 
 
-def export_embedder(model, export_dir, height, width, metadata=None, version=None):
+def export_embedder(model, export_dir, height, width, metadata=None, version=None, max_pixels=DEFAULT_MAX_PIXELS):
     """Writes the embedder of ``model`` as SavedModel ``export_dir/<version>/``.
 
     Args:
@@ -168,6 +227,8 @@ def export_embedder(model, export_dir, height, width, metadata=None, version=Non
         ``{"training_config_sha256": config_fingerprint(config)}``; they may not
         replace the entries computed here.
       version: the version folder number; default 1 + the highest existing one.
+      max_pixels: the largest image (H x W) both image signatures accept (recorded in
+        the metadata); a larger one is INVALID_ARGUMENT naming its index and the limit.
 
     Returns:
       The path of the version folder.
@@ -185,9 +246,9 @@ def export_embedder(model, export_dir, height, width, metadata=None, version=Non
     if os.path.exists(version_dir):
         raise FileExistsError(f"{version_dir} exists; export a new version or remove it")
 
-    embedder = Embedder(model, height, width)
-    document = metadata_document(model, height, width, {"model_version": version, "signatures": list(SIGNATURES)},
-                                 metadata)
+    embedder = Embedder(model, height, width, max_pixels)
+    document = metadata_document(model, height, width, {"model_version": version, "signatures": list(SIGNATURES),
+                                                        "max_pixels": max_pixels}, metadata)
     document_json = json.dumps(document, indent=2, sort_keys=True)
 
     @tf.function(input_signature=[tf.TensorSpec([None, None, None, None], tf.uint8, name="images")])
@@ -265,7 +326,7 @@ def export_litert(model, export_dir, height, width, quantizations=("none",), rep
 
 
 def export_trainer(trainer, export_dir, checkpoint=None, formats=("saved_model",), quantizations=("none",),
-                   calibration_images=DEFAULT_CALIBRATION_IMAGES, data_dir=None):
+                   calibration_images=DEFAULT_CALIBRATION_IMAGES, data_dir=None, max_pixels=DEFAULT_MAX_PIXELS):
     """Exports the embedder of a trainer's module F with its run's metadata.
 
     Args:
@@ -276,6 +337,7 @@ def export_trainer(trainer, export_dir, checkpoint=None, formats=("saved_model",
       quantizations, calibration_images, data_dir: of the LiteRT files; int8 calibrates
         on ``calibration_images`` training images of the run's dataset (at ``data_dir``,
         default the run's).
+      max_pixels: of the SavedModel's image signatures (:func:`export_embedder`).
     Returns:
       The paths written: the SavedModel's version folder, then the ``.tflite`` files.
     """
@@ -285,7 +347,7 @@ def export_trainer(trainer, export_dir, checkpoint=None, formats=("saved_model",
                 "num_classes": trainer.num_classes, "dataset": cfg.data.dataset, "checkpoint": checkpoint or ""}
     written = []
     if "saved_model" in formats:
-        written.append(export_embedder(model, export_dir, height, width, metadata=metadata))
+        written.append(export_embedder(model, export_dir, height, width, metadata=metadata, max_pixels=max_pixels))
     if "litert" in formats:
         representative = None
         if set(quantizations) & set(litert.CALIBRATED):
@@ -314,7 +376,8 @@ def main(argv):
     try:
         written = export_run(flag_values.run_dir, flag_values.export_dir, flag_values.checkpoint or None,
                              formats=formats, quantizations=tuple(flag_values.quantization),
-                             calibration_images=flag_values.calibration_images, data_dir=flag_values.data_dir)
+                             calibration_images=flag_values.calibration_images, data_dir=flag_values.data_dir,
+                             max_pixels=flag_values.max_pixels)
     except (ValueError, FileExistsError) as err:
         raise app.UsageError(str(err)) from None
     for path in written:
@@ -337,6 +400,8 @@ def run():
                          "LiteRT int8: training images (half RGB, half IR) that calibrate the activation ranges.",
                          lower_bound=2)
     flags.DEFINE_string("data_dir", None, "LiteRT int8: the run's dataset root, if not where config.json says.")
+    flags.DEFINE_integer("max_pixels", DEFAULT_MAX_PIXELS, "SavedModel: the largest image (height x width) its "
+                         "signatures accept; a larger one is INVALID_ARGUMENT naming its index.", lower_bound=1)
     flags.mark_flags_as_required(["run_dir", "export_dir"])
     app.run(main)
 

@@ -1,9 +1,11 @@
 """``python -m jsia_tf.train --flagfile=configs/demo.flags``: the main job.
 
 Flags are defined here and turned into one frozen :class:`jsia_tf.config.Config`
-(written to ``<run_dir>/config.json``). The run prepares its data and resumes from
-the newest checkpoint in ``<run_dir>/checkpoints`` if there is one (:mod:`jsia_tf.runs`:
-the step counter and the data streams continue where they stopped), builds the
+(written to ``<run_dir>/config.json`` once the resume has succeeded). The run locks its
+folder (one training per folder), prepares its data and resumes from the newest
+checkpoint in ``<run_dir>/checkpoints`` that loads, naming any newer one that does not
+(:mod:`jsia_tf.runs`: the step counter and the data streams continue where they
+stopped; a folder with recorded work is started over only with ``--restart``), builds the
 :class:`jsia_tf.trainer.Trainer` (modules F, G, V and the discriminators of Sec. 3),
 trains through the schedule's phases (G pre-training, then joint training, Sec. 4.2)
 in the loop below, then evaluates module F's Eq. 17 features with the dataset's
@@ -83,6 +85,9 @@ _PRETRAIN_SET_LEVEL = flags.DEFINE_bool(
     "pretrain_set_level", True, "G's pre-training also steps E^sl = E^i with module G's terms (with --sl=shared; "
     "the paper pre-trains the generation module, E^i included). false: the official GAN warm-up, which leaves its "
     "ImageNet stem as it is.")
+_RESTART = flags.DEFINE_bool(
+    "restart", False, "Start at step 0 in a --run_dir that holds a run's checkpoints or records: its files are "
+    "moved into <run_dir>/restarted-<time>/. Without it such a run resumes from its newest checkpoint that loads.")
 
 
 def _int_list(flag, values):
@@ -103,6 +108,13 @@ def _flag_value(field):
 def config_from_flags():
     """The one place where flags become the run's Config."""
     values = {name: {field.name: _flag_value(field) for field in _option_fields(cls)} for name, cls in _SECTIONS}
+    if not values["model"]["generation"]:  # module F alone: what needs module G is off unless given
+        implied = {name: value for name, value in config_lib.MODULE_F_ALONE.items() if not flags.FLAGS[name].present}
+        fields = {config_lib.flag_name(field): field.name for field in _option_fields(config_lib.LossConfig)}
+        values["loss"].update({fields[name]: value for name, value in implied.items()})
+        if implied:
+            logging.info("--generation=false (module F alone) implies %s",
+                         " ".join(f"--{name}={value}" for name, value in implied.items()))
     values["train"]["phases"] = config_lib.paper_phases(
         _PRETRAIN_EPOCHS.value, _JOINT_EPOCHS.value, _int_list("lr_decay_epochs", _LR_DECAY_EPOCHS.value),
         values["model"]["generation"],
@@ -265,6 +277,12 @@ def _not_tensorflow_info(record):
     return record.levelno >= logging.converter.STANDARD_WARNING or not record.pathname.startswith(_TENSORFLOW_DIR)
 
 
+def usage_error(err):
+    """Ends the process on a flag the run cannot use: its one line, not absl's usage text
+    (this module's docstring and ~150 flags, which buried the line)."""
+    sys.exit(f"error: {err} (--helpfull lists every flag)")
+
+
 def main(argv):
     del argv
     if logging.get_verbosity() < logging.DEBUG:  # --verbosity=1 brings them back
@@ -275,12 +293,12 @@ def main(argv):
         strategy = distribute.make_strategy(cfg.train)
         distribute.check_replica_split(cfg.data, strategy.num_replicas_in_sync)
     except config_lib.ConfigError as err:
-        raise app.UsageError(str(err)) from None
+        usage_error(err)
     except distribute.ClusterError as err:
         sys.exit(f"error: {err}")
     configure_tensorflow(cfg.train)
     try:
-        run_as_worker(cfg, strategy)
+        run_as_worker(cfg, strategy, _RESTART.value)
     except BaseException as err:  # pylint: disable=broad-except
         multi_worker = isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
         if not multi_worker or (isinstance(err, SystemExit) and not err.code):
@@ -294,22 +312,30 @@ def configure_tensorflow(train_cfg):
     tf.config.optimizer.set_experimental_options({"disable_meta_optimizer": not train_cfg.graph_optimizer})
 
 
-def run_as_worker(cfg, strategy):
+def run_as_worker(cfg, strategy, restart=False):
     """Trains, evaluates and exports: into the run folder on the chief, into a scratch
     folder elsewhere (every worker saves checkpoints and the export, because saving runs
-    collectives; TF's multi-worker guide)."""
+    collectives; TF's multi-worker guide).
+
+    The chief holds the run folder's lock throughout (one training per folder) and
+    checks the folder before changing any file (:func:`jsia_tf.runs.prepare_run_folder`;
+    ``restart`` moves a previous run aside)."""
     run_dir = pathlib.Path(cfg.run_dir)
-    if distribute.is_chief(strategy):
-        run_dir.mkdir(parents=True, exist_ok=True)
-        cfg.save(run_dir / "config.json")
-        train_evaluate_export(cfg, strategy, run_dir)
-        return
-    scratch = pathlib.Path(tempfile.mkdtemp(prefix="jsia_worker_"))
-    logging.info("Not the chief: no summaries; checkpoints and export go to %s, removed at the end", scratch)
     try:
-        train_evaluate_export(cfg, strategy, scratch)
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
+        if distribute.is_chief(strategy):
+            run_dir.mkdir(parents=True, exist_ok=True)
+            with runs.lock_run_folder(run_dir):
+                runs.prepare_run_folder(run_dir, cfg, restart)
+                train_evaluate_export(cfg, strategy, run_dir)
+            return
+        scratch = pathlib.Path(tempfile.mkdtemp(prefix="jsia_worker_"))
+        logging.info("Not the chief: no summaries; checkpoints and export go to %s, removed at the end", scratch)
+        try:
+            train_evaluate_export(cfg, strategy, scratch)
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+    except runs.RunFolderError as err:
+        sys.exit(f"error: {err}")
 
 
 def train_evaluate_export(cfg, strategy, out_dir):
@@ -326,7 +352,7 @@ def train_evaluate_export(cfg, strategy, out_dir):
     try:
         dataset = runs.prepare_dataset(cfg.data)
     except config_lib.ConfigError as err:
-        raise app.UsageError(str(err)) from None
+        usage_error(err)
     except records.DatasetError as err:
         sys.exit(f"error: --data_dir={cfg.data.data_dir}: {err}")
     logging.info("%s: %d training ids, %d RGB + %d IR training images, %d test images",
@@ -335,12 +361,16 @@ def train_evaluate_export(cfg, strategy, out_dir):
     logging.info("%d replica(s), %s", strategy.num_replicas_in_sync, cfg.train.mixed_precision)
     # Weight initialisation is seeded too: a run is reproducible from its config.
     keras.utils.set_random_seed(cfg.data.seed)
-    if chief:
-        runs.write_dataset_summary(run_dir, dataset)
     trainer = trainer_lib.Trainer(cfg, dataset.num_classes, strategy)
+    try:
+        start = runs.restore_or_start(trainer, run_dir / "checkpoints")
+    except runs.RunFolderError as err:
+        raise runs.RunFolderError(f"{err}: {runs.RESTART_ADVICE}") from None
+    if chief:  # only now: a rejected start leaves the run's config.json as its checkpoints need it
+        cfg.save(run_dir / "config.json")
+        runs.write_dataset_summary(run_dir, dataset)
     manager = tf.train.CheckpointManager(trainer.checkpoint(), str(out_dir / "checkpoints"),
                                          max_to_keep=cfg.train.keep_checkpoints)
-    start = runs.restore_or_start(trainer, manager, run_dir / "checkpoints")
     watchdog = None
     if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
         watchdog = distribute.ProgressWatchdog(cfg)

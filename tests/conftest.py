@@ -39,7 +39,7 @@ SYSU_IMAGES_PER_FOLDER = 3
 # workers start them first and the many short files fill in behind them.
 LONGEST_FIRST = ("test_worker_failure.py", "test_distribute.py", "test_train.py", "test_learning.py",
                  "test_learning_generation.py",
-                 "test_resume.py", "test_analyze.py")
+                 "test_run_folder.py", "test_resume.py", "test_analyze.py")
 
 
 def pytest_collection_modifyitems(items):

@@ -193,3 +193,29 @@ def test_saved_model_cli_lists_the_signatures(version_dir):
                  "inputs['image_bytes'] tensor_info:", "dtype: DT_STRING", "outputs['embedding'] tensor_info:",
                  f"shape: (-1, {FEATURE_DIM})", "outputs['metadata_json'] tensor_info:"):
         assert text in result.stdout, text
+
+
+def test_signatures_refuse_images_above_max_pixels_naming_the_item_and_the_limit(model, tmp_path):
+    """An image above the export's max_pixels, or an item that is no image, is InvalidArgument
+    naming its index; the encoded one is refused from its header (never decoded)."""
+    loaded = tf.saved_model.load(export.export_embedder(model, str(tmp_path), HEIGHT, WIDTH, max_pixels=40 * 20))
+    assert json.loads(loaded.signatures["metadata"]()["metadata_json"].numpy())["max_pixels"] == 40 * 20
+    small = pixels((40, 20, 3))
+    encoded = loaded.signatures["embed_encoded"]
+    for fmt in ("PNG", "BMP", "JPEG", "GIF"):
+        assert encoded(image_bytes=tf.constant([encode(small, fmt)]))["embedding"].shape == (1, FEATURE_DIM)
+        too_large = encode(pixels((41, 20, 3)), fmt)
+        with pytest.raises(tf.errors.InvalidArgumentError,
+                           match=re.escape("image_bytes[1]: 41x20 = 820 pixels, above the limit of 800 pixels")):
+            encoded(image_bytes=tf.constant([encode(small, fmt), too_large]))
+    # A header that claims 8000 x 8000 is refused before the missing pixels are decoded.
+    header = encode(small, "PNG")[:16] + (8000).to_bytes(4, "big") * 2
+    with pytest.raises(tf.errors.InvalidArgumentError, match=re.escape("image_bytes[0]: 8000x8000 = 64000000")):
+        encoded(image_bytes=tf.constant([header]))
+    for junk in (b"not an image", b""):
+        with pytest.raises(tf.errors.InvalidArgumentError,
+                           match=re.escape("image_bytes[2]: not a BMP, GIF, JPEG or PNG file")):
+            encoded(image_bytes=tf.constant([encode(small, "PNG")] * 2 + [junk]))
+    with pytest.raises(tf.errors.InvalidArgumentError,
+                       match=re.escape("images (each of 2 items): 41x20 = 820 pixels, above the limit of 800")):
+        loaded.signatures["serving_default"](images=tf.constant(pixels((2, 41, 20, 3))))

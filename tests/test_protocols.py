@@ -379,3 +379,19 @@ def test_intra_modality_diagnostic_excludes_the_query_itself():
     assert out["intra_ir"]["cmc"]["1"] == 1.0 and out["intra_ir"]["mAP"] == 1.0
     with pytest.raises(ValueError, match="fewer than 2 ir test images"):
         protocols.evaluate_intra_modality(features[:5], labels[:5], cams[:5], "regdb")
+
+
+def test_all_zero_features_are_scored_with_a_warning(caplog):
+    features = REGDB_FEATURES.copy()
+    features[[1, 3]] = 0.0
+    with caplog.at_level("WARNING", logger="absl"):
+        metrics = protocols.evaluate_features(features, REGDB_LABELS, REGDB_CAMS, protocol="regdb")
+    assert set(metrics) == {"cmc", "mAP", "mINP"}
+    assert f"2 of {len(features)} test features are all zero (first: row 1)" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="absl"):
+        assert protocols.warn_degenerate(REGDB_FEATURES) == 0
+    assert caplog.text == ""
+    features[1, 0] = np.nan
+    with pytest.raises(ValueError, match="features contain NaN or infinite values"):
+        protocols.evaluate_features(features, REGDB_LABELS, REGDB_CAMS, protocol="regdb")

@@ -193,8 +193,37 @@ def test_verify_names_the_undecodable_file(regdb_root, sysu_root, damage):
         with open(path, "wb") as f:
             f.write(b"not an image at all" if damage == "garbage" else data[: len(data) // 2])
         pipeline.load_dataset(name, root, trial=1)  # readers do not decode
-        with pytest.raises(records.DatasetError, match=f"{bad}: cannot be decoded"):
+        with pytest.raises(records.DatasetError, match=f"1 image file\\(s\\) do not decode: .*{bad}: cannot be "):
             pipeline.load_dataset(name, root, trial=1, verify=True)
+
+
+def test_verify_names_every_bad_file_and_decodes_each_good_one_once(regdb_root, monkeypatch):
+    decoded = []
+    decode = pipeline.decode_image
+    monkeypatch.setattr(pipeline, "decode_image", lambda path: decoded.append(path) or decode(path))
+    first = pipeline.load_dataset("regdb", regdb_root, trial=1, verify=True)
+    paths = [str(p) for images in (first.train_rgb, first.train_ir, first.test) for p in images.paths]
+    assert sorted(decoded) == sorted(paths)
+    assert os.path.exists(os.path.join(regdb_root, pipeline.VERIFIED_IMAGES))
+    decoded.clear()
+    pipeline.load_dataset("regdb", regdb_root, trial=1, verify=True)
+    assert decoded == []  # the cached verdict: nothing changed
+    bad = [os.path.join(regdb_root, name) for name in ("Visible/1/v_1.bmp", "Thermal/6/t_4.bmp")]
+    for path in bad:  # a text file named .bmp, and a BMP truncated to 10 bytes
+        with open(path, "rb") as f:
+            data = f.read()
+        with open(path, "wb") as f:
+            f.write(b"hello" if "Visible" in path else data[:10])
+    with pytest.raises(records.DatasetError) as error:
+        pipeline.load_dataset("regdb", regdb_root, trial=1, verify=True)
+    assert sorted(decoded) == sorted(bad)  # only the changed files are decoded again
+    assert str(error.value).startswith("2 image file(s) do not decode: ")
+    assert all(f"{path}: cannot be decoded as a BMP/JPEG/PNG image (" in str(error.value) for path in bad)
+    assert f"{bad[0]}: cannot be decoded as a BMP/JPEG/PNG image (Unknown image file format" in str(error.value)
+    assert "{{" not in str(error.value) and "[Op:" not in str(error.value)  # TensorFlow's node names
+    os.remove(bad[1])  # deleted after the readers listed it
+    with pytest.raises(records.DatasetError, match=f"{bad[1]}: cannot be decoded as a BMP/JPEG/PNG image \\("):
+        pipeline.check_images([first.train_ir, first.test], regdb_root)
 
 
 def test_load_dataset_dispatch(regdb_root, sysu_root):

@@ -7,6 +7,7 @@ Two versions are exported (different weights); the server must serve version 2. 
 import concurrent.futures
 import json
 import os
+import socket
 import subprocess
 import sys
 import threading
@@ -127,10 +128,14 @@ GOOD_IMAGES = np.zeros((1, 32, 16, 3), np.uint8)
      f"batch size {MAX_BATCH_SIZE + 1}"),
     (_request({"images": np.zeros((1, 32, 16, 2), np.uint8)}), grpc.StatusCode.INVALID_ARGUMENT,
      "expected 1 (gray) or 3 (RGB) channels"),
-    (_request({"image_bytes": np.array([b"not an image"], dtype=object)}, signature="embed_encoded"),
-     grpc.StatusCode.INVALID_ARGUMENT, "Unknown image file format"),
+    (_request({"image_bytes": np.array([encode(pixels((8, 4, 3)), "PNG"), b"not an image"], dtype=object)},
+              signature="embed_encoded"),
+     grpc.StatusCode.INVALID_ARGUMENT, "image_bytes[1]: not a BMP, GIF, JPEG or PNG file"),
+    (_request({"image_bytes": np.array([encode(pixels((8, 4, 3)), "PNG"), encode(pixels((8, 4, 3)), "PNG")[:60]],
+                                       dtype=object)}, signature="embed_encoded"),
+     grpc.StatusCode.INVALID_ARGUMENT, "image_bytes[1]: Invalid PNG data, size 60"),
 ], ids=["model", "signature", "version", "version_label", "output_filter", "missing", "extra", "dtype", "rank", "empty", "too_large", "channels",
-        "undecodable"])
+        "undecodable", "truncated"])
 def test_bad_requests_get_their_status_and_the_server_goes_on(stub, client, request_, code, message):
     with pytest.raises(grpc.RpcError) as error:
         stub.Predict(request_, timeout=TIMEOUT_S)
@@ -218,6 +223,11 @@ def test_command_lines_end_to_end(base_path, tmp_path):
             [sys.executable, "-m", "jsia_tf.serving.client", f"--server={address}", "--model=jsia",
              f"--images={gallery / '1.png'}", f"--gallery_dir={gallery}", "--top_k=2"],
             cwd=REPO, capture_output=True, text=True, timeout=60)
+        (tmp_path / "junk.png").write_text("not an image")
+        junk, missing = (subprocess.run(
+            [sys.executable, "-m", "jsia_tf.serving.client", f"--server={address}", f"--images={image}"],
+            cwd=REPO, capture_output=True, text=True, timeout=60) for image in (tmp_path / "junk.png",
+                                                                                tmp_path / "missing.png"))
     finally:
         server.terminate()
         server.wait(timeout=TIMEOUT_S)
@@ -226,6 +236,33 @@ def test_command_lines_end_to_end(base_path, tmp_path):
     assert lines[0] == f"query {gallery / '1.png'}"
     assert lines[1].split() == ["1", "1.0000", str(gallery / "1.png")]  # the query itself ranks first
     assert len(lines) == 3
+    # What the user can fix is one line, not a traceback.
+    assert _error_line(junk) == (f"error: --server={address}: INVALID_ARGUMENT: assertion failed: "
+                                 "[image_bytes[0]: not a BMP, GIF, JPEG or PNG file]")
+    assert _error_line(missing) == f"error: {tmp_path / 'missing.png'}: No such file or directory"
+
+
+def _error_line(result):
+    """The one ``error:`` line a command ended with (and no traceback)."""
+    assert result.returncode != 0 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    [line] = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    return line
+
+
+def test_command_lines_answer_no_server_and_no_model_in_one_line(tmp_path):
+    with socket.socket() as unused:  # a port nothing listens on
+        unused.bind(("127.0.0.1", 0))
+        port = unused.getsockname()[1]
+    (tmp_path / "a.png").write_bytes(encode(pixels((32, 16, 3)), "PNG"))
+    no_server = subprocess.run(
+        [sys.executable, "-m", "jsia_tf.serving.client", f"--server=127.0.0.1:{port}", f"--images={tmp_path / 'a.png'}",
+         "--timeout=5"], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert _error_line(no_server).startswith(f"error: --server=127.0.0.1:{port}: UNAVAILABLE: ")
+    (tmp_path / "empty").mkdir()
+    no_model = subprocess.run(
+        [sys.executable, "-m", "jsia_tf.serving.server", f"--model_base_path={tmp_path / 'empty'}", "--port=0"],
+        cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert _error_line(no_model) == f"error: {tmp_path / 'empty'}: no version folder (1/, 2/, ...) to serve"
 
 
 def test_models_config_parses_as_a_model_server_config():

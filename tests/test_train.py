@@ -125,8 +125,10 @@ def test_mirrored_strategy_over_two_logical_cpus_trains_and_evaluates(smoke_run,
 def test_bad_flags_are_one_clear_line_from_the_command(tmp_path, flag, expected):
     result = _train(f"--data_dir={tmp_path / 'data'}", f"--run_dir={tmp_path / 'run'}", flag)
     assert result.returncode != 0
-    assert expected in result.stderr
+    [line] = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert expected in line
     assert "Traceback" not in result.stderr
+    assert "--backbone_widths" not in result.stderr  # not absl's usage text: every flag with its help
 
 
 def test_missing_dataset_is_a_clear_error(tmp_path):
@@ -347,3 +349,35 @@ def test_a_finished_run_on_one_host_skips_the_interpreter_teardown_and_a_multi_w
     finally:
         if not parsed:
             flags.FLAGS.unparse_flags()
+
+
+def test_generation_false_alone_is_module_f_alone_and_conflicts_are_one_error(caplog):
+    """--generation=false turns off the terms that need module G (IL, LR, UI) unless given,
+    with a log line; flags that contradict it are listed together in one error."""
+    from absl import flags
+    from jsia_tf import config as config_lib
+    from jsia_tf import train
+
+    base = ["train", f"--flagfile={REPO / 'configs' / 'smoke.flags'}", "--data_dir=d", "--run_dir=r"]
+    try:
+        flags.FLAGS([*base, "--generation=false"])
+        with caplog.at_level("INFO", logger="absl"):
+            alone = train.config_from_flags()
+        flags.FLAGS.unparse_flags()
+        flags.FLAGS([*base, "--generation=false", "--lr_align=unpaired"])
+        unpaired = train.config_from_flags()
+        flags.FLAGS.unparse_flags()
+        flags.FLAGS([*base, "--generation=false", "--il", "--ui", "--sl=gan"])
+        with pytest.raises(config_lib.ConfigError) as error:
+            train.config_from_flags()
+    finally:
+        flags.FLAGS.unparse_flags()
+    loss = alone.loss
+    assert (alone.model.generation, loss.instance_alignment, loss.local_alignment, loss.unseen_identity) == (
+        False, False, "off", False)
+    assert "--generation=false (module F alone) implies --il=False --lr_align=off --ui=False" in caplog.text
+    assert (unpaired.loss.local_alignment, unpaired.loss.instance_alignment) == ("unpaired", False)
+    assert str(error.value) == (
+        "--generation=False: expected module F alone, which these flags contradict: --il=True (expected false: no "
+        "generated pairs without module G); --ui=True (expected false: no mixed images without modules G and V); "
+        "--sl='gan' (expected 'shared' or 'separate' without module G)")

@@ -100,7 +100,8 @@ def test_a_failing_worker_ends_every_hand_started_worker_and_a_restart_resumes_b
     # The chief alone wrote the run folder: one TensorBoard writer, its checkpoints, export, metrics.
     assert (run_dir / "config.json").read_text() == config
     assert sorted(p.name for p in run_dir.iterdir() if not p.name.startswith("events")) == [
-        "checkpoints", "config.json", "dataset.json", "eval_history.json", "export", "metrics.json"]
+        "checkpoints", "config.json", "dataset.json", "eval_history.json", "export", "metrics.json",
+        "train.lock"]  # runs.LOCK_FILE
     assert len(list(run_dir.glob("events.out.tfevents.*"))) == 2  # one per start
     assert sorted(p.name for p in (run_dir / "checkpoints").glob("ckpt-*.index")) == ["ckpt-2.index", "ckpt-4.index"]
     assert [p.name for p in (run_dir / "export").iterdir()] == ["1"]

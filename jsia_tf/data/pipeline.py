@@ -17,8 +17,13 @@ in the stream). The same seed gives the same stream of batches, however it is sp
 over replicas and workers (:func:`train_dataset`).
 """
 
+import concurrent.futures
 import dataclasses
+import json
+import os
+import re
 
+from absl import logging
 import numpy as np
 import tensorflow as tf
 
@@ -131,14 +136,74 @@ def load_image(path, height, width):
     return preprocess(decode_image(path), height, width)
 
 
-def check_images(image_list):
-    """Decodes every file of ``image_list`` as training would; raises DatasetError on the first bad one."""
-    for path in image_list.paths:
+# Beside the dataset (in its folder): {file relative to it: [size, mtime_ns]} of the
+# images that decoded, so that a later run decodes only new or changed files.
+VERIFIED_IMAGES = ".jsia_verified_images.json"
+_SHOWN_BAD_FILES = 10
+
+
+def op_error_line(message):
+    """What a TensorFlow error ``message`` says failed, in one line: its last unindented
+    line (graph errors put the check's message there), without node and op names."""
+    lines = [line for line in message.splitlines() if line.strip() and not line[0].isspace()]
+    line = lines[-1] if lines else message.strip()
+    return re.sub(r"\{\{[^}]*\}\}\s*|\s*\[Op:[^\]]*\]", "", line).strip()
+
+
+def _decode_problem(path):
+    """None if ``path`` decodes as training decodes it, else why not (one line)."""
+    try:
+        decode_image(path)
+    except (tf.errors.InvalidArgumentError, tf.errors.NotFoundError) as error:
+        return op_error_line(error.message)
+    return None
+
+
+def _signature(path):
+    """[size, mtime_ns] of ``path``, None if it is missing (then decoding it names it)."""
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return None
+    return [stat.st_size, stat.st_mtime_ns]
+
+
+def check_images(image_lists, root):
+    """Decodes every file of ``image_lists`` once, in parallel, as training would.
+
+    Bad files are found before training starts rather than at the step (or the final
+    evaluation) that first reads them, where TensorFlow's error names no file. The
+    verdict is cached in ``root/VERIFIED_IMAGES`` (not written if the folder is
+    read-only: then every run checks again).
+    Raises:
+      records.DatasetError: naming every file that does not decode, with why.
+    """
+    cache_path = os.path.join(root, VERIFIED_IMAGES)
+    try:
+        with open(cache_path) as f:
+            verified = json.load(f)
+    except (OSError, ValueError):
+        verified = {}
+    paths = sorted({path for images in image_lists for path in images.paths})
+    keys = {path: os.path.relpath(path, root) for path in paths}
+    todo = [path for path in paths if verified.get(keys[path]) != _signature(path)]
+    with concurrent.futures.ThreadPoolExecutor(os.cpu_count() or 1) as pool:  # decoding releases the GIL
+        problems = dict(zip(todo, pool.map(_decode_problem, todo)))
+    bad = [f"{path}: cannot be decoded as a BMP/JPEG/PNG image ({problem})"
+           for path, problem in problems.items() if problem]
+    if bad:
+        more = f"; and {len(bad) - _SHOWN_BAD_FILES} more" if len(bad) > _SHOWN_BAD_FILES else ""
+        raise records.DatasetError(f"{len(bad)} image file(s) do not decode: {'; '.join(bad[:_SHOWN_BAD_FILES])}{more}")
+    if todo:
+        verified.update({keys[path]: _signature(path) for path in todo})
+        partial = f"{cache_path}.{os.getpid()}"  # renamed into place: a reader never sees half of it
         try:
-            decode_image(path)
-        except (tf.errors.InvalidArgumentError, tf.errors.NotFoundError) as error:
-            raise records.DatasetError(
-                f"{path}: cannot be decoded as a BMP/JPEG/PNG image ({error.message})") from error
+            with open(partial, "w") as f:
+                json.dump(verified, f)
+            os.replace(partial, cache_path)
+        except OSError as error:
+            logging.warning("Cannot record the checked images in %s (%s): the next run checks them again",
+                            cache_path, error.strerror)
 
 
 def load_dataset(name, root, trial=1, verify=False):
@@ -147,7 +212,8 @@ def load_dataset(name, root, trial=1, verify=False):
     Args:
       trial: the RegDB train/test split, 1..10. SYSU-MM01 has one fixed split (its 10
         trials are gallery draws made by the evaluation), so it does not use it.
-      verify: decode every image once and raise DatasetError naming the first bad file.
+      verify: decode every training and test image (:func:`check_images`) and raise
+        DatasetError naming every bad file.
     """
     if name == "regdb":
         dataset = regdb.load_regdb(root, trial)
@@ -156,8 +222,7 @@ def load_dataset(name, root, trial=1, verify=False):
     else:
         raise ValueError(f"unknown dataset {name!r}; expected 'regdb' or 'sysu'")
     if verify:
-        for images in (dataset.train_rgb, dataset.train_ir, dataset.test):
-            check_images(images)
+        check_images((dataset.train_rgb, dataset.train_ir, dataset.test), str(root))
     return dataset
 
 

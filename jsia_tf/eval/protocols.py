@@ -40,6 +40,7 @@ Every input problem raises ``ValueError`` (``DatasetError`` for the
 import dataclasses
 import os
 
+from absl import logging
 import numpy as np
 import scipy.io
 
@@ -344,6 +345,18 @@ def evaluate_diagnostics(features, labels, cams, dataset):
     return out
 
 
+def warn_degenerate(features):
+    """Warns when rows of ``features`` [N, D] are all zero: their cosine similarity to
+    everything is 0, so their ranks say nothing about the model, yet they are scored
+    like the others (a collapsed embedder). Returns how many there are. (Non-finite
+    rows are an error, in :func:`_check_features`.)"""
+    zero = ~np.asarray(features).any(axis=1)
+    if zero.any():
+        logging.warning("%d of %d test features are all zero (first: row %d): their ranks are arbitrary, and the "
+                        "metrics count them", zero.sum(), len(zero), np.argmax(zero))
+    return int(zero.sum())
+
+
 def evaluate_features(features, labels, cams, image_index=None, protocol="sysu", *, sysu_mode="all", sysu_shots=1,
                       sysu_rand_perm=None, trials=SYSU_TRIALS, regdb_direction="v2t", seed=0, rerank=None):
     """Evaluates test features under ``protocol`` ("sysu" or "regdb").
@@ -357,6 +370,7 @@ def evaluate_features(features, labels, cams, image_index=None, protocol="sysu",
       fractions in [0, 1], averaged over the trials.
     """
     _check_choice("protocol", protocol, PROTOCOLS)
+    warn_degenerate(features)
     if protocol == "regdb":
         return evaluate_regdb(features, labels, cams, regdb_direction, rerank=rerank)
     if image_index is None:
@@ -424,6 +438,7 @@ def evaluate_test_set(features, test, dataset, *, sysu_modes=tuple(SYSU_MODES), 
       "sysu_{all,indoor}_{1,10}shot".
     """
     _check_choice("dataset", dataset, PROTOCOLS)
+    warn_degenerate(features)
     if dataset == "regdb":
         return {f"regdb_{direction}": evaluate_regdb(features, test.pids, test.cams, direction, rerank=rerank)
                 for direction in regdb_directions}

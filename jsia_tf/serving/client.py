@@ -4,7 +4,9 @@
       [--gallery_dir=DIR --top_k=10]
 
 prints the embeddings' count and dimension or, with ``--gallery_dir``, each query's
-``top_k`` gallery images (every BMP/JPEG/PNG file under DIR) by cosine similarity.
+``top_k`` gallery images (every BMP/JPEG/PNG file under DIR) by cosine similarity. A
+missing file, an image the server refuses or a server that does not answer is one
+``error:`` line.
 
 In Python::
 
@@ -16,6 +18,7 @@ In Python::
 
 import json
 import os
+import sys
 import time
 
 import grpc
@@ -173,9 +176,21 @@ def define_flags():
 
 
 def main(argv):
+    """:func:`rank`; what the user can fix (a missing file, a refused image, no server) is one line."""
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    FLAGS = flags.FLAGS
+    try:
+        rank(flags.FLAGS)
+    except OSError as error:  # a missing image file, an empty --gallery_dir
+        where = f"{error.filename}: " if error.filename else ""
+        sys.exit(f"error: {where}{error.strerror or error}")
+    except grpc.RpcError as error:
+        details = (error.details() or "").strip().splitlines()
+        sys.exit(f"error: --server={flags.FLAGS.server}: {error.code().name}: {details[0] if details else ''}")
+
+
+def rank(FLAGS):  # pylint: disable=invalid-name
+    """Prints the embeddings of ``--images``, or each one's ``--top_k`` of ``--gallery_dir``."""
     with EmbeddingClient(FLAGS.server, FLAGS.model, timeout=FLAGS.timeout) as client:
         queries = client.embed_files(FLAGS.images, FLAGS.batch_size)
         if not FLAGS.gallery_dir:

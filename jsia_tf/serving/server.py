@@ -9,7 +9,9 @@ with TF Serving's semantics: the highest version folder of the base path is serv
 ``NOT_FOUND`` for an unknown model name, version or signature; ``INVALID_ARGUMENT`` for
 an input that does not fit the signature (missing or extra key, dtype, rank, a fixed
 dimension, an empty or too large batch) and for what the graph refuses (channels not 1
-or 3, bytes that do not decode). A bad request never stops the server.
+or 3, an image above the export's ``max_pixels``, bytes that are not an image; an item of
+``embed_encoded`` is named by its index). A bad request never stops the server; a
+command-line start without a model to serve is one ``error:`` line.
 
 It is a test double, not a replacement: one model, loaded once at start (no polling of
 the base path for new versions), no REST API, no batching, no model config file.
@@ -18,12 +20,15 @@ Deploy with TensorFlow Serving (serving/README.md).
 
 import concurrent.futures
 import os
+import sys
 
 import grpc
 import tensorflow as tf
 from absl import app, flags, logging
 from tensorflow.core.protobuf import saved_model_pb2
 from tensorflow_serving.apis import get_model_metadata_pb2, predict_pb2, prediction_service_pb2_grpc
+
+from jsia_tf.data import pipeline
 
 DEFAULT_SIGNATURE = "serving_default"
 DEFAULT_MAX_BATCH_SIZE = 256
@@ -133,8 +138,11 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
             inputs = self._inputs(signature_name, request.inputs)
             try:
                 outputs = self._signatures[signature_name](**inputs)
-            except tf.errors.OpError as error:  # the graph's own checks: channels, undecodable bytes
-                raise RequestError(_GRPC_CODES[error.error_code], error.message) from error
+            except tf.errors.OpError as error:  # the graph's own checks: channels, size, undecodable bytes
+                message = pipeline.op_error_line(error.message)
+                if signature_name == "embed_encoded" and "image_bytes[" not in message:
+                    message = _undecodable_item(inputs["image_bytes"]) or message
+                raise RequestError(_GRPC_CODES[error.error_code], message) from error
         except RequestError as error:
             context.abort(error.code, str(error))
         response = predict_pb2.PredictResponse()
@@ -162,6 +170,22 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
             signature_map.signature_def[name].CopyFrom(signature_def)
         response.metadata["signature_def"].Pack(signature_map)
         return response
+
+
+def _undecodable_item(image_bytes):
+    """``image_bytes[i]: why`` for the first item that does not decode, None if all do.
+
+    The signature names the item of a failed format or size check, but a file with a
+    good header and bad data (truncated) fails in TensorFlow's decoder, which names
+    none. The items before it passed the signature's size check: decoding them here is
+    bounded by its ``max_pixels``.
+    """
+    for index, data in enumerate(image_bytes):
+        try:
+            tf.io.decode_image(data, channels=3, expand_animations=False)
+        except tf.errors.OpError as error:
+            return f"image_bytes[{index}]: {pipeline.op_error_line(error.message)}"
+    return None
 
 
 # TensorFlow's error codes are gRPC's status codes: tf.errors.INVALID_ARGUMENT == 3 == INVALID_ARGUMENT.
@@ -214,9 +238,12 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     FLAGS = flags.FLAGS
-    server, port = serve(FLAGS.model_base_path, FLAGS.port, FLAGS.host, FLAGS.model_name,
-                         max_batch_size=FLAGS.max_batch_size, max_message_mb=FLAGS.max_message_mb,
-                         max_workers=FLAGS.max_workers)
+    try:
+        server, port = serve(FLAGS.model_base_path, FLAGS.port, FLAGS.host, FLAGS.model_name,
+                             max_batch_size=FLAGS.max_batch_size, max_message_mb=FLAGS.max_message_mb,
+                             max_workers=FLAGS.max_workers)
+    except (OSError, ValueError) as error:  # no model to serve, not a SavedModel, a port in use
+        sys.exit(f"error: {str(error).strip().splitlines()[0]}")
     print(f"serving {FLAGS.model_base_path} on {FLAGS.host}:{port}", flush=True)  # the line scripts wait for
     try:
         server.wait_for_termination()
