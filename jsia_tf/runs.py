@@ -115,7 +115,8 @@ def prepare_run_folder(run_dir, cfg, restart):
     With ``restart`` the folder's previous contents are moved into
     ``restarted-<UTC time>/`` (nothing is deleted) and the run starts at step 0.
     Otherwise a run folder with recorded work is never started over silently: records
-    without any checkpoint are refused, and a config.json whose networks or identities
+    (metrics, the evaluation history, a checkpoint state file that lists steps) without
+    any checkpoint on disk are refused, and a config.json whose networks or identities
     differ from ``cfg`` (:func:`jsia_tf.config.resume_conflicts`) is one error naming
     every differing flag.
     Raises:
@@ -134,6 +135,10 @@ def prepare_run_folder(run_dir, cfg, restart):
         return
     checkpoints = checkpoints_on_disk(run_dir / "checkpoints")
     records = [name for name in _RECORDS if (run_dir / name).exists()]
+    state = tf.train.get_checkpoint_state(str(run_dir / "checkpoints"))
+    if state and state.all_model_checkpoint_paths:  # it names steps the run saved
+        listed = ", ".join(os.path.basename(path) for path in state.all_model_checkpoint_paths)
+        records.append(f"checkpoints/checkpoint (listing {listed})")
     if records and not checkpoints:
         raise RunFolderError(f"--run_dir={run_dir} holds {', '.join(records)} of a run that trained, but no "
                              f"checkpoint to resume from in {run_dir / 'checkpoints'}: {RESTART_ADVICE}")

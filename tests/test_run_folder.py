@@ -10,6 +10,7 @@ and breaks the copy as a user would, then runs the command.
 import json
 import os
 import pathlib
+import re
 import shutil
 import signal
 import subprocess
@@ -212,3 +213,24 @@ def test_an_undecodable_test_image_is_named_before_training_starts(finished_run,
                            "a BMP/JPEG/PNG image (")
     assert "Training steps" not in result.stderr
     assert sorted(p.name for p in run_dir.iterdir()) == [runs.LOCK_FILE]  # no config.json, no checkpoint
+
+
+def test_a_checkpoint_state_file_without_its_checkpoints_is_recorded_work(tmp_path):
+    """Every ckpt-* file deleted, the state file kept: refused, not a silent start at step 0;
+    a fresh folder, or one with only a config.json of a run that saved nothing, starts."""
+    cfg = config_lib.Config(run_dir=str(tmp_path), data=config_lib.DataConfig(data_dir="d"))
+    runs.prepare_run_folder(tmp_path, cfg, restart=False)
+    cfg.save(tmp_path / "config.json")
+    runs.prepare_run_folder(tmp_path, cfg, restart=False)
+    checkpoints = tmp_path / "checkpoints"
+    checkpoints.mkdir()
+    (checkpoints / "checkpoint").write_text(  # CheckpointManager's state file (a text proto)
+        'model_checkpoint_path: "ckpt-4"\nall_model_checkpoint_paths: "ckpt-2"\nall_model_checkpoint_paths: "ckpt-4"\n')
+    with pytest.raises(runs.RunFolderError, match=re.escape(
+            f"--run_dir={tmp_path} holds checkpoints/checkpoint (listing ckpt-2, ckpt-4) of a run that trained, but "
+            f"no checkpoint to resume from in {checkpoints}: {runs.RESTART_ADVICE}")):
+        runs.prepare_run_folder(tmp_path, cfg, restart=False)
+    runs.prepare_run_folder(tmp_path, cfg, restart=True)
+    [aside] = tmp_path.glob("restarted-*")
+    assert sorted(p.name for p in aside.iterdir()) == ["checkpoints", "config.json"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [aside.name]

@@ -1,6 +1,7 @@
 """The main job end to end on the smoke preset, and its handling of bad flags and data."""
 
 import json
+import os
 import pathlib
 import subprocess
 import sys
@@ -381,3 +382,24 @@ def test_generation_false_alone_is_module_f_alone_and_conflicts_are_one_error(ca
         "--generation=False: expected module F alone, which these flags contradict: --il=True (expected false: no "
         "generated pairs without module G); --ui=True (expected false: no mixed images without modules G and V); "
         "--sl='gan' (expected 'shared' or 'separate' without module G)")
+
+
+def test_tensorflow_start_up_lines_are_hidden_in_every_process_unless_asked(tmp_path):
+    """A fresh shell: a flag error is the error line alone, though TensorFlow was imported,
+    and the dataset renderer's worker processes print nothing; TF_CPP_MIN_LOG_LEVEL=0
+    brings TensorFlow's lines back."""
+    env = {k: v for k, v in os.environ.items() if k not in ("TF_CPP_MIN_LOG_LEVEL", "JSIA_TF_QUIET_TENSORFLOW")}
+    flag_error = subprocess.run(
+        [sys.executable, "-m", "jsia_tf.train", f"--flagfile={REPO / 'configs' / 'smoke.flags'}",
+         f"--data_dir={tmp_path / 'data'}", f"--run_dir={tmp_path / 'run'}", "--height=30"],
+        cwd=REPO, capture_output=True, text=True, timeout=300, env=env)
+    assert flag_error.stderr == "error: --height=30: expected a multiple of 4 (--helpfull lists every flag)\n"
+    render = ("from jsia_tf.data import synthetic\n"
+              f"synthetic.generate({str(tmp_path / 'regdb')!r}, 'regdb', 4, 0, height=8, width=4, num_workers=2)\n"
+              "import tensorflow")
+    rendered = subprocess.run([sys.executable, "-c", render], cwd=REPO, capture_output=True, text=True, timeout=300,
+                              env=env)
+    assert rendered.returncode == 0 and rendered.stderr == ""
+    asked = subprocess.run([sys.executable, "-c", "import jsia_tf, tensorflow"], cwd=REPO, capture_output=True,
+                           text=True, timeout=300, env={**env, "TF_CPP_MIN_LOG_LEVEL": "0"})
+    assert "oneDNN custom operations are on" in asked.stderr
