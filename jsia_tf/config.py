@@ -98,6 +98,8 @@ def flag_name(field):
 # The schedule's flags (TrainConfig.phases is built from them, paper_phases): the paper's
 # 100 epochs of G pre-training, 50 joint, the learning rate x 0.1 at joint epoch 30.
 PAPER_PRETRAIN_EPOCHS, PAPER_JOINT_EPOCHS, PAPER_LR_DECAY_EPOCHS = 100, 50, (30,)
+# E^i = E^sl is part of the generation module the paper pre-trains (paper_phases).
+PAPER_PRETRAIN_SET_LEVEL = True
 
 
 @dataclasses.dataclass(frozen=True)
@@ -330,7 +332,7 @@ class Phase:
 
 
 def paper_phases(pretrain_epochs=PAPER_PRETRAIN_EPOCHS, joint_epochs=PAPER_JOINT_EPOCHS,
-                 lr_decay_epochs=PAPER_LR_DECAY_EPOCHS, generation=True, pretrain_set_level=False):
+                 lr_decay_epochs=PAPER_LR_DECAY_EPOCHS, generation=True, pretrain_set_level=PAPER_PRETRAIN_SET_LEVEL):
     """The paper's schedule (Sec. 4.2): G pre-trained, then everything jointly.
 
     ``generation=False`` (module F alone): only the joint phase, stepping F's groups.

@@ -82,7 +82,7 @@ _LR_DECAY_EPOCHS = flags.DEFINE_list("lr_decay_epochs", [str(e) for e in config_
                                      "Joint epochs at which the learning rates are multiplied by --lr_decay_factor "
                                      "(paper 30).")
 _PRETRAIN_SET_LEVEL = flags.DEFINE_bool(
-    "pretrain_set_level", True, "G's pre-training also steps E^sl = E^i with module G's terms (with --sl=shared; "
+    "pretrain_set_level", config_lib.PAPER_PRETRAIN_SET_LEVEL, "G's pre-training also steps E^sl = E^i with module G's terms (with --sl=shared; "
     "the paper pre-trains the generation module, E^i included). false: the official GAN warm-up, which leaves its "
     "ImageNet stem as it is.")
 _RESTART = flags.DEFINE_bool(

@@ -365,7 +365,7 @@ def test_example_sheet_rgb_over_thermal_over_nir():
 def test_regdb_layout_and_index(tmp_path):
     num_ids, images = 5, 3
     synthetic.generate(tmp_path, "regdb", num_ids, seed=0, height=H, width=W, images_per_id=images)
-    assert sorted(os.listdir(tmp_path)) == ["Thermal", "Visible", "idx", "synthetic.json"]
+    assert sorted(os.listdir(tmp_path)) == ["Thermal", "Visible", "idx", "paired_test.npz", "synthetic.json"]
     for folder in ("Visible", "Thermal"):
         assert sorted(os.listdir(tmp_path / folder), key=int) == [str(pid) for pid in range(1, num_ids + 1)]
     # The files are exactly the rendered images: BMP is lossless; thermal is 8-bit gray.
