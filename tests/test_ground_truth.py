@@ -65,6 +65,8 @@ def test_rank1_is_the_share_of_queries_whose_nearest_gallery_image_is_their_pers
 class _Model:
     """Stands for JSIA in ground_truth.evaluate: G at half of F's size, like --generation_scale=2."""
 
+    generation_size = (HEIGHT // 2, WIDTH // 2)
+
     def to_generation(self, images):
         return to_unit_range(tf.image.resize(images, (HEIGHT // 2, WIDTH // 2), method="area"))
 

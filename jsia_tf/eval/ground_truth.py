@@ -162,8 +162,8 @@ def evaluate(model, embed, pairs, test, dataset_name, height, width, test_featur
         raise ValueError("no true pair shows a person of the test set")
     pids = pairs["pids"][keep]
     images = {"rgb": pairs["rgb"][keep], "ir": pairs["ir"][keep][..., None]}  # gray IR -> 3 channels
-    size = tuple(model.to_generation(pipeline.preprocess(images["rgb"][:1], height, width)).shape[1:3])
-    person = tf.image.resize(tf.cast(pairs["person"][keep][..., None], tf.float32), size, method="area")
+    person = tf.image.resize(tf.cast(pairs["person"][keep][..., None], tf.float32), model.generation_size,
+                             method="area")
     person = person.numpy()[..., 0] >= 0.5  # [N, h, w] at G's size
     pixels, features = {}, {}
     for start in range(0, len(pids), batch_size):
