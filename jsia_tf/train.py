@@ -235,8 +235,9 @@ def write_similarity_histograms(features, test, dataset_name):
     tf.summary.histogram("eval/similarity_inter_person", inter)
 
 
-def evaluate(trainer, dataset, cfg, writer):
-    """The dataset's protocol on module F's Eq. 17 features, as TensorBoard scalars and histograms."""
+def evaluate(trainer, dataset, cfg, writer, pairs=None):
+    """The dataset's protocol on module F's Eq. 17 features, as TensorBoard scalars and histograms;
+    with ``pairs`` (``synthetic.read_paired_test``), module G against them too."""
     ev = cfg.eval
     features = trainer.embed_images(pipeline.eval_dataset(dataset.test, cfg.data.height, cfg.data.width,
                                                           ev.batch_size))
@@ -248,7 +249,6 @@ def evaluate(trainer, dataset, cfg, writer):
     diagnostics = protocols.evaluate_diagnostics(features, dataset.test.pids, dataset.test.cams, dataset.name)
     metrics.update({f"{dataset.name}_{name}": values for name, values in diagnostics.items()})
     generation = None
-    pairs = synthetic.read_paired_test(cfg.data.data_dir) if cfg.model.generation else None
     if pairs is not None:  # module G against the true pairs; the judge is this run's module F
         generation = ground_truth.evaluate(trainer.model, trainer.embed, pairs, dataset.test, dataset.name,
                                            cfg.data.height, cfg.data.width, features, ev.batch_size)
@@ -381,8 +381,10 @@ def train_evaluate_export(cfg, strategy, out_dir):
             sys.exit(f"error: {err}")
     writer = tf.summary.create_file_writer(str(run_dir)) if chief else tf.summary.create_noop_writer()
 
+    pairs = synthetic.read_paired_test(cfg.data.data_dir) if cfg.model.generation else None  # read once
+
     def evaluate_and_record():
-        metrics, generation = evaluate(trainer, dataset, cfg, writer)
+        metrics, generation = evaluate(trainer, dataset, cfg, writer, pairs)
         runs.record_evaluation(run_dir / runs.EVAL_HISTORY, int(trainer.step.numpy()), metrics, generation)
         return metrics
 
