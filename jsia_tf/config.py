@@ -262,6 +262,10 @@ class LossConfig:
     lambda_recon: float = option(1.0, "Eq. 8 reconstruction weight (paper 1, official 10).")
     lambda_cyc: float = option(10.0, "Eq. 8 cycle weight (official 10).")
     lambda_gan: float = option(1.0, "Eq. 8 GAN weight (official 1).")
+    lambda_code: float = option(
+        0.0, "Weight of the L1 between the generated images' re-encoded content and style codes and the codes "
+        "they were decoded from (the official code's MUNIT term, weight 1, which the paper does not have; 0: the "
+        "paper's Eq. 8).")
     lambda_il: float = option(0.01, "Eq. 16 instance-level alignment weight (official 0.01; 0: no IL).")
     lambda_lr: float = option(0.01, "Eq. 16 local-region alignment weight (0: no LR).")
     lambda_ui: float = option(0.01, "Eq. 16 unseen-identity weight (0: no UI).")
@@ -287,7 +291,7 @@ class LossConfig:
     lambda_modality: float = option(1.0, "Weight of E^sl's modality-adversarial term (--sl=gan only).")
 
     def __post_init__(self):
-        for flag in ("lambda_recon", "lambda_cyc", "lambda_gan", "lambda_il", "lambda_lr", "lambda_ui",
+        for flag in ("lambda_recon", "lambda_cyc", "lambda_gan", "lambda_code", "lambda_il", "lambda_lr", "lambda_ui",
                      "triplet_margin", "lambda_local_id", "lambda_modality"):
             _require(getattr(self, flag) >= 0, flag, getattr(self, flag), ">= 0")
         _require(0.0 <= self.label_smoothing < 1.0, "label_smoothing", self.label_smoothing, "a value in [0, 1)")

@@ -19,6 +19,7 @@ TERM_ROUTES = {
     "recon": _GENERATION_ROUTE,  # Eq. 4, L1 self-reconstruction
     "cycle": _GENERATION_ROUTE,  # Eqs. 5, 6, L1 cycle reconstruction
     "gan": _GENERATION_ROUTE,  # Eq. 7, LSGAN, generator side
+    "code": _GENERATION_ROUTE,  # the official code's re-encoded codes (not in the paper's Eq. 8)
     "discriminator": ("discriminators",),  # Eq. 7, LSGAN on DETACHED fakes
     "variation": ("variation",),  # Eq. 10 on stop_gradient(M^i)
     "id_cls": _REID_ROUTE,  # Eq. 13 on the real re-ID images
@@ -37,18 +38,20 @@ REID_BATCH_TERMS = ("id_cls", "id_triplet", "local_id", "modality_discriminator"
 # The objective each term belongs to: terms of one route and one objective are
 # differentiated together, so that the gradient each objective sends into the shared
 # stem E^sl is reported ("grad_norm/reid_set_level/<objective>").
-TERM_OBJECTIVES = {"recon": "generator", "cycle": "generator", "gan": "generator", "discriminator": "discriminator",
+TERM_OBJECTIVES = {"recon": "generator", "cycle": "generator", "gan": "generator", "code": "generator",
+                   "discriminator": "discriminator",
                    "variation": "variation", "id_cls": "reid", "id_triplet": "reid", "local_id": "reid",
                    "il": "alignment", "lr": "alignment", "ui": "alignment",
                    "modality_discriminator": "discriminator", "modality_adversarial": "modality_adversarial"}
 # Terms of module G's objective L^G (Eq. 8).
-GENERATOR_TERMS = ("recon", "cycle", "gan")
+GENERATOR_TERMS = ("recon", "cycle", "gan", "code")
 
 
 def term_weights(loss_cfg):
     """Term -> its weight in Eq. 8 or Eq. 16 (``config.LossConfig``)."""
     c = loss_cfg
-    return {"recon": c.lambda_recon, "cycle": c.lambda_cyc, "gan": c.lambda_gan, "discriminator": 1.0,
+    return {"recon": c.lambda_recon, "cycle": c.lambda_cyc, "gan": c.lambda_gan, "code": c.lambda_code,
+            "discriminator": 1.0,
             "variation": 1.0, "id_cls": 1.0, "id_triplet": 1.0, "local_id": c.lambda_local_id, "il": c.lambda_il,
             "lr": c.lambda_lr, "ui": c.lambda_ui, "modality_discriminator": 1.0,
             "modality_adversarial": c.lambda_modality}
@@ -67,10 +70,12 @@ def configured_terms(config):
         absent.update({"lr", "local_id"})  # no local regions: no C^k
     if not loss.unseen_identity:
         absent.add("ui")
+    if not loss.lambda_code:
+        absent.add("code")  # the paper's Eq. 8 has no such term
     if model.set_level != "gan":
         absent.update({"modality_discriminator", "modality_adversarial"})
     if not model.generation:  # module F alone: module G's terms reach E^sl, leave them out
-        absent.update(("recon", "cycle", "gan", "discriminator", "variation"))
+        absent.update(("recon", "cycle", "gan", "code", "discriminator", "variation"))
     return tuple(term for term in TERM_ROUTES if term not in absent)
 
 

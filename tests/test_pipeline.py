@@ -338,3 +338,31 @@ def test_mirrored_strategy_splits_batches_with_modalities_aligned(regdb_root):
     assert [len(labels) for labels in out["rgb_labels"]] == [3, 3]  # one identity x K=3 per replica
     assert sum(out["rgb_labels"], []) == out["whole_labels"]
     assert all(len(set(labels)) == 1 for labels in out["rgb_labels"])
+
+
+def test_generation_batches_keep_the_colours_that_channel_augmentation_takes(regdb_root):
+    """distribute.training_batches: module G's batches get the geometric augmentation only.
+
+    With --channel_aug=1 every re-ID RGB image is one channel repeated; the generation
+    batch's RGB images keep their colours, and are the very images (same draws, same flips
+    and crops) that --channel_aug=0 gives.
+    """
+    from jsia_tf import config as config_lib, distribute
+
+    dataset = pipeline.load_dataset("regdb", regdb_root)
+
+    def first_batches(channel_aug):
+        data = config_lib.DataConfig(data_dir=regdb_root, dataset="regdb", height=HEIGHT, width=WIDTH, num_ids=2,
+                                     num_instances=2, gan_num_ids=2, gan_num_instances=2, channel_aug=channel_aug)
+        reid, gan = next(distribute.training_batches(dataset, config_lib.Config(run_dir="run", data=data),
+                                                     tf.distribute.get_strategy(), 0))
+        return pipeline.denormalize(reid["rgb"]).numpy(), pipeline.denormalize(gan["rgb"]).numpy()
+
+    def gray(pixels):
+        return np.allclose(pixels[..., :1], pixels, atol=1e-3)
+
+    reid, gan = first_batches(1.0)
+    reid_plain, gan_plain = first_batches(0.0)
+    assert gray(reid) and not gray(reid_plain)
+    assert not gray(gan)
+    np.testing.assert_array_equal(gan, gan_plain)

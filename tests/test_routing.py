@@ -9,7 +9,9 @@ from jsia_tf import config as config_lib
 from jsia_tf import routing
 
 MODALITY_TERMS = {"modality_discriminator", "modality_adversarial"}
-ALL_BUT_MODALITY = tuple(t for t in routing.TERM_ROUTES if t not in MODALITY_TERMS)
+# The terms of the default configuration: not the modality GAN's (--sl=gan), nor the
+# official code's re-encoded codes (--lambda_code=0).
+ALL_BUT_MODALITY = tuple(t for t in routing.TERM_ROUTES if t not in MODALITY_TERMS | {"code"})
 GENERATION_TERMS = {"recon", "cycle", "gan", "discriminator", "variation"}
 
 
@@ -47,9 +49,22 @@ def test_table3_switches_decide_the_terms(loss, model, absent):
     assert set(routing.terms_for(terms, weights, config_lib.PRETRAIN_GROUPS)) == GENERATION_TERMS
 
 
+def test_the_re_encoded_codes_term_is_computed_with_a_weight_only():
+    """--lambda_code (the official code's MUNIT term): 0 leaves Eq. 8 as the paper writes it."""
+    assert "code" not in routing.configured_terms(_config())
+    cfg = _config({"lambda_code": 0.5})
+    terms = routing.configured_terms(cfg)
+    weights = routing.term_weights(cfg.loss)
+    assert weights["code"] == 0.5 and routing.TERM_OBJECTIVES["code"] == "generator"
+    assert set(routing.terms_for(terms, weights, config_lib.PRETRAIN_GROUPS)) == GENERATION_TERMS | {"code"}
+    alone = _config({"lambda_code": 0.5, "instance_alignment": False, "local_alignment": "off",
+                     "unseen_identity": False}, generation=False)
+    assert "code" not in routing.configured_terms(alone)
+
+
 def test_modality_gan_and_module_f_alone_terms():
     gan = _config(set_level="gan")
-    assert routing.configured_terms(gan) == tuple(routing.TERM_ROUTES)
+    assert routing.configured_terms(gan) == tuple(t for t in routing.TERM_ROUTES if t != "code")
     pretrain = routing.terms_for(routing.configured_terms(gan), routing.term_weights(gan.loss),
                                  config_lib.PRETRAIN_GROUPS)
     assert "modality_discriminator" in pretrain and "modality_adversarial" not in pretrain

@@ -29,8 +29,10 @@ def tiny_config(run_dir="run", loss=None, mixed_precision="float32", **model_ove
     model.update(model_overrides)
     data = config_lib.DataConfig(data_dir="data", height=HEIGHT, width=WIDTH, num_ids=2, num_instances=2,
                                  gan_num_ids=2, gan_num_instances=2)
-    # lambda 1 for IL / LR / UI so that their (small at initialisation) gradients are clear.
-    loss = config_lib.LossConfig(**{"lambda_il": 1.0, "lambda_lr": 1.0, "lambda_ui": 1.0, **(loss or {})})
+    # lambda 1 for IL / LR / UI so that their (small at initialisation) gradients are clear,
+    # and the official code's re-encoded codes (off by default) so that every term is here.
+    loss = config_lib.LossConfig(**{"lambda_il": 1.0, "lambda_lr": 1.0, "lambda_ui": 1.0, "lambda_code": 1.0,
+                                    **(loss or {})})
     # The official warm-up (E^sl not stepped in pre-training), whose routing these tests pin;
     # test_pretraining_steps_the_stem_with_module_g_terms_alone covers the default.
     train = config_lib.TrainConfig(phases=config_lib.paper_phases(1, 1, (), model.get("generation", True),
@@ -129,17 +131,31 @@ def test_each_loss_reaches_exactly_its_groups(trainer):
         assert _reached(tape, value, trainer.groups) == expected, term
 
 
+def test_re_encoded_codes_term_compares_each_generated_image_with_its_sources(trainer, monkeypatch):
+    """--lambda_code: X_ir2rgb's re-encoded content against M^i_ir (the content it was
+    decoded from), its re-encoded style against s_rgb; X_rgb2ir likewise. Hand values:
+    |1.5 - 1| + |0.25 - 0| for X_ir2rgb, |-2 - 0| + |1 - 0| for X_rgb2ir, per example."""
+    size = 4
+    zeros, ones = tf.zeros([size, 2, 2, 3]), tf.ones([size, 2, 2, 3])
+    gen = {"real": {}, "cross": {}, "content": {"rgb": zeros, "ir": ones}, "style": {"rgb": tf.zeros([size, 8]), "ir": tf.zeros([size, 8])},
+           "recoded": {"rgb": {"content": ones + 0.5, "style": tf.fill([size, 8], 0.25)},
+                       "ir": {"content": zeros - 2.0, "style": tf.ones([size, 8])}}}
+    monkeypatch.setattr(trainer.model, "generate", lambda rgb, ir, training=True: gen)
+    values = trainer.compute_losses(fixed_batch(1), fixed_batch(2), terms=["code"])
+    assert float(values["code"]) == pytest.approx(0.5 + 0.25 + 2.0 + 1.0)
+
+
 def test_pretrain_phase_leaves_the_reid_encoders_out(trainer):
     pretrain, joint = trainer.config.train.phases
-    assert set(trainer.terms_for(pretrain.groups)) == {"recon", "cycle", "gan", "discriminator", "variation"}
+    assert set(trainer.terms_for(pretrain.groups)) == {"recon", "cycle", "gan", "code", "discriminator", "variation"}
     assert set(trainer.terms_for(joint.groups)) == set(routing.TERM_ROUTES) - MODALITY_TERMS
     # An objective holds only terms routed to its groups; reid_set_level is not stepped in pretraining.
     values = {term: tf.constant(1.0) for term in trainer.terms_for(pretrain.groups)}
     objectives = routing.objectives(values, trainer.term_weights, pretrain.groups)
     assert set(objectives) == {(("generation",), "generator"), (("discriminators",), "discriminator"),
                                (("variation",), "variation")}
-    # recon + lambda_cyc + lambda_gan
-    assert float(objectives[(("generation",), "generator")]) == pytest.approx(1.0 + 10.0 + 1.0)
+    # recon + lambda_cyc + lambda_gan + lambda_code
+    assert float(objectives[(("generation",), "generator")]) == pytest.approx(1.0 + 10.0 + 1.0 + 1.0)
 
 
 def test_pretraining_steps_the_stem_with_module_g_terms_alone(eager):
@@ -152,8 +168,8 @@ def test_pretraining_steps_the_stem_with_module_g_terms_alone(eager):
     t = trainer_lib.Trainer(cfg, NUM_CLASSES)
     pretrain = cfg.train.phases[0]
     assert pretrain.objectives == config_lib.PRETRAIN_OBJECTIVES
-    assert set(t.terms_for(pretrain.groups, pretrain.objectives)) == {"recon", "cycle", "gan", "discriminator",
-                                                                        "variation"}
+    assert set(t.terms_for(pretrain.groups, pretrain.objectives)) == {"recon", "cycle", "gan", "code",
+                                                                        "discriminator", "variation"}
     before = {name: _values(group) for name, group in t.groups.items()}
     scalars = t.train_step(pretrain, fixed_batch(1), fixed_batch(2))
     changed = {name for name, group in t.groups.items()
@@ -288,7 +304,7 @@ def test_switched_off_terms_are_not_computed(eager):
     t = trainer_lib.Trainer(tiny_config(loss={"local_alignment": "off", "unseen_identity": False}, num_regions=0),
                             NUM_CLASSES)
     _, joint = t.config.train.phases
-    kept = {"recon", "cycle", "gan", "discriminator", "variation", "id_cls", "id_triplet", "il"}
+    kept = {"recon", "cycle", "gan", "code", "discriminator", "variation", "id_cls", "id_triplet", "il"}
     assert set(t.compute_losses(fixed_batch(20), fixed_batch(21))) == kept
     scalars = t.train_step(joint, fixed_batch(20), fixed_batch(21))
     assert {name for name in scalars if name.startswith("loss/")} == {f"loss/{term}" for term in kept} | {

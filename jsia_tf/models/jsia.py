@@ -233,7 +233,8 @@ class JSIA:
           ``generation_size`` (h, w)) or codes: "real" [B, h, w, 3], "content" M^i
           [B, H/4, W/4, C] (E^i reads the full-size images), "style" [B, style_dim],
           "recon" (Eq. 4's decodings), "cross" ({"rgb": X_ir2rgb, "ir": X_rgb2ir}: the
-          generated image OF that modality), "cycle" (Eq. 6).
+          generated image OF that modality), "cycle" (Eq. 6), "recoded" (per modality m,
+          the "content" and "style" codes of the generated image of m, re-encoded).
         """
         g = self.generators
         out = {"real": {"rgb": self.to_generation(rgb), "ir": self.to_generation(ir)},
@@ -251,10 +252,15 @@ class JSIA:
         cycle_content = self.on_generated(lambda t: self.per_modality(
             lambda x: self.content(x, t), self.to_alignment(out["cross"]["rgb"]), self.to_alignment(out["cross"]["ir"])),
             training)  # {"rgb": E^i(X_ir2rgb), "ir": E^i(X_rgb2ir)}
+        cycle_style = {m: g[m].encode_style(out["cross"][m]) for m in MODALITIES}  # {"rgb": E^s_rgb(X_ir2rgb), ...}
         out["cycle"] = {
-            "rgb": g["rgb"].decode(cycle_content["ir"], g["rgb"].encode_style(out["cross"]["rgb"])),
-            "ir": g["ir"].decode(cycle_content["rgb"], g["ir"].encode_style(out["cross"]["ir"])),
+            "rgb": g["rgb"].decode(cycle_content["ir"], cycle_style["rgb"]),
+            "ir": g["ir"].decode(cycle_content["rgb"], cycle_style["ir"]),
         }
+        # The codes the generated image of modality m re-encodes to: E^i(X_ir2rgb) is the
+        # content it was decoded from (M^i_ir), E^s_rgb(X_ir2rgb) the style (s_rgb).
+        out["recoded"] = {m: {"content": cycle_content[other], "style": cycle_style[m]}
+                          for m, other in (("rgb", "ir"), ("ir", "rgb"))}
         return out
 
     def decode_mixture(self, modality, codes_1, codes_2, alpha):
@@ -300,6 +306,11 @@ class JSIA:
                 out["cycle"] = mean(sum(losses.l1_per_example(gen["cycle"][m], real[m]) for m in MODALITIES), gan_size)
             if "gan" in terms:
                 out["gan"] = mean(sum(losses.lsgan_generator_loss(d[m](fake[m])) for m in MODALITIES), gan_size)
+            if "code" in terms:  # the official code's re-encoded codes (MUNIT), see config.LossConfig.lambda_code
+                out["code"] = mean(sum(
+                    losses.l1_per_example(gen["recoded"][m]["content"], gen["content"][other])
+                    + losses.l1_per_example(gen["recoded"][m]["style"], gen["style"][m])
+                    for m, other in (("rgb", "ir"), ("ir", "rgb"))), gan_size)
             if "discriminator" in terms:
                 per_image = []
                 for m in MODALITIES:  # real and detached fake images in one call (D has no norm)
