@@ -374,6 +374,10 @@ class TrainConfig:
     gan_beta1: float = option(0.5, "G, V and discriminators' AdamW beta1 (official 0.5).")
     gan_beta2: float = option(0.999, "G, V and discriminators' AdamW beta2.")
     gan_weight_decay: float = option(1e-4, "G, V and discriminators' weight decay (official 1e-4).")
+    generation_every: int = option(
+        1, "In joint training, module G, V and the discriminators, and module F's terms on generated images (Eqs. "
+        "11, 12, 15), are computed and stepped on every this many steps; module F's identity terms (Eq. 13) on "
+        "every step (1: every step, the paper). The generation terms are most of a joint step's cost on a CPU.")
     warmup_steps: int = option(0, "Module F's learning rate rises linearly from lr / warmup_steps to lr over its "
                                   "first steps, counted from the first step that steps F (0: none).")
     lr_decay_factor: float = option(0.1, "Learning-rate multiplier at each of a phase's lr_decay_epochs.")
@@ -414,6 +418,7 @@ class TrainConfig:
                 _require(0 <= getattr(self, flag) < 1, flag, getattr(self, flag), "a value in [0, 1)")
             flag = f"{prefix}weight_decay"
             _require(getattr(self, flag) >= 0, flag, getattr(self, flag), ">= 0")
+        _require(self.generation_every > 0, "generation_every", self.generation_every, "a positive integer")
         _require(self.warmup_steps >= 0, "warmup_steps", self.warmup_steps, ">= 0")
         _require(0 < self.lr_decay_factor <= 1, "lr_decay_factor", self.lr_decay_factor, "a value in (0, 1]")
         for flag in ("checkpoint_every", "keep_checkpoints", "log_every"):
@@ -445,6 +450,17 @@ class TrainConfig:
                 return phase, epoch
             epoch -= phase.epochs
         raise AssertionError("unreachable")
+
+    def step_phase(self, step):
+        """The phase global step ``step`` runs: :meth:`phase_at`'s, except on the joint steps
+        between two of module G's (``generation_every``), which step module F's groups with
+        its identity terms (the objective "reid") alone."""
+        phase, _ = self.phase_at(step)
+        joint = "reid_instance_level" in phase.groups and set(phase.groups) - set(REID_GROUPS)
+        if not joint or step % self.generation_every == 0:
+            return phase
+        return dataclasses.replace(phase, groups=tuple(g for g in phase.groups if g in REID_GROUPS),
+                                   objectives=("reid",))
 
     def optimizer_settings(self, group):
         """(lr, beta1, beta2, weight_decay) of ``group``'s optimizer."""

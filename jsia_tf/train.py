@@ -126,9 +126,10 @@ def config_from_flags():
 
 
 def images_per_step(phase, data_cfg):
-    """Images a step of ``phase`` trains on: the generation batch, plus the re-ID batch
-    when the phase steps the re-ID encoders (both modalities)."""
-    images = 2 * data_cfg.gan_num_ids * data_cfg.gan_num_instances
+    """Images a step of ``phase`` trains on: the generation batch (unless the phase computes
+    module F's identity terms alone), plus the re-ID batch when the phase steps the re-ID
+    encoders (both modalities)."""
+    images = 0 if phase.objectives == ("reid",) else 2 * data_cfg.gan_num_ids * data_cfg.gan_num_instances
     if "reid_instance_level" in phase.groups:
         images += 2 * data_cfg.num_ids * data_cfg.num_instances
     return images
@@ -159,9 +160,10 @@ def run_training(trainer, batches, train_cfg, manager, writer, data_cfg, images=
     profiling = False
     rates = None
     pending = []  # (step, scalar tensors) not yet copied to the host
+    scalars = {}  # the values to log next
     window_start, window_steps, window_images = time.perf_counter(), 0, 0
     while step < total:
-        phase, _ = train_cfg.phase_at(step)
+        phase = train_cfg.step_phase(step)
         now = train_cfg.learning_rates_at(step)
         if now != rates:
             rates = now
@@ -184,8 +186,9 @@ def run_training(trainer, batches, train_cfg, manager, writer, data_cfg, images=
         save_now = step % train_cfg.checkpoint_every == 0 or step == total
         if log_now or save_now:
             for number, values in pending:
-                scalars = {name: float(value) for name, value in values.items()}
-                trainer_lib.check_finite(scalars, number)
+                latest = {name: float(value) for name, value in values.items()}
+                trainer_lib.check_finite(latest, number)
+                scalars.update(latest)  # each name's newest value (--generation_every: G's from its last step)
             pending.clear()
             beat()
         if log_now:
@@ -202,6 +205,7 @@ def run_training(trainer, batches, train_cfg, manager, writer, data_cfg, images=
             logging.info("step %d/%d [%s] %s  %.1f images/s  ETA %.0f s", step, total, phase.name, main, rate,
                          (total - step) * seconds / window_steps)
             window_start, window_steps, window_images = time.perf_counter(), 0, 0
+            scalars = {}
         if images and train_cfg.image_every and step % train_cfg.image_every == 0:
             with writer.as_default(step=step):
                 write_generation_images(trainer, gan_batch)

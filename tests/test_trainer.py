@@ -12,6 +12,7 @@ from conftest import run_script_json
 from jsia_tf import config as config_lib
 from jsia_tf import losses
 from jsia_tf import routing
+from jsia_tf import train as train_lib
 from jsia_tf import trainer as trainer_lib
 
 NUM_CLASSES = 4
@@ -285,6 +286,30 @@ def test_schedule_phases_and_learning_rate_decay():
         train.phase_at(50)
     with pytest.raises(config_lib.ConfigError, match="--pretrain_epochs=-1"):
         config_lib.paper_phases(-1, 1)
+
+
+def test_generation_every_k_joint_steps_and_module_f_on_the_others(trainer, eager):
+    """--generation_every=3: pre-training steps are all G's; of the joint steps, every third
+    (global step % 3 == 0) is the whole joint step, the others step module F's groups with
+    its identity terms alone and leave G, V and the discriminators as they were."""
+    train = config_lib.TrainConfig(phases=config_lib.paper_phases(1, 2, ()), steps_per_epoch=4, generation_every=3)
+    pretrain, joint = train.phases
+    assert [train.step_phase(s) for s in range(4)] == [pretrain] * 4
+    f_only = dataclasses.replace(joint, groups=config_lib.REID_GROUPS, objectives=("reid",))
+    assert [train.step_phase(s) for s in range(4, 12)] == [f_only, f_only, joint, f_only, f_only, joint, f_only,
+                                                          f_only]
+    assert config_lib.TrainConfig(phases=train.phases, steps_per_epoch=4).step_phase(5) == joint  # 1: the paper
+    with pytest.raises(config_lib.ConfigError, match="--generation_every=0"):
+        config_lib.TrainConfig(generation_every=0)
+    assert train_lib.images_per_step(f_only, trainer.config.data) == 2 * 2 * 2  # the re-ID batch alone
+    assert set(trainer.terms_for(f_only.groups, f_only.objectives)) == {"id_cls", "id_triplet", "local_id"}
+    before = {name: _values(group) for name, group in trainer.groups.items()}
+    scalars = trainer.train_step(f_only, fixed_batch(5), fixed_batch(6))
+    changed = {name for name, group in trainer.groups.items()
+               if any(np.any(b != a) for b, a in zip(before[name], _values(group)))}
+    assert changed == set(config_lib.REID_GROUPS)
+    assert {n for n in scalars if n.startswith("loss/")} == {"loss/id_cls", "loss/id_triplet", "loss/local_id",
+                                                             "loss/total"}
 
 
 # Table 3 ablations (Sec. 4.4) -------------------------------------------------------------
