@@ -118,6 +118,19 @@ def test_mirrored_strategy_over_two_logical_cpus_trains_and_evaluates(smoke_run,
     assert "1 replica(s)" in single.stderr and "Resumed from" in single.stderr and "(step 2)" in single.stderr
 
 
+@pytest.mark.large
+def test_generation_every_second_step_logs_module_g_at_every_log(smoke_run, tmp_path):
+    """--generation_every=2 --log_every=2: joint steps 1 and 3 (1-based) step module G, 2 and 4
+    module F alone; each logged window holds one of each, and the log has both, G's terms
+    from the window's G step."""
+    run_dir = tmp_path / "every2"
+    result = _train(f"--data_dir={smoke_run[0]}", f"--run_dir={run_dir}", "--pretrain_epochs=0", "--joint_epochs=2",
+                    "--lr_decay_epochs=", "--generation_every=2", "--log_every=2", "--eval_every=0")
+    assert result.returncode == 0, result.stderr[-3000:]
+    for term in ("recon", "discriminator", "il", "id_cls", "local_id"):
+        assert sorted(_scalars(run_dir, f"loss/{term}")) == [2, 4], term
+
+
 @pytest.mark.parametrize("flag, expected", [
     ("--synthetic_ids=1", "--synthetic_ids=1"),  # found when the dataset is generated
     ("--height=30", "--height=30: expected a multiple of 4"),  # found in the config
