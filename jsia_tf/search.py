@@ -80,6 +80,7 @@ from pymilvus import DataType, MilvusClient, MilvusException
 import tensorflow as tf
 
 from jsia_tf import export, litert, visualize
+from jsia_tf.config import MODALITIES
 from jsia_tf.data import pipeline, records
 from jsia_tf.eval import protocols
 from jsia_tf.serving.client import EmbeddingClient
@@ -155,6 +156,8 @@ def list_images(list_file, ir_cameras, modality=""):
                 fields = {key: int(row[key]) for key in ("camera", "person", "frame", "time") if row.get(key)}
             except ValueError as error:
                 raise ValueError(f"{list_file}:{line}: {error}") from None
+            if row.get("modality") not in (None, "", *MODALITIES):
+                raise ValueError(f"{list_file}:{line}: modality {row['modality']!r}; expected one of {MODALITIES}")
             camera = fields.pop("camera", camera_of(row["path"]))
             entries.append(_entry(os.path.join(folder, row["path"]), camera,
                                   row.get("modality") or modality_of(camera, ir_cameras, modality), **fields))
@@ -463,7 +466,7 @@ def define_flags():
     flags.DEFINE_bool("reindex", False, "index: embed files already in the collection again (replacing them).")
     flags.DEFINE_list("ir_cameras", [str(c) for c in records.SYSU_IR_CAMS], "index: cameras of IR images in a "
                       "folder or list (default SYSU-MM01's).")
-    flags.DEFINE_enum("modality", None, list(("rgb", "ir")), "query: the modality of query images not in the "
+    flags.DEFINE_enum("modality", None, list(MODALITIES), "query: the modality of query images not in the "
                       "collection (default ir); index: of images whose camera is not known.")
     flags.DEFINE_integer("top_k", 10, "query: matches per query image.", lower_bound=1)
     flags.DEFINE_list("cameras", [], "query: search only these cameras.")

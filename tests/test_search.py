@@ -238,7 +238,7 @@ def test_a_second_process_on_the_database_is_refused(exports, data_dir, gallery)
 
 def test_kill_during_indexing_then_resume_and_query(exports, data_dir, entries, tmp_path):
     """kill -9 once a batch is written; the rerun skips what is stored and completes the
-    collection; a query then writes its JSON and contact sheet; another model is one error line."""
+    collection; a query then writes its JSON and contact sheet."""
     db = str(tmp_path / "gallery.db")
     index = ["index", f"--model={exports[0]}", f"--images={data_dir}", "--dataset=sysu", f"--db={db}",
              "--batch_size=2"]
@@ -269,9 +269,3 @@ def test_kill_during_indexing_then_resume_and_query(exports, data_dir, entries, 
     assert len(result["matches"]) == 5 and all(match["camera"] in (1, 4, 5) for match in result["matches"])
     sheet = tf.io.decode_png(tf.io.read_file(str(output.with_suffix(".png")))).numpy()
     assert sheet.shape[:2] == (HEIGHT + 6, 6 * (WIDTH + 6))
-
-    wrong = run_search("query", f"--model={exports[1]}", f"--images={query}", f"--db={db}",
-                       f"--output_json={output}")
-    out, err = (stream.decode() for stream in wrong.communicate(timeout=120))
-    assert wrong.returncode == 1 and err.strip().splitlines()[-1].startswith("error: ")
-    assert "indexed with another model" in err and "Traceback" not in err
