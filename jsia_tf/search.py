@@ -569,8 +569,11 @@ def main(argv):
     except OSError as error:
         where = f"{error.filename}: " if error.filename else ""
         sys.exit(f"error: {where}{error.strerror or error}")
-    except (ValueError, MilvusException) as error:
+    except ValueError as error:
         sys.exit(f"error: {str(error).strip().splitlines()[0]}")
+    except MilvusException as error:  # the database refused or did not answer
+        where = f"--milvus_uri={values.milvus_uri}" if values.milvus_uri else f"--db={values.db}"
+        sys.exit(f"error: {where}: {error.message}")
     except grpc.RpcError as error:
         details = (error.details() or "").strip().splitlines()
         sys.exit(f"error: --server={values.server}: {error.code().name}: {details[0] if details else ''}")
