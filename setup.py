@@ -31,6 +31,7 @@ setuptools.setup(
             "jsia-synthetic=jsia_tf.data.synthetic:run",
             "jsia-export=jsia_tf.export:run",
             "jsia-analyze=jsia_tf.analyze:run",
+            "jsia-search=jsia_tf.search:run",
             "jsia-launch-local=jsia_tf.launch_local:run",
         ]
     },

@@ -256,9 +256,7 @@ def ranked_figure(trainer, features, test, dataset_name, options):
     rows = np.concatenate([queries[picked][:, None], top], axis=1)  # [q, 1 + top_k]
     pixels = visualize.to_pixels(load_images(test, rows.ravel(), data.height, data.width), unit_range=False)
     correct = test.pids[top] == test.pids[queries[picked]][:, None]  # [q, top_k]
-    colors = np.concatenate([np.broadcast_to(visualize.BLUE, (len(picked), 1, 3)),
-                             np.where(correct[..., None], visualize.GREEN, visualize.RED)], axis=1)  # [q, 1 + top_k, 3]
-    return visualize.tile(pixels.reshape(*rows.shape, *pixels.shape[1:]), colors)  # cells [q, 1 + top_k, H, W, 3]
+    return visualize.ranked_grid(pixels.reshape(*rows.shape, *pixels.shape[1:]), correct)  # cells [q, 1 + top_k, H, W, 3]
 
 
 def generated_sets(trainer, test, dataset_name, options):

@@ -40,6 +40,24 @@ def tile(cells, colors=WHITE, border=BORDER):
     return framed.transpose(0, 2, 1, 3, 4).reshape(rows * framed.shape[2], cols * framed.shape[3], 3)
 
 
+def ranked_grid(cells, correct):
+    """A ranked view: each row a query (blue frame) and its matches, best first, framed green
+    for the right person, red for another, white where the person is not known.
+
+    Drawn alike by ``python -m jsia_tf.analyze`` (``ranked``) and ``python -m jsia_tf.search``.
+
+    Args:
+      cells: uint8 [Q, 1 + K, H, W, 3], the query then its K matches.
+      correct: [Q, K], 1 right person, 0 another, -1 not known (and booleans).
+    Returns:
+      uint8 [Q (H + 2b), (1 + K)(W + 2b), 3].
+    """
+    correct = np.asarray(correct, np.int64)
+    colors = np.where((correct == 1)[..., None], GREEN, np.where((correct == 0)[..., None], RED, WHITE))
+    query = np.broadcast_to(BLUE, (len(cells), 1, 3))
+    return tile(cells, np.concatenate([query, colors], axis=1))  # colors: [Q, 1 + K, 3]
+
+
 def to_pixels(images, unit_range=True):
     """uint8 RGB numpy [..., 3] of unit-range (module G) or caffe-normalised images."""
     images = tf.cast(images, tf.float32)

@@ -89,3 +89,11 @@ def test_mixing_grid_goes_from_x1_through_the_mixtures_to_x2_in_each_modality():
             for step, alpha in enumerate(visualize.ALPHAS):
                 expected = alpha * content[m][i] + (1 - alpha) * content[m][j]
                 np.testing.assert_allclose(row[1 + step].astype(int), visualize.to_pixels(constant_images([expected])[0]), atol=1)
+
+
+def test_ranked_grid_frames_the_query_blue_and_matches_by_person():
+    cells = np.zeros((2, 3, H, W, 3), np.uint8)  # 2 queries, 2 matches each
+    grid = visualize.ranked_grid(cells, [[1, 0], [-1, True]])
+    frame = grid.reshape(2, H + 2 * visualize.BORDER, 3, W + 2 * visualize.BORDER, 3)[:, 0, :, 0]  # [2, 3, 3]
+    np.testing.assert_array_equal(frame, [[visualize.BLUE, visualize.GREEN, visualize.RED],
+                                          [visualize.BLUE, visualize.WHITE, visualize.GREEN]])
