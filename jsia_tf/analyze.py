@@ -228,7 +228,7 @@ def similarity_figure(features, test, dataset_name):
 def query_gallery(test, dataset_name, direction, seed):
     """Rows of the protocol's queries [Q] and gallery [G], and allowed [Q, G] (False: SYSU same room)."""
     if dataset_name == "regdb":
-        query_cam, gallery_cam = protocols.REGDB_DIRECTIONS[direction]
+        query_cam, gallery_cam = protocols.REGDB_DIRECTION_CAMS[direction]
         queries, gallery = np.flatnonzero(test.cams == query_cam), np.flatnonzero(test.cams == gallery_cam)
     else:
         split = protocols.sysu_split(test.pids, test.cams, test.image_index, mode="all", shots=1, trials=1,

@@ -196,10 +196,10 @@ class ModelConfig:
         "statistics) or update (official).", choices=GENERATED_BN)
     test_features: str = option("bn", "The Eq. 17 vector: the classifier's batch-norm output (bn, official) or "
                                       "V = GAP(T) (pool, the paper's text).", choices=TEST_FEATURES)
-    set_level: str = option(
+    sl: str = option(
         "shared", "Set-level alignment (Table 3): E^i = E^sl (shared, the paper's SL); a separate E^i trained only "
         "by module G (separate, no SL); or separate with E^sl trained modality-adversarially as in Dai et al. 2018 "
-        "(gan, the degraded SL of index 7).", flag="sl", choices=SET_LEVEL_SHARING)
+        "(gan, the degraded SL of index 7).", choices=SET_LEVEL_SHARING)
     generation_scale: int = option(
         1, "Module G works on images this many times smaller than module F's: 1 (the paper: both at 256x128) or 2 "
         "(the official code: 128x64 GAN images, upsampled for F). E^i reads F's full-size image either way.")
@@ -231,7 +231,7 @@ class ModelConfig:
         _require(self.num_regions >= 0, "num_regions", self.num_regions, ">= 0")
         _require(self.test_features in TEST_FEATURES, "test_features", self.test_features,
                  f"one of {TEST_FEATURES}")
-        _require(self.set_level in SET_LEVEL_SHARING, "sl", self.set_level, f"one of {SET_LEVEL_SHARING}")
+        _require(self.sl in SET_LEVEL_SHARING, "sl", self.sl, f"one of {SET_LEVEL_SHARING}")
         _require(self.modality_bn in MODALITY_BN, "modality_bn", self.modality_bn, f"one of {MODALITY_BN}")
         _require(self.generated_bn in GENERATED_BN, "generated_bn", self.generated_bn, f"one of {GENERATED_BN}")
         _require(self.generation_scale in (1, 2), "generation_scale", self.generation_scale, "1 or 2")
@@ -254,16 +254,17 @@ class LossConfig:
 
     Eq. 8: the paper weighs the reconstruction by 1 and the cycle term by lambda_cyc (it
     writes lambda_cyc on the GAN term too, a typo); official: 10, 10 and 1. Eq. 16: the
-    paper cross-validates lambda_il / lr / ui without giving values; 0.01 is the
-    official instance-level alignment weight. Turning a term off (--il, --lr_align,
-    --ui) does not compute it at all, which trains like its weight 0 (Table 3).
+    paper cross-validates lambda_il / lambda_lr / lambda_ui (here lambda_il, lambda_local,
+    lambda_ui) without giving values; 0.01 is the official instance-level alignment
+    weight. Turning a term off (--il, --local, --ui) does not compute it at all, which
+    trains like its weight 0 (Table 3).
     """
 
     lambda_recon: float = option(1.0, "Eq. 8 reconstruction weight (paper 1, official 10).")
     lambda_cyc: float = option(10.0, "Eq. 8 cycle weight (official 10).")
     lambda_gan: float = option(1.0, "Eq. 8 GAN weight (official 1).")
     lambda_il: float = option(0.01, "Eq. 16 instance-level alignment weight (official 0.01; 0: no IL).")
-    lambda_lr: float = option(0.01, "Eq. 16 local-region alignment weight (0: no LR).")
+    lambda_local: float = option(0.01, "Eq. 16 local-region alignment weight, the paper's lambda_lr (0: no LR).")
     lambda_ui: float = option(0.01, "Eq. 16 unseen-identity weight (0: no UI).")
     triplet_margin: float = option(0.3, "Eq. 13 triplet margin (official 0.3).")
     label_smoothing: float = option(0.1, "Eq. 13 label smoothing (official 0.1; 0: the paper's cross-entropy).")
@@ -273,13 +274,13 @@ class LossConfig:
                                          choices=VARIATION_DISTRIBUTIONS)
     ui_direction: str = option("paper", "Eq. 15 KL direction (losses.unseen_identity_loss).",
                                choices=UNSEEN_ID_DIRECTIONS)
-    instance_alignment: bool = option(True, "Eq. 11 instance-level alignment (Table 3 IL).", flag="il")
-    local_alignment: str = option(
+    il: bool = option(True, "Eq. 11 instance-level alignment (Table 3 IL).")
+    local: str = option(
         "paired", "Eq. 12 local regions on generated pairs (paired, the paper), on the real unpaired RGB / IR "
         "images of the same identity (unpaired, Table 3 index 8) or off (no Eq. 12; the C^k keep their identity "
-        "loss, --lambda_local_id, unless --num_regions=0, which Table 3's rows without LR set).", flag="lr_align",
+        "loss, --lambda_local_id, unless --num_regions=0, which Table 3's rows without LR set).",
         choices=LOCAL_ALIGNMENTS)
-    unseen_identity: bool = option(True, "Eq. 15 paired images of unseen identities (Table 3 UI).", flag="ui")
+    ui: bool = option(True, "Eq. 15 paired images of unseen identities (Table 3 UI).")
     lambda_local_id: float = option(
         1.0, "Weight of each local-region classifier C^k's label-smoothed identity loss on the stripes of the real "
         "re-ID images (PCB, which Sec. 3.3's LR follows; the mean over the n regions). 0: the C^k are trained by "
@@ -287,7 +288,7 @@ class LossConfig:
     lambda_modality: float = option(1.0, "Weight of E^sl's modality-adversarial term (--sl=gan only).")
 
     def __post_init__(self):
-        for flag in ("lambda_recon", "lambda_cyc", "lambda_gan", "lambda_il", "lambda_lr", "lambda_ui",
+        for flag in ("lambda_recon", "lambda_cyc", "lambda_gan", "lambda_il", "lambda_local", "lambda_ui",
                      "triplet_margin", "lambda_local_id", "lambda_modality"):
             _require(getattr(self, flag) >= 0, flag, getattr(self, flag), ">= 0")
         _require(0.0 <= self.label_smoothing < 1.0, "label_smoothing", self.label_smoothing, "a value in [0, 1)")
@@ -297,7 +298,7 @@ class LossConfig:
                  self.variation_distribution, f"one of {VARIATION_DISTRIBUTIONS}")
         _require(self.ui_direction in UNSEEN_ID_DIRECTIONS, "ui_direction", self.ui_direction,
                  f"one of {UNSEEN_ID_DIRECTIONS}")
-        _require(self.local_alignment in LOCAL_ALIGNMENTS, "lr_align", self.local_alignment,
+        _require(self.local in LOCAL_ALIGNMENTS, "local", self.local,
                  f"one of {LOCAL_ALIGNMENTS}")
 
 
@@ -489,11 +490,11 @@ class Config:
         if not self.model.generation:  # module F alone: no term may need generated images
             loss = self.loss
             conflicts = [f"--{flag}={value!r} (expected {expected})" for ok, flag, value, expected in (
-                (not loss.instance_alignment, "il", True, "false: no generated pairs without module G"),
-                (loss.local_alignment != "paired" or not self.model.num_regions, "lr_align", "paired",
+                (not loss.il, "il", True, "false: no generated pairs without module G"),
+                (loss.local != "paired" or not self.model.num_regions, "local", "paired",
                  "'off' or 'unpaired': no generated pairs without module G"),
-                (not loss.unseen_identity, "ui", True, "false: no mixed images without modules G and V"),
-                (self.model.set_level != "gan", "sl", "gan", "'shared' or 'separate' without module G")) if not ok]
+                (not loss.ui, "ui", True, "false: no mixed images without modules G and V"),
+                (self.model.sl != "gan", "sl", "gan", "'shared' or 'separate' without module G")) if not ok]
             _require(not conflicts, "generation", False, f"module F alone, which these flags contradict: "
                      f"{'; '.join(conflicts)}")
             _require(all(set(p.groups) <= set(REID_GROUPS) for p in self.train.phases), "generation", False,
@@ -512,6 +513,8 @@ class Config:
         """The Config that :meth:`save` wrote to ``path`` (a run's config.json)."""
         try:
             raw = json.loads(pathlib.Path(path).read_text())
+            for section, renamed in OLD_FIELDS.items():
+                raw[section] = {renamed.get(name, name): value for name, value in raw[section].items()}
             train = dict(raw["train"], phases=tuple(Phase(**_tuples(phase)) for phase in raw["train"]["phases"]))
             return cls(run_dir=raw["run_dir"], data=DataConfig(**_tuples(raw["data"])),
                        eval=EvalConfig(**_tuples(raw["eval"])), model=ModelConfig(**_tuples(raw["model"])),
@@ -522,7 +525,15 @@ class Config:
 
 # What --generation=false implies unless the flags say otherwise: module F alone has no
 # generated pairs (IL, LR) nor mixed images (UI); Table 3 row 1.
-MODULE_F_ALONE = {"il": False, "lr_align": "off", "ui": False}
+MODULE_F_ALONE = {"il": False, "local": "off", "ui": False}
+
+# Earlier spellings, kept so that old commands and run folders still work. A flag -> the
+# flag it now is (train accepts it and logs a line); a field of a run's config.json ->
+# its name now, per section (Config.load).
+OLD_FLAGS = {"lr_align": "local", "lambda_lr": "lambda_local"}
+OLD_FIELDS = {"model": {"set_level": "sl"},
+              "loss": {"instance_alignment": "il", "local_alignment": "local", "unseen_identity": "ui",
+                       "lambda_lr": "lambda_local"}}
 
 
 # What a run's checkpoints fix: the networks' shapes and the identities they were trained

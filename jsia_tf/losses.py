@@ -240,7 +240,7 @@ def unpaired_local_alignment_loss(ir_logits, rgb_logits, convention="paper"):
         target, plus the symmetric KL with the RGB prediction as the stopped target.
 
     The value keeps Eq. 12's scale (two divergences per region, averaged over regions),
-    so ``lambda_lr`` means the same with paired and unpaired images.
+    so ``lambda_local`` (the paper's lambda_lr) means the same with paired and unpaired images.
 
     Args:
       ir_logits, rgb_logits: lists of n [B, C] logits of the k-th region's classifier

@@ -25,7 +25,7 @@ TERM_ROUTES = {
     "id_triplet": _REID_ROUTE,  # Eq. 13
     "local_id": _REID_ROUTE,  # C^k's identity loss on the real images' stripes (PCB; Eq. 12's LR)
     "il": _REID_ROUTE,  # Eq. 11 on (real, DETACHED generated)
-    "lr": _REID_ROUTE,  # Eq. 12 on (real, DETACHED generated)
+    "local": _REID_ROUTE,  # Eq. 12 on (real, DETACHED generated)
     "ui": _REID_ROUTE,  # Eq. 15 on DETACHED mixed images
     # --sl=gan only (Dai et al. 2018): the modality discriminator on STOPPED E^sl maps,
     # and E^sl's maps pushed to D = 1/2.
@@ -39,7 +39,7 @@ REID_BATCH_TERMS = ("id_cls", "id_triplet", "local_id", "modality_discriminator"
 # stem E^sl is reported ("grad_norm/reid_set_level/<objective>").
 TERM_OBJECTIVES = {"recon": "generator", "cycle": "generator", "gan": "generator", "discriminator": "discriminator",
                    "variation": "variation", "id_cls": "reid", "id_triplet": "reid", "local_id": "reid",
-                   "il": "alignment", "lr": "alignment", "ui": "alignment",
+                   "il": "alignment", "local": "alignment", "ui": "alignment",
                    "modality_discriminator": "discriminator", "modality_adversarial": "modality_adversarial"}
 # Terms of module G's objective L^G (Eq. 8).
 GENERATOR_TERMS = ("recon", "cycle", "gan")
@@ -50,7 +50,7 @@ def term_weights(loss_cfg):
     c = loss_cfg
     return {"recon": c.lambda_recon, "cycle": c.lambda_cyc, "gan": c.lambda_gan, "discriminator": 1.0,
             "variation": 1.0, "id_cls": 1.0, "id_triplet": 1.0, "local_id": c.lambda_local_id, "il": c.lambda_il,
-            "lr": c.lambda_lr, "ui": c.lambda_ui, "modality_discriminator": 1.0,
+            "local": c.lambda_local, "ui": c.lambda_ui, "modality_discriminator": 1.0,
             "modality_adversarial": c.lambda_modality}
 
 
@@ -59,15 +59,15 @@ def configured_terms(config):
     :data:`TERM_ROUTES` order."""
     loss, model = config.loss, config.model
     absent = set()
-    if not loss.instance_alignment:
+    if not loss.il:
         absent.add("il")
-    if loss.local_alignment == "off":
-        absent.add("lr")  # no Eq. 12; the C^k still learn identities (local_id) unless num_regions is 0
+    if loss.local == "off":
+        absent.add("local")  # no Eq. 12; the C^k still learn identities (local_id) unless num_regions is 0
     if not model.num_regions:
-        absent.update({"lr", "local_id"})  # no local regions: no C^k
-    if not loss.unseen_identity:
+        absent.update({"local", "local_id"})  # no local regions: no C^k
+    if not loss.ui:
         absent.add("ui")
-    if model.set_level != "gan":
+    if model.sl != "gan":
         absent.update({"modality_discriminator", "modality_adversarial"})
     if not model.generation:  # module F alone: module G's terms reach E^sl, leave them out
         absent.update(("recon", "cycle", "gan", "discriminator", "variation"))

@@ -73,6 +73,8 @@ def _define_flags():
 
 
 _define_flags()
+for _old, _new in config_lib.OLD_FLAGS.items():
+    flags.DEFINE_alias(_old, _new)
 # The schedule (TrainConfig.phases, config.paper_phases).
 _PRETRAIN_EPOCHS = flags.DEFINE_integer("pretrain_epochs", config_lib.PAPER_PRETRAIN_EPOCHS,
                                         "Epochs of G pre-training (paper 100).")
@@ -82,9 +84,9 @@ _LR_DECAY_EPOCHS = flags.DEFINE_list("lr_decay_epochs", [str(e) for e in config_
                                      "Joint epochs at which the learning rates are multiplied by --lr_decay_factor "
                                      "(paper 30).")
 _PRETRAIN_SET_LEVEL = flags.DEFINE_bool(
-    "pretrain_set_level", config_lib.PAPER_PRETRAIN_SET_LEVEL, "G's pre-training also steps E^sl = E^i with module G's terms (with --sl=shared; "
-    "the paper pre-trains the generation module, E^i included). false: the official GAN warm-up, which leaves its "
-    "ImageNet stem as it is.")
+    "pretrain_set_level", config_lib.PAPER_PRETRAIN_SET_LEVEL,
+    "G's pre-training also steps E^sl = E^i with module G's terms (with --sl=shared; the paper pre-trains the "
+    "generation module, E^i included). false: the official GAN warm-up, which leaves its ImageNet stem as it is.")
 _RESTART = flags.DEFINE_bool(
     "restart", False, "Start at step 0 in a --run_dir that holds a run's checkpoints or records: its files are "
     "moved into <run_dir>/restarted-<time>/. Without it such a run resumes from its newest checkpoint that loads.")
@@ -107,6 +109,9 @@ def _flag_value(field):
 
 def config_from_flags():
     """The one place where flags become the run's Config."""
+    for old, new in config_lib.OLD_FLAGS.items():
+        if flags.FLAGS[old].present:
+            logging.info("--%s is now --%s", old, new)
     values = {name: {field.name: _flag_value(field) for field in _option_fields(cls)} for name, cls in _SECTIONS}
     if not values["model"]["generation"]:  # module F alone: what needs module G is off unless given
         implied = {name: value for name, value in config_lib.MODULE_F_ALONE.items() if not flags.FLAGS[name].present}
@@ -119,7 +124,7 @@ def config_from_flags():
         _PRETRAIN_EPOCHS.value, _JOINT_EPOCHS.value, _int_list("lr_decay_epochs", _LR_DECAY_EPOCHS.value),
         values["model"]["generation"],
         # With a separate E^i (--sl=separate, gan) module G's terms do not reach E^sl.
-        _PRETRAIN_SET_LEVEL.value and values["model"]["set_level"] == "shared")
+        _PRETRAIN_SET_LEVEL.value and values["model"]["sl"] == "shared")
     sections = {name: cls(**values[name]) for name, cls in _SECTIONS}
     return config_lib.Config(**{field.name: _flag_value(field) for field in _option_fields(config_lib.Config)},
                              **sections)

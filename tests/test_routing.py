@@ -31,12 +31,12 @@ def test_every_term_has_a_route_an_objective_and_a_weight():
 
 @pytest.mark.parametrize("loss, model, absent", [
     ({}, {}, set()),
-    ({"instance_alignment": False}, {}, {"il"}),  # --il=false
-    ({"unseen_identity": False}, {}, {"ui"}),  # --ui=false
-    ({"local_alignment": "off"}, {}, {"lr"}),  # --lr_align=off: no Eq. 12, the C^k still learn identities
-    ({"local_alignment": "unpaired"}, {}, set()),  # --lr_align=unpaired: Eq. 12 still computed
-    ({}, {"num_regions": 0}, {"lr", "local_id"}),  # no local classifiers
-    ({}, {"set_level": "separate"}, set()),
+    ({"il": False}, {}, {"il"}),  # --il=false
+    ({"ui": False}, {}, {"ui"}),  # --ui=false
+    ({"local": "off"}, {}, {"local"}),  # --local=off: no Eq. 12, the C^k still learn identities
+    ({"local": "unpaired"}, {}, set()),  # --local=unpaired: Eq. 12 still computed
+    ({}, {"num_regions": 0}, {"local", "local_id"}),  # no local classifiers
+    ({}, {"sl": "separate"}, set()),
 ])
 def test_table3_switches_decide_the_terms(loss, model, absent):
     cfg = _config(loss, **model)
@@ -48,16 +48,16 @@ def test_table3_switches_decide_the_terms(loss, model, absent):
 
 
 def test_modality_gan_and_module_f_alone_terms():
-    gan = _config(set_level="gan")
+    gan = _config(sl="gan")
     assert routing.configured_terms(gan) == tuple(routing.TERM_ROUTES)
     pretrain = routing.terms_for(routing.configured_terms(gan), routing.term_weights(gan.loss),
                                  config_lib.PRETRAIN_GROUPS)
     assert "modality_discriminator" in pretrain and "modality_adversarial" not in pretrain
-    alone = _config({"instance_alignment": False, "local_alignment": "unpaired", "unseen_identity": False},
+    alone = _config({"il": False, "local": "unpaired", "ui": False},
                     generation=False)
-    assert routing.configured_terms(alone) == ("id_cls", "id_triplet", "local_id", "lr")
+    assert routing.configured_terms(alone) == ("id_cls", "id_triplet", "local_id", "local")
     # A zero weight drops the term from the phase (nothing to differentiate).
-    assert routing.terms_for(("id_cls", "lr"), {"id_cls": 1.0, "lr": 0.0}, config_lib.GROUPS) == ("id_cls",)
+    assert routing.terms_for(("id_cls", "local"), {"id_cls": 1.0, "local": 0.0}, config_lib.GROUPS) == ("id_cls",)
 
 
 def test_objectives_group_terms_by_stepped_route_and_objective():

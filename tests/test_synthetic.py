@@ -11,6 +11,7 @@ from PIL import Image
 import pytest
 from scipy import ndimage
 
+from jsia_tf import config
 from jsia_tf.data import pipeline
 from jsia_tf.data import records
 from jsia_tf.data import synthetic
@@ -379,7 +380,7 @@ def test_regdb_layout_and_index(tmp_path):
         np.asarray(thermal), synthetic.render_identity_images(0, 2, synthetic.REGDB_THERMAL, 1, H, W)[0])
 
     splits = set()
-    for trial in range(1, synthetic.REGDB_TRIALS + 1):
+    for trial in config.REGDB_TRIALS:
         ids = {}
         for split in ("train", "test"):
             for modality, folder in (("visible", "Visible"), ("thermal", "Thermal")):

@@ -26,7 +26,7 @@ from jsia_tf.data.synthetic.cameras import (
     render_image)
 from jsia_tf.data.synthetic.infrared import part_nir_reflectance, part_temperatures
 from jsia_tf.data.synthetic.layouts import (
-    LAYOUTS, METADATA_FILE, PAIRED_FILE, PAIRS_PER_ID, REGDB_IMAGES_PER_ID, REGDB_TRIALS, RENDER_VERSION, generate,
+    LAYOUTS, METADATA_FILE, PAIRED_FILE, PAIRS_PER_ID, REGDB_IMAGES_PER_ID, RENDER_VERSION, generate,
     layout_entries, metadata, read_paired_test)
 from jsia_tf.data.synthetic.persons import (
     BACKGROUND, BAG, COLLAR, FACE, HAIR, INNER, IR_VISIBLE_COUPLING, LOWER, NUM_PARTS, SHOES, SKIN, UPPER,

@@ -12,6 +12,7 @@ import zipfile
 import numpy as np
 from PIL import Image
 
+from jsia_tf.config import REGDB_TRIALS
 from jsia_tf.data import records
 from jsia_tf.data.synthetic.cameras import REGDB_THERMAL, REGDB_VISIBLE, SYSU_CAMERAS, render_image
 from jsia_tf.data.synthetic.persons import (
@@ -42,7 +43,6 @@ _SYSU_VAL_SHARE = _SYSU_TEST_SHARE = 0.2  # train / val / test ids about 60 / 20
 _SYSU_MIN_IDS = 5
 _GOLDEN = (np.sqrt(5.0) - 1.0) / 2.0
 
-REGDB_TRIALS = 10
 REGDB_IMAGES_PER_ID = 10
 _REGDB_MIN_IDS = 2
 _JPEG_QUALITY = 90
@@ -66,7 +66,7 @@ def _regdb_trial_split(seed, pids, trial):
 def _write_regdb_index(root, seed, plan):
     pids = np.array(sorted(plan))
     os.makedirs(os.path.join(root, "idx"))
-    for trial in range(1, REGDB_TRIALS + 1):
+    for trial in REGDB_TRIALS:
         for split, split_pids in zip(("train", "test"), _regdb_trial_split(seed, pids, trial)):
             for modality, camera in (("visible", REGDB_VISIBLE), ("thermal", REGDB_THERMAL)):
                 lines = [f"{path} {pid}\n" for pid in split_pids.tolist()
