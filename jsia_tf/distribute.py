@@ -124,14 +124,12 @@ def training_batches(dataset, cfg, strategy, start_step):
     per-replica batches go to its local replicas in turn.
     """
     data = cfg.data
-    augment = pipeline.AugmentConfig(flip=data.flip, pad=data.pad, random_erasing=data.random_erasing,
-                                     channel_aug=data.channel_aug, intensity_aug=data.intensity_aug)
 
     def worker_batches(context):
         local = context.num_replicas_in_sync // context.num_input_pipelines
         first = context.input_pipeline_id * local  # replica ids are worker-major
         streams = [pipeline.train_dataset(dataset, num_ids, num_instances, data.height, data.width,
-                                          seed=data.seed + offset, augment=augment, start_batch=start_step,
+                                          seed=data.seed + offset, augment=data, start_batch=start_step,
                                           num_replicas=context.num_replicas_in_sync,
                                           replica_ids=range(first, first + local))
                    for offset, (num_ids, num_instances) in enumerate(

@@ -106,7 +106,7 @@ def objectives(values, weights, groups, scales=None):
     return {key: objective * route_scale(scales, key[0]) for key, objective in out.items()}
 
 
-def gradients(tape, objectives_, variables, scales=None, stem_norms=None):
+def gradients(tape, objectives_, variables, scales=None):
     """Per stepped group, the gradient of the objectives routed to it.
 
     Args:
@@ -114,24 +114,26 @@ def gradients(tape, objectives_, variables, scales=None, stem_norms=None):
       objectives_: :func:`objectives`' output.
       variables: {group: its variables} for every stepped group.
       scales: the scales the objectives were multiplied with, or None.
-      stem_norms: a dict that receives {objective: the unscaled global norm of its
-        gradient on reid_set_level (E^sl)} for the objectives that reach it.
     Returns:
-      {group: gradients, one per variable}: the sum over the objectives whose route
-      holds the group; zeros where no objective reaches a variable. With ``scales``
+      (grads, stem_norms). grads: {group: gradients, one per variable}, the sum over
+      the objectives whose route holds the group; zeros where no objective reaches a
+      variable. With ``scales``
       each group's part is brought from its route's scale to the group's own scale (a
       power-of-two ratio, exact), so a group's gradient is scaled by its own scale and
       its optimizer can unscale it and skip it alone on overflow (PyTorch's GradScaler
-      also skips each optimizer's step on its own).
+      also skips each optimizer's step on its own). stem_norms: {objective: the
+      unscaled global norm of its gradient on reid_set_level (E^sl)} for the objectives
+      that reach it.
     """
     grads = {name: [None] * len(group) for name, group in variables.items()}
+    stem_norms = {}
     for (stepped, objective_name), objective in objectives_.items():
         flat = tape.gradient(objective, [v for name in stepped for v in variables[name]])
         start = 0
         for name in stepped:
             part = flat[start:start + len(variables[name])]
             start += len(variables[name])
-            if stem_norms is not None and name == "reid_set_level":
+            if name == "reid_set_level":
                 norm = tf.linalg.global_norm([g for g in part if g is not None] or [tf.zeros([])])
                 stem_norms[objective_name] = norm if scales is None else norm / route_scale(scales, stepped)
             if scales is not None:
@@ -139,7 +141,7 @@ def gradients(tape, objectives_, variables, scales=None, stem_norms=None):
                 part = [None if g is None else g * ratio for g in part]
             grads[name] = [b if a is None else (a if b is None else a + b) for a, b in zip(grads[name], part)]
     return {name: [tf.zeros_like(v) if g is None else g for g, v in zip(grads[name], variables[name])]
-            for name in variables}
+            for name in variables}, stem_norms
 
 
 def totals(values, weights):

@@ -88,8 +88,7 @@ def _two_term_step(scales=None):
     with tf.GradientTape(persistent=True) as tape:
         values = {"recon": a * s, "id_cls": s * c * c, "discriminator": d * d}
         objectives = routing.objectives(values, weights, tuple(variables), scales)
-    stem_norms = {}
-    grads = routing.gradients(tape, objectives, variables, scales, stem_norms)
+    grads, stem_norms = routing.gradients(tape, objectives, variables, scales)
     return {name: [float(g) for g in group] for name, group in grads.items()}, stem_norms
 
 

@@ -9,6 +9,7 @@ import pytest
 import tensorflow as tf
 
 from conftest import run_script_json
+from smoke_model import smoke_model
 from jsia_tf import config as config_lib
 from jsia_tf import losses
 from jsia_tf import routing
@@ -19,24 +20,21 @@ HEIGHT, WIDTH = 32, 16
 
 
 def tiny_config(run_dir="run", loss=None, mixed_precision="float32", **model_overrides):
-    """resnet18 (8, 16, 16, 32) at 32x16, tiny G / V / discriminators, 2 ids x 2 images.
+    """The smoke preset's networks (configs/smoke.flags) at 32x16, 2 ids x 2 images.
 
     ``loss``: LossConfig fields to override (Table 3's switches).
     """
-    model = dict(backbone="resnet18", backbone_weights="none", backbone_widths=(8, 16, 16, 32), num_regions=2,
-                 style_dim=8, style_base_width=8, style_max_width=16, mlp_hidden_dim=16, num_res_blocks=1,
-                 disc_num_layers=3, disc_base_width=8, variation_hidden_channels=8, variation_latent_channels=4)
-    model.update(model_overrides)
+    model = smoke_model(**model_overrides)
     data = config_lib.DataConfig(data_dir="data", height=HEIGHT, width=WIDTH, num_ids=2, num_instances=2,
                                  gan_num_ids=2, gan_num_instances=2)
     # lambda 1 for IL / LR / UI so that their (small at initialisation) gradients are clear.
     loss = config_lib.LossConfig(**{"lambda_il": 1.0, "lambda_local": 1.0, "lambda_ui": 1.0, **(loss or {})})
     # The official warm-up (E^sl not stepped in pre-training), whose routing these tests pin;
     # test_pretraining_steps_the_stem_with_module_g_terms_alone covers the default.
-    train = config_lib.TrainConfig(phases=config_lib.paper_phases(1, 1, (), model.get("generation", True),
+    train = config_lib.TrainConfig(phases=config_lib.paper_phases(1, 1, (), model.generation,
                                                                   pretrain_set_level=False),
                                    steps_per_epoch=2, lr=1e-3, mixed_precision=mixed_precision)
-    return config_lib.Config(run_dir=str(run_dir), data=data, model=config_lib.ModelConfig(**model), loss=loss,
+    return config_lib.Config(run_dir=str(run_dir), data=data, model=model, loss=loss,
                              train=train)
 
 

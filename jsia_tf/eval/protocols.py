@@ -62,7 +62,7 @@ SYSU_CAMS = tuple(sorted(SYSU_RGB_CAMS + SYSU_IR_CAMS))  # 1..6
 SYSU_MODES = config.SYSU_MODES
 SYSU_GALLERY_CAMS = dict(zip(SYSU_MODES, (SYSU_RGB_CAMS, SYSU_INDOOR_RGB_CAMS)))  # search mode -> cameras
 SYSU_SHOTS = config.SYSU_SHOTS
-SYSU_TRIALS = 10  # rows of rand_perm_cam.mat
+SYSU_TRIALS = config.SYSU_TRIALS
 # IR camera -> the RGB camera filming the same room, never matched against it.
 SYSU_SAME_ROOM = {3: 2}
 
@@ -141,8 +141,8 @@ def sysu_split(labels, cams, image_index, *, mode="all", shots=1, rand_perm=None
       trials: number of trials (at most the 10 rows of ``rand_perm_cam.mat``).
       seed: seed of the draw when ``rand_perm`` is None.
     """
-    _check_choice("sysu_mode", mode, SYSU_MODES)
-    _check_choice("sysu_shots", shots, SYSU_SHOTS)
+    config.check_choice("sysu_mode", mode, SYSU_MODES)
+    config.check_choice("sysu_shots", shots, SYSU_SHOTS)
     if not isinstance(trials, (int, np.integer)) or trials < 1:
         raise ValueError(f"trials must be a positive integer; got {trials!r}")
     labels, cams, image_index = _check_int_arrays(
@@ -267,7 +267,7 @@ def evaluate_sysu(features, labels, cams, image_index, *, mode="all", shots=1, r
 def evaluate_regdb(features, labels, cams, direction="v2t", rerank=None):
     """RegDB CMC, mAP, mINP of one trial in ``direction`` ("v2t" or "t2v");
     ``rerank``: the module docstring."""
-    _check_choice("regdb_direction", direction, REGDB_DIRECTIONS)
+    config.check_choice("regdb_direction", direction, REGDB_DIRECTIONS)
     _check_rerank(rerank)
     features = _check_features(features)
     labels, cams = _check_int_arrays(len(features), labels=labels, cams=cams)
@@ -292,7 +292,7 @@ DIAGNOSTICS = ("intra_rgb", "intra_ir", "ir2rgb_full", "rgb2ir_full")
 
 def _checked_with_rgb_mask(features, labels, cams, dataset):
     """The diagnostics' checked arrays and the mask of the test images from RGB cameras."""
-    _check_choice("dataset", dataset, PROTOCOLS)
+    config.check_choice("dataset", dataset, PROTOCOLS)
     features = _check_features(features)
     labels, cams = _check_int_arrays(len(features), labels=labels, cams=cams)
     return features, labels, cams, np.isin(cams, RGB_CAMS[dataset])
@@ -371,7 +371,7 @@ def evaluate_features(features, labels, cams, image_index=None, protocol="sysu",
       ``{"cmc": {"1": r1, "5": r5, "10": r10, "20": r20}, "mAP": m, "mINP": i}``,
       fractions in [0, 1], averaged over the trials.
     """
-    _check_choice("protocol", protocol, PROTOCOLS)
+    config.check_choice("protocol", protocol, PROTOCOLS)
     warn_degenerate(features)
     if protocol == "regdb":
         return evaluate_regdb(features, labels, cams, regdb_direction, rerank=rerank)
@@ -392,10 +392,6 @@ def _check_rerank(rerank):
     except ValueError as e:
         raise ValueError(f"rerank: {e}") from e
 
-
-def _check_choice(name, value, choices):
-    if value not in choices:
-        raise ValueError(f"{name} must be one of {list(choices)}; got {value!r}")
 
 
 def _check_features(features):
@@ -439,7 +435,7 @@ def evaluate_test_set(features, test, dataset, *, sysu_modes=SYSU_MODES, sysu_sh
       {setting: metrics dict}, settings named "regdb_v2t" / "regdb_t2v" or
       "sysu_{all,indoor}_{1,10}shot".
     """
-    _check_choice("dataset", dataset, PROTOCOLS)
+    config.check_choice("dataset", dataset, PROTOCOLS)
     warn_degenerate(features)
     if dataset == "regdb":
         return {f"regdb_{direction}": evaluate_regdb(features, test.pids, test.cams, direction, rerank=rerank)

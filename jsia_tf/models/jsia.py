@@ -317,19 +317,21 @@ class JSIA:
                     out["variation"] = mean(losses.variation_loss(
                         maps, self.variation.decode(z_both), mu, tau, cfg.variation_distribution), 2 * gan_size)
             if terms & {"il", "local", "ui"}:
-                self._alignment_losses(gen, z, gan_batch, terms, alpha, training, out)
+                out.update(self._alignment_losses(gen, z, gan_batch, terms, alpha, training))
         if terms & set(routing.REID_BATCH_TERMS):
-            self._reid_losses(reid_batch, terms, training, out)
+            out.update(self._reid_losses(reid_batch, terms, training))
         return out
 
-    def _alignment_losses(self, gen, z, gan_batch, terms, alpha, training, out):
+    def _alignment_losses(self, gen, z, gan_batch, terms, alpha, training):
         """Module F on the generation batch (Sec. 3.3): Eq. 11, Eq. 12, Eqs. 14-15.
 
         Eq. 11 and Eq. 12 ("paired") compare each real image with its detached generated
         pair: the generated images are inputs, the alignment trains F only.
         ``--local=unpaired`` compares, in Eq. 12, each real image with the real image
-        of the other modality at the same batch position (the same person).
+        of the other modality at the same batch position (the same person). Returns
+        {term: float32 scalar} of those of ``terms``.
         """
+        out = {}
         cfg = self.config.loss
         mean = losses.mean_over_global_batch
         gan_size = self.gan_batch_size
@@ -372,10 +374,12 @@ class JSIA:
                                                      tf.roll(real[m]["logits"], shift, axis=0), alpha,
                                                      cfg.ui_direction) for m in MODALITIES]
             out["ui"] = mean(tf.concat(per_image, 0), 2 * gan_size)  # [2B]
+        return out
 
-    def _reid_losses(self, reid_batch, terms, training, out):
+    def _reid_losses(self, reid_batch, terms, training):
         """Module F on the re-ID batch: Eq. 13, each C^k's identity loss, and (Table 3,
-        index 7) the modality GAN on E^sl's maps."""
+        index 7) the modality GAN on E^sl's maps: {term: float32 scalar} of those of ``terms``."""
+        out = {}
         cfg = self.config.loss
         mean = losses.mean_over_global_batch
         size = 2 * self.reid_batch_size  # both modalities
@@ -410,3 +414,4 @@ class JSIA:
             out["id_triplet"] = mean(losses.cross_modal_triplet_loss(
                 reid["rgb"]["features"], reid["ir"]["features"], labels["rgb"], labels["ir"], cfg.triplet_margin,
                 gallery=from_all_replicas), size)  # [2B]
+        return out

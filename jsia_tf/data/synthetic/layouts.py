@@ -12,7 +12,7 @@ import zipfile
 import numpy as np
 from PIL import Image
 
-from jsia_tf.config import REGDB_TRIALS
+from jsia_tf.config import REGDB_IMAGES_PER_ID, REGDB_TRIALS, SYNTHETIC_LAYOUTS
 from jsia_tf.data import records
 from jsia_tf.data.synthetic.cameras import REGDB_THERMAL, REGDB_VISIBLE, SYSU_CAMERAS, render_image
 from jsia_tf.data.synthetic.persons import (
@@ -20,7 +20,7 @@ from jsia_tf.data.synthetic.persons import (
     stream_rng)
 from jsia_tf.data.synthetic.visible import render_maps
 
-LAYOUTS = ("regdb", "sysu")
+LAYOUTS = SYNTHETIC_LAYOUTS
 
 # Version of the rendering: bumped whenever the same arguments write other bytes.
 # 2: near-infrared vs thermal IR, IR attributes partly coupled to visible brightness,
@@ -43,7 +43,6 @@ _SYSU_VAL_SHARE = _SYSU_TEST_SHARE = 0.2  # train / val / test ids about 60 / 20
 _SYSU_MIN_IDS = 5
 _GOLDEN = (np.sqrt(5.0) - 1.0) / 2.0
 
-REGDB_IMAGES_PER_ID = 10
 _REGDB_MIN_IDS = 2
 _JPEG_QUALITY = 90
 
