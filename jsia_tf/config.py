@@ -60,7 +60,7 @@ PRETRAIN_PHASE, JOINT_PHASE = "pretrain_g", "joint"
 # "joint trained with our generation module" (Sec. 3.2); the re-ID encoders are not
 # stepped, as in the official GAN warm-up.
 PRETRAIN_GROUPS = ("generation", "discriminators", "variation")
-# The objectives (jsia_tf.routing.TERM_OBJECTIVES) of G's pre-training: module G's,
+# The objectives (jsia_tf.routing.Term.objective) of G's pre-training: module G's,
 # its discriminators' and module V's. When it also steps E^sl (paper_phases'
 # pretrain_set_level), only module G's terms reach it, not the identity terms.
 OBJECTIVES = ("generator", "discriminator", "variation", "reid", "alignment", "modality_adversarial")

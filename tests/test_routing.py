@@ -1,6 +1,8 @@
 """Loss routing without networks: which terms a configuration and a phase compute, the
 objectives, per-group gradients against hand-computed ones, and the loss-scale ratios."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -119,3 +121,12 @@ def test_totals_are_eq8_and_eq16():
     out = {k: float(v) for k, v in routing.totals(values, weights).items()}
     assert out == {"loss/generator_total": 21.0, "loss/total": 25.0}
     assert set(routing.totals({"id_cls": tf.constant(4.0)}, weights)) == {"loss/total"}
+
+
+def test_each_term_is_declared_once_with_a_weight_field_of_the_loss_config():
+    names = [term.name for term in routing.TERMS]
+    assert len(names) == len(set(names))
+    fields = {field.name for field in dataclasses.fields(config_lib.LossConfig)}
+    assert all(term.weight in fields for term in routing.TERMS if term.weight)
+    assert {term.batch for term in routing.TERMS} == {"generation", "reid"}
+    assert {term.objective for term in routing.TERMS} == set(config_lib.OBJECTIVES)
