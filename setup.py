@@ -28,7 +28,7 @@ setuptools.setup(
         "console_scripts": [
             "jsia-train=jsia_tf.train:run",
             "jsia-evaluate=jsia_tf.evaluate:run",
-            "jsia-synthetic=jsia_tf.data.synthetic:run",
+            "jsia-synthetic=jsia_tf.data.synthetic.cli:run",
             "jsia-export=jsia_tf.export:run",
             "jsia-analyze=jsia_tf.analyze:run",
             "jsia-search=jsia_tf.search:run",

@@ -52,7 +52,7 @@ _GAN_NUM_INSTANCES = flags.DEFINE_integer("paper_gan_num_instances", 1, "--shape
 _LIKE_OFFICIAL = flags.DEFINE_bool(
     "like_official", False, "Leave out the terms the official code does not compute (module V's Eq. 10, UI's "
     "Eqs. 14-15, the local regions' Eq. 12 and their identity loss): the same work as its joint step.")
-OFFICIAL_ABSENT_TERMS = ("variation", "ui", "lr", "local_id")
+OFFICIAL_ABSENT_TERMS = ("variation", "ui", "local", "local_id")
 
 NUM_CLASSES = 30  # the demo's training ids; only the classifier's size
 VARIANTS = {  # name -> (dtype policy, jit_compile, strategy)

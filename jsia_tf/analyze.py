@@ -1,9 +1,8 @@
 """``python -m jsia_tf.analyze``: looking at a trained model (paper Figs. 4, 6, 7, Table 4).
 
   python -m jsia_tf.analyze --run_dir=RUN [--data_dir=DIR] [--dataset=regdb|sysu] [--trial=T] \\
-      [--what=paired,mixing,similarity,ranked,quality] [--out=RUN/analysis] [--checkpoint=CKPT] \\
-      [--num_identities=4] [--num_queries=4] [--top_k=10] [--regdb_direction=v2t] [--seed=0] \\
-      [--batch_size=32] [--inception_weights=imagenet|PATH] [--fid_images=500]
+      [--out=RUN/analysis] [--checkpoint=CKPT] [--what=paired,...] [the other options of
+      jsia_tf.config.AnalysisConfig: --num_identities, --num_queries, --top_k, ...]
 
 ``--data_dir``, ``--dataset`` and ``--trial`` default to the run's config. The
 networks are in inference mode (module V returns its mean, u). Each kind in
@@ -43,7 +42,6 @@ networks are in inference mode (module V returns its mean, u). Each kind in
   no true pairs: that part is left out, with a line saying so.
 """
 
-import dataclasses
 import json
 import os
 import sys
@@ -54,44 +52,14 @@ from PIL import Image, ImageDraw, ImageFont
 import tensorflow as tf
 
 from jsia_tf import config as config_lib
+from jsia_tf import config_flags
 from jsia_tf import runs, visualize
 from jsia_tf.data import pipeline, records, synthetic
 from jsia_tf.eval import ground_truth, metrics, protocols, quality, similarity
 
-KINDS = ("paired", "mixing", "similarity", "ranked", "quality")
 # Fig. 4 histogram's size.
 FIGURE_SIZE = (560, 360)  # width, height
 TABLE_SIZE = (380, 110)
-
-
-@dataclasses.dataclass(frozen=True)
-class Options:
-    """What to draw and how many (the flags of the module docstring)."""
-
-    what: tuple = KINDS
-    num_identities: int = 4
-    num_queries: int = 4
-    top_k: int = 10
-    regdb_direction: str = "v2t"
-    seed: int = 0
-    batch_size: int = 32
-    inception_weights: str = "imagenet"
-    fid_images: int = 500
-    judge_run: str = ""
-
-    def __post_init__(self):
-        unknown = [kind for kind in self.what if kind not in KINDS]
-        if unknown or not self.what:
-            raise ValueError(f"--what={','.join(self.what)}: unknown {unknown}; expected a comma list of "
-                             f"{','.join(KINDS)}")
-        # mixing pairs two persons; FID fits a covariance: at least 2 images.
-        for name, lowest in (("num_identities", 2), ("num_queries", 1), ("top_k", 1), ("batch_size", 1),
-                             ("fid_images", 2)):
-            if getattr(self, name) < lowest:
-                raise ValueError(f"--{name}={getattr(self, name)}: expected an integer >= {lowest}")
-        if self.regdb_direction not in protocols.REGDB_DIRECTIONS:
-            raise ValueError(f"--regdb_direction={self.regdb_direction}: expected one of "
-                             f"{list(protocols.REGDB_DIRECTIONS)}")
 
 
 # -- pure parts: similarities, overlap, grids, figures ---------------------------------------------
@@ -228,7 +196,7 @@ def similarity_figure(features, test, dataset_name):
 def query_gallery(test, dataset_name, direction, seed):
     """Rows of the protocol's queries [Q] and gallery [G], and allowed [Q, G] (False: SYSU same room)."""
     if dataset_name == "regdb":
-        query_cam, gallery_cam = protocols.REGDB_DIRECTIONS[direction]
+        query_cam, gallery_cam = protocols.REGDB_DIRECTION_CAMS[direction]
         queries, gallery = np.flatnonzero(test.cams == query_cam), np.flatnonzero(test.cams == gallery_cam)
     else:
         split = protocols.sysu_split(test.pids, test.cams, test.image_index, mode="all", shots=1, trials=1,
@@ -325,7 +293,7 @@ def ground_truth_numbers(trainer, test, dataset_name, data_dir, options):
 # -- the command ----------------------------------------------------------------------------------
 
 
-def analyze(run_dir, out=None, options=Options(), data_dir=None, dataset=None, trial=None, checkpoint=None):
+def analyze(run_dir, out=None, options=config_lib.AnalysisConfig(), data_dir=None, dataset=None, trial=None, checkpoint=None):
     """Writes ``out/<kind>.png`` (and ``quality.json``) for each kind of ``options.what``, and TensorBoard images.
 
     Args:
@@ -410,11 +378,7 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     values = flags.FLAGS
     try:
-        options = Options(what=tuple(values.what), num_identities=values.num_identities,
-                          num_queries=values.num_queries, top_k=values.top_k,
-                          regdb_direction=values.regdb_direction, seed=values.seed, batch_size=values.batch_size,
-                          inception_weights=values.inception_weights, fid_images=values.fid_images,
-                          judge_run=values.judge_run or "")
+        options = config_lib.AnalysisConfig(**config_flags.values(config_lib.AnalysisConfig))
         out = values.out or os.path.join(values.run_dir, "analysis")
         analyze(values.run_dir, out, options, data_dir=values.data_dir, dataset=values.dataset, trial=values.trial,
                 checkpoint=values.checkpoint)
@@ -431,19 +395,8 @@ def run():
     flags.DEFINE_string("data_dir", None, "Dataset root; default the run's.")
     flags.DEFINE_enum("dataset", None, list(protocols.PROTOCOLS), "Dataset layout; default the run's.")
     flags.DEFINE_integer("trial", None, "RegDB split; default the run's.")
-    flags.DEFINE_list("what", list(KINDS), "Comma list of what to draw: " + ",".join(KINDS) + ".")
     flags.DEFINE_string("out", None, "Output folder (PNGs, quality.json, TensorBoard events); default RUN/analysis.")
-    flags.DEFINE_integer("num_identities", 4, "Persons in the paired figure; pairs of them in the mixing figure.")
-    flags.DEFINE_integer("num_queries", 4, "Queries in the ranked figure.")
-    flags.DEFINE_integer("top_k", 10, "Gallery images shown per query.")
-    flags.DEFINE_enum("regdb_direction", "v2t", list(protocols.REGDB_DIRECTIONS), "RegDB query -> gallery.")
-    flags.DEFINE_integer("seed", 0, "Seeds the choice of persons, queries, quality pairs and mixing ratios.")
-    flags.DEFINE_integer("batch_size", 32, "Images per network call.")
-    flags.DEFINE_string("inception_weights", "imagenet", "FID network: 'imagenet' or an InceptionV3 weights file.")
-    flags.DEFINE_integer("fid_images", 500, "At most this many test pairs for MD and FID.")
-    flags.DEFINE_string("judge_run", None, "quality: the run whose module F judges whether generated images keep "
-                        "their identity (default: the analysed run); prefer one that never trained on generated "
-                        "images, such as a --generation=false run on the same dataset.")
+    config_flags.define(config_lib.AnalysisConfig)
     flags.mark_flags_as_required(["run_dir"])
     app.run(main)
 

@@ -1,8 +1,9 @@
 """The run configuration: frozen, validated dataclasses.
 
 Each option is a field written once, with its default, help and choices
-(:func:`option`); ``train.py`` defines one flag per field from it and turns the flags
-into a :class:`Config` once; nothing below it reads absl flags. Validation names the
+(:func:`option`); every entry point defines its flags from these fields
+(:mod:`jsia_tf.config_flags`), and ``train.py`` turns its flags into a :class:`Config`
+once; nothing below the entry points reads absl flags. Validation names the
 flag and the value it rejects. The resolved config is written to
 ``<run_dir>/config.json``. Imports neither TensorFlow nor Keras.
 """
@@ -18,6 +19,7 @@ MODALITIES = ("rgb", "ir")  # the keys of every per-modality dict (batches, modu
 SYSU_MODES = ("all", "indoor")  # search modes; eval.protocols maps each to its gallery cameras
 SYSU_SHOTS = (1, 10)  # single-shot, multi-shot: gallery images per (person, camera)
 REGDB_DIRECTIONS = ("v2t", "t2v")  # visible query -> thermal gallery, and back
+SYSU_TRIALS = 10  # gallery draws of the SYSU-MM01 protocol (rows of rand_perm_cam.mat)
 REGDB_TRIALS = range(1, 11)  # the 10 random train/test splits
 BACKBONES = ("resnet50", "resnet18")
 # Widths of the backbone stages conv2..conv5 (the stem has the first); a ResNet-50
@@ -26,6 +28,7 @@ DEFAULT_WIDTHS = (64, 128, 256, 512)
 # Number of local regions n of Eq. 12: the paper does not say; PCB (Sun et al. 2018),
 # which Sec. 3.3 follows, uses 6.
 DEFAULT_NUM_REGIONS = 6
+DEFAULT_STYLE_DIM = 128  # length of the style code M^s (E^s_m's output)
 # Which vector Eq. 17 returns: "bn", the classifier's batch-norm output (official code),
 # or "pool", V = GAP(T) (the paper's text).
 TEST_FEATURES = ("bn", "pool")
@@ -57,7 +60,7 @@ PRETRAIN_PHASE, JOINT_PHASE = "pretrain_g", "joint"
 # "joint trained with our generation module" (Sec. 3.2); the re-ID encoders are not
 # stepped, as in the official GAN warm-up.
 PRETRAIN_GROUPS = ("generation", "discriminators", "variation")
-# The objectives (jsia_tf.routing.TERM_OBJECTIVES) of G's pre-training: module G's,
+# The objectives (jsia_tf.routing.Term.objective) of G's pre-training: module G's,
 # its discriminators' and module V's. When it also steps E^sl (paper_phases'
 # pretrain_set_level), only module G's terms reach it, not the identity terms.
 OBJECTIVES = ("generator", "discriminator", "variation", "reid", "alignment", "modality_adversarial")
@@ -95,6 +98,27 @@ def flag_name(field):
     return field.metadata["flag"] or field.name
 
 
+def _check_choices(config):
+    """Each option of the dataclass ``config`` that has choices holds one of them."""
+    for field in dataclasses.fields(config):
+        choices = field.metadata.get("choices")
+        if choices:
+            value = getattr(config, field.name)
+            _require(value in choices, flag_name(field), value, f"one of {choices}")
+
+
+def default(cls, name):
+    """The default of the option ``name`` of the dataclass ``cls``, for a command-line
+    flag of another entry point that means the same."""
+    return {field.name: field.default for field in dataclasses.fields(cls)}[name]
+
+
+def check_choice(name, value, choices):
+    """For functions that take a choice as an argument (losses, protocols)."""
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {list(choices)}; got {value!r}")
+
+
 # The schedule's flags (TrainConfig.phases is built from them, paper_phases): the paper's
 # 100 epochs of G pre-training, 50 joint, the learning rate x 0.1 at joint epoch 30.
 PAPER_PRETRAIN_EPOCHS, PAPER_JOINT_EPOCHS, PAPER_LR_DECAY_EPOCHS = 100, 50, (30,)
@@ -103,8 +127,28 @@ PAPER_PRETRAIN_SET_LEVEL = True
 
 
 @dataclasses.dataclass(frozen=True)
-class DataConfig:
-    """Dataset, image size and the cross-modal identity sampler (paper Sec. 4.2)."""
+class AugmentConfig:
+    """Training augmentation (``jsia_tf.data.pipeline.augment_image``); a probability 0 turns one off."""
+
+    flip: bool = option(True, "Random horizontal flip with probability 1/2 (the paper's augmentation).")
+    pad: int = option(10, "Zero padding (black pixels) on each side before the random crop back to the input "
+                          "size (0: no crop).")
+    random_erasing: float = option(0.5, "Probability of erasing one rectangle (Zhong et al. 2017) with the "
+                                        "ImageNet mean pixel.")
+    channel_aug: float = option(0.0, "Channel augmentation probability (RGB images).")
+    intensity_aug: float = option(0.0, "Random intensity remapping probability (inversion, gamma; both "
+                                       "modalities).")
+
+    def __post_init__(self):
+        _require(self.pad >= 0, "pad", self.pad, ">= 0")
+        for flag in ("random_erasing", "channel_aug", "intensity_aug"):
+            _require(0.0 <= getattr(self, flag) <= 1.0, flag, getattr(self, flag), "a probability in [0, 1]")
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig(AugmentConfig):
+    """Dataset, image size, the cross-modal identity sampler (paper Sec. 4.2) and the
+    training augmentation (the fields of :class:`AugmentConfig`)."""
 
     dataset: str = option("regdb", "Dataset layout and evaluation protocol.", choices=DATASETS)
     data_dir: str = option("", "Dataset root folder.")
@@ -123,16 +167,11 @@ class DataConfig:
     num_instances: int = option(4, "K: images per identity and modality in a re-ID batch (paper: 4; 128 images).")
     gan_num_ids: int = option(3, "Identities per generation batch (official code: 3).")
     gan_num_instances: int = option(3, "Images per identity and modality in a generation batch (official code: 3).")
-    flip: bool = option(True, "Random horizontal flip (jsia_tf.data.pipeline.AugmentConfig).")
-    pad: int = option(10, "Zero padding before the random crop (0: no crop).")
-    random_erasing: float = option(0.5, "Random erasing probability.")
-    channel_aug: float = option(0.0, "Channel augmentation probability (RGB images).")
-    intensity_aug: float = option(0.0, "Random intensity remapping probability (inversion, gamma; both "
-                                       "modalities).")
     seed: int = option(0, "Seeds the sampler, the augmentation and the weight initialisation.")
 
     def __post_init__(self):
-        _require(self.dataset in DATASETS, "dataset", self.dataset, f"one of {DATASETS}")
+        super().__post_init__()
+        _check_choices(self)
         _require(bool(self.data_dir), "data_dir", self.data_dir, "a dataset folder")
         _require(self.trial in REGDB_TRIALS, "trial", self.trial, "a RegDB trial in 1..10")
         _require(self.synthetic_ids >= 0, "synthetic_ids", self.synthetic_ids, ">= 0")
@@ -143,9 +182,6 @@ class DataConfig:
                  "0, or with --dataset=sysu a number of test persons in 1..--synthetic_ids - 2")
         for flag in ("height", "width", "num_ids", "num_instances", "gan_num_ids", "gan_num_instances"):
             _require(getattr(self, flag) > 0, flag, getattr(self, flag), "a positive integer")
-        _require(self.pad >= 0, "pad", self.pad, ">= 0")
-        for flag in ("random_erasing", "channel_aug", "intensity_aug"):
-            _require(0.0 <= getattr(self, flag) <= 1.0, flag, getattr(self, flag), "a probability in [0, 1]")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -155,7 +191,7 @@ class EvalConfig:
     sysu_modes: tuple[str, ...] = option(SYSU_MODES, "SYSU-MM01 search modes evaluated.")
     sysu_shots: tuple[int, ...] = option(SYSU_SHOTS, "SYSU-MM01 gallery shots evaluated.")
     sysu_rand_perm: str = option("", "Path of the official rand_perm_cam.mat (empty: seeded galleries).")
-    trials: int = option(10, "SYSU-MM01 gallery draws averaged.")
+    trials: int = option(SYSU_TRIALS, "SYSU-MM01 gallery draws averaged.")
     regdb_directions: tuple[str, ...] = option(REGDB_DIRECTIONS, "RegDB directions: v2t (visible query), t2v.")
     batch_size: int = option(64, "Images per embedding batch.", flag="eval_batch_size")
 
@@ -196,14 +232,14 @@ class ModelConfig:
         "statistics) or update (official).", choices=GENERATED_BN)
     test_features: str = option("bn", "The Eq. 17 vector: the classifier's batch-norm output (bn, official) or "
                                       "V = GAP(T) (pool, the paper's text).", choices=TEST_FEATURES)
-    set_level: str = option(
+    sl: str = option(
         "shared", "Set-level alignment (Table 3): E^i = E^sl (shared, the paper's SL); a separate E^i trained only "
         "by module G (separate, no SL); or separate with E^sl trained modality-adversarially as in Dai et al. 2018 "
-        "(gan, the degraded SL of index 7).", flag="sl", choices=SET_LEVEL_SHARING)
+        "(gan, the degraded SL of index 7).", choices=SET_LEVEL_SHARING)
     generation_scale: int = option(
         1, "Module G works on images this many times smaller than module F's: 1 (the paper: both at 256x128) or 2 "
         "(the official code: 128x64 GAN images, upsampled for F). E^i reads F's full-size image either way.")
-    style_dim: int = option(128, "Style code length of E^s_m.")
+    style_dim: int = option(DEFAULT_STYLE_DIM, "Style code length of E^s_m.")
     style_base_width: int = option(32, "First width of the style encoders.")
     style_num_downsample: int = option(2, "Strided convs of the style encoders (paper: 2).")
     style_max_width: int = option(128, "Maximum width of the style encoders.")
@@ -219,7 +255,7 @@ class ModelConfig:
     variation_num_downsample: int = option(1, "Module V strided convs.")
 
     def __post_init__(self):
-        _require(self.backbone in BACKBONES, "backbone", self.backbone, f"one of {BACKBONES}")
+        _check_choices(self)
         _require(self.backbone == "resnet50" or self.backbone_weights == "none", "backbone_weights",
                  self.backbone_weights, f"'none' for --backbone={self.backbone}")
         _require(self.backbone_weights in ("imagenet", "none") or pathlib.Path(self.backbone_weights).is_file(),
@@ -229,11 +265,6 @@ class ModelConfig:
         _require(self.backbone == "resnet18" or tuple(self.backbone_widths) == DEFAULT_WIDTHS,
                  "backbone_widths", self.backbone_widths, f"{DEFAULT_WIDTHS} for resnet50")
         _require(self.num_regions >= 0, "num_regions", self.num_regions, ">= 0")
-        _require(self.test_features in TEST_FEATURES, "test_features", self.test_features,
-                 f"one of {TEST_FEATURES}")
-        _require(self.set_level in SET_LEVEL_SHARING, "sl", self.set_level, f"one of {SET_LEVEL_SHARING}")
-        _require(self.modality_bn in MODALITY_BN, "modality_bn", self.modality_bn, f"one of {MODALITY_BN}")
-        _require(self.generated_bn in GENERATED_BN, "generated_bn", self.generated_bn, f"one of {GENERATED_BN}")
         _require(self.generation_scale in (1, 2), "generation_scale", self.generation_scale, "1 or 2")
         for flag in ("style_dim", "style_base_width", "style_max_width", "mlp_hidden_dim", "disc_num_scales",
                      "disc_num_layers", "disc_base_width", "variation_hidden_channels",
@@ -254,9 +285,10 @@ class LossConfig:
 
     Eq. 8: the paper weighs the reconstruction by 1 and the cycle term by lambda_cyc (it
     writes lambda_cyc on the GAN term too, a typo); official: 10, 10 and 1. Eq. 16: the
-    paper cross-validates lambda_il / lr / ui without giving values; 0.01 is the
-    official instance-level alignment weight. Turning a term off (--il, --lr_align,
-    --ui) does not compute it at all, which trains like its weight 0 (Table 3).
+    paper cross-validates lambda_il / lambda_lr / lambda_ui (here lambda_il, lambda_local,
+    lambda_ui) without giving values; 0.01 is the official instance-level alignment
+    weight. Turning a term off (--il, --local, --ui) does not compute it at all, which
+    trains like its weight 0 (Table 3).
     """
 
     lambda_recon: float = option(1.0, "Eq. 8 reconstruction weight (paper 1, official 10).")
@@ -267,7 +299,7 @@ class LossConfig:
         "they were decoded from (the official code's MUNIT term, weight 1, which the paper does not have; 0: the "
         "paper's Eq. 8).")
     lambda_il: float = option(0.01, "Eq. 16 instance-level alignment weight (official 0.01; 0: no IL).")
-    lambda_lr: float = option(0.01, "Eq. 16 local-region alignment weight (0: no LR).")
+    lambda_local: float = option(0.01, "Eq. 16 local-region alignment weight, the paper's lambda_lr (0: no LR).")
     lambda_ui: float = option(0.01, "Eq. 16 unseen-identity weight (0: no UI).")
     triplet_margin: float = option(0.3, "Eq. 13 triplet margin (official 0.3).")
     label_smoothing: float = option(0.1, "Eq. 13 label smoothing (official 0.1; 0: the paper's cross-entropy).")
@@ -277,13 +309,13 @@ class LossConfig:
                                          choices=VARIATION_DISTRIBUTIONS)
     ui_direction: str = option("paper", "Eq. 15 KL direction (losses.unseen_identity_loss).",
                                choices=UNSEEN_ID_DIRECTIONS)
-    instance_alignment: bool = option(True, "Eq. 11 instance-level alignment (Table 3 IL).", flag="il")
-    local_alignment: str = option(
+    il: bool = option(True, "Eq. 11 instance-level alignment (Table 3 IL).")
+    local: str = option(
         "paired", "Eq. 12 local regions on generated pairs (paired, the paper), on the real unpaired RGB / IR "
         "images of the same identity (unpaired, Table 3 index 8) or off (no Eq. 12; the C^k keep their identity "
-        "loss, --lambda_local_id, unless --num_regions=0, which Table 3's rows without LR set).", flag="lr_align",
+        "loss, --lambda_local_id, unless --num_regions=0, which Table 3's rows without LR set).",
         choices=LOCAL_ALIGNMENTS)
-    unseen_identity: bool = option(True, "Eq. 15 paired images of unseen identities (Table 3 UI).", flag="ui")
+    ui: bool = option(True, "Eq. 15 paired images of unseen identities (Table 3 UI).")
     lambda_local_id: float = option(
         1.0, "Weight of each local-region classifier C^k's label-smoothed identity loss on the stripes of the real "
         "re-ID images (PCB, which Sec. 3.3's LR follows; the mean over the n regions). 0: the C^k are trained by "
@@ -291,18 +323,11 @@ class LossConfig:
     lambda_modality: float = option(1.0, "Weight of E^sl's modality-adversarial term (--sl=gan only).")
 
     def __post_init__(self):
-        for flag in ("lambda_recon", "lambda_cyc", "lambda_gan", "lambda_code", "lambda_il", "lambda_lr", "lambda_ui",
+        _check_choices(self)
+        for flag in ("lambda_recon", "lambda_cyc", "lambda_gan", "lambda_code", "lambda_il", "lambda_local", "lambda_ui",
                      "triplet_margin", "lambda_local_id", "lambda_modality"):
             _require(getattr(self, flag) >= 0, flag, getattr(self, flag), ">= 0")
         _require(0.0 <= self.label_smoothing < 1.0, "label_smoothing", self.label_smoothing, "a value in [0, 1)")
-        _require(self.il_convention in ALIGNMENT_CONVENTIONS, "il_convention", self.il_convention,
-                 f"one of {ALIGNMENT_CONVENTIONS}")
-        _require(self.variation_distribution in VARIATION_DISTRIBUTIONS, "variation_distribution",
-                 self.variation_distribution, f"one of {VARIATION_DISTRIBUTIONS}")
-        _require(self.ui_direction in UNSEEN_ID_DIRECTIONS, "ui_direction", self.ui_direction,
-                 f"one of {UNSEEN_ID_DIRECTIONS}")
-        _require(self.local_alignment in LOCAL_ALIGNMENTS, "lr_align", self.local_alignment,
-                 f"one of {LOCAL_ALIGNMENTS}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -404,12 +429,13 @@ class TrainConfig:
     jit_compile: bool = option(False, "Compile the training steps with XLA.")
     graph_optimizer: bool = option(
         True, "TensorFlow's graph optimizer (Grappler) on the step functions, TensorFlow's default. Off, tiny "
-        "networks start faster (the smoke preset's whole run: 38 -> 30 s on 2 CPU cores, docs/BENCHMARKS.md); keep "
-        "it on for real networks, whose fused kernels and GPU layouts it makes.")
+        "networks start faster (docs/BENCHMARKS.md); keep it on for real networks, whose fused kernels and GPU "
+        "layouts it makes.")
     profile_steps: tuple[int, ...] = option((), "FIRST,LAST global steps traced by the TensorFlow profiler into "
                                                 "<run_dir>/plugins/profile (empty: no profiling).")
 
     def __post_init__(self):
+        _check_choices(self)
         _require(bool(self.phases), "phases", self.phases, "at least one phase")
         _require(self.steps_per_epoch > 0, "steps_per_epoch", self.steps_per_epoch, "a positive integer")
         for prefix in ("", "gan_"):
@@ -425,13 +451,9 @@ class TrainConfig:
             _require(getattr(self, flag) > 0, flag, getattr(self, flag), "a positive integer")
         _require(self.image_every >= 0, "image_every", self.image_every, ">= 0")
         _require(self.eval_every >= 0, "eval_every", self.eval_every, ">= 0")
-        _require(self.strategy in STRATEGIES, "strategy", self.strategy, f"one of {STRATEGIES}")
         _require(self.cpu_replicas >= 0, "cpu_replicas", self.cpu_replicas, ">= 0")
         _require(self.collective_timeout_s >= 0, "collective_timeout_s", self.collective_timeout_s,
                  "seconds >= 0 (0: no limit)")
-        _require(self.mixed_precision in PRECISIONS, "mixed_precision", self.mixed_precision,
-                 f"one of {PRECISIONS}")
-        _require(self.optimizer in OPTIMIZERS, "optimizer", self.optimizer, f"one of {OPTIMIZERS}")
         _require(not self.profile_steps or (len(self.profile_steps) == 2 and
                                             0 < self.profile_steps[0] <= self.profile_steps[1]),
                  "profile_steps", self.profile_steps, "two steps FIRST,LAST with 0 < FIRST <= LAST (or empty)")
@@ -509,11 +531,11 @@ class Config:
         if not self.model.generation:  # module F alone: no term may need generated images
             loss = self.loss
             conflicts = [f"--{flag}={value!r} (expected {expected})" for ok, flag, value, expected in (
-                (not loss.instance_alignment, "il", True, "false: no generated pairs without module G"),
-                (loss.local_alignment != "paired" or not self.model.num_regions, "lr_align", "paired",
+                (not loss.il, "il", True, "false: no generated pairs without module G"),
+                (loss.local != "paired" or not self.model.num_regions, "local", "paired",
                  "'off' or 'unpaired': no generated pairs without module G"),
-                (not loss.unseen_identity, "ui", True, "false: no mixed images without modules G and V"),
-                (self.model.set_level != "gan", "sl", "gan", "'shared' or 'separate' without module G")) if not ok]
+                (not loss.ui, "ui", True, "false: no mixed images without modules G and V"),
+                (self.model.sl != "gan", "sl", "gan", "'shared' or 'separate' without module G")) if not ok]
             _require(not conflicts, "generation", False, f"module F alone, which these flags contradict: "
                      f"{'; '.join(conflicts)}")
             _require(all(set(p.groups) <= set(REID_GROUPS) for p in self.train.phases), "generation", False,
@@ -532,6 +554,8 @@ class Config:
         """The Config that :meth:`save` wrote to ``path`` (a run's config.json)."""
         try:
             raw = json.loads(pathlib.Path(path).read_text())
+            for section, renamed in OLD_FIELDS.items():
+                raw[section] = {renamed.get(name, name): value for name, value in raw[section].items()}
             train = dict(raw["train"], phases=tuple(Phase(**_tuples(phase)) for phase in raw["train"]["phases"]))
             return cls(run_dir=raw["run_dir"], data=DataConfig(**_tuples(raw["data"])),
                        eval=EvalConfig(**_tuples(raw["eval"])), model=ModelConfig(**_tuples(raw["model"])),
@@ -542,7 +566,96 @@ class Config:
 
 # What --generation=false implies unless the flags say otherwise: module F alone has no
 # generated pairs (IL, LR) nor mixed images (UI); Table 3 row 1.
-MODULE_F_ALONE = {"il": False, "lr_align": "off", "ui": False}
+MODULE_F_ALONE = {"il": False, "local": "off", "ui": False}
+
+# Earlier spellings, kept so that old commands and run folders still work. A flag -> the
+# flag it now is (train accepts it and logs a line); a field of a run's config.json ->
+# its name now, per section (Config.load).
+OLD_FLAGS = {"lr_align": "local", "lambda_lr": "lambda_local"}
+OLD_FIELDS = {"model": {"set_level": "sl"},
+              "loss": {"instance_alignment": "il", "local_alignment": "local", "unseen_identity": "ui",
+                       "lambda_lr": "lambda_local"}}
+
+
+SYNTHETIC_LAYOUTS = ("regdb", "sysu")  # the on-disk layouts jsia_tf.data.synthetic writes
+REGDB_IMAGES_PER_ID = 10  # images per person and modality in RegDB
+
+
+@dataclasses.dataclass(frozen=True)
+class SyntheticConfig:
+    """What ``python -m jsia_tf.data.synthetic`` renders (``jsia_tf.data.synthetic.generate``)."""
+
+    layout: str = option("regdb", "On-disk layout: RegDB or SYSU-MM01.", choices=SYNTHETIC_LAYOUTS)
+    num_ids: int = option(40, "Number of persons (pids 1..num_ids).")
+    seed: int = option(0, "Random seed; the same seed writes byte-identical files.")
+    height: int = option(256, "Image height in pixels.")
+    width: int = option(128, "Image width in pixels.")
+    images_per_id: int = option(REGDB_IMAGES_PER_ID, "RegDB: images per person and modality.")
+    test_ids: int = option(0, "SYSU-MM01: test persons, pids 1..test_ids (0: ~20% of the ids).")
+    num_workers: int = option(0, "Processes rendering persons in parallel (0: one per CPU core).")
+    overwrite: bool = option(False, "Replace a dataset of this layout already in --out.")
+
+
+EXPORT_FORMATS = ("saved_model", "litert", "both")
+LITERT_QUANTIZATIONS = ("none", "float16", "dynamic_int8", "int8", "int8_float_head")  # jsia_tf.litert
+
+
+@dataclasses.dataclass(frozen=True)
+class ExportConfig:
+    """What ``python -m jsia_tf.export`` writes of a run."""
+
+    format: str = option("saved_model", "SavedModel (TF Serving), LiteRT .tflite files, or both.",
+                         choices=EXPORT_FORMATS)
+    quantization: tuple[str, ...] = option(
+        ("none",), f"LiteRT: one .tflite file per value, some of {','.join(LITERT_QUANTIZATIONS)}.")
+    calibration_images: int = option(
+        256, "LiteRT int8: training images (half RGB, half IR) that calibrate the activation ranges.")
+    # A person crop is far smaller; without a bound one small PNG of 8000 x 8000 decodes to
+    # 192 MB (server memory it keeps).
+    max_pixels: int = option(2048 * 2048, "SavedModel: the largest image (height x width) its signatures accept; "
+                                          "a larger one is INVALID_ARGUMENT naming its index.")
+
+    def __post_init__(self):
+        _check_choices(self)
+        _require(bool(self.quantization) and set(self.quantization) <= set(LITERT_QUANTIZATIONS), "quantization",
+                 ",".join(self.quantization), f"a comma-separated list of {', '.join(LITERT_QUANTIZATIONS)}")
+        _require(self.max_pixels >= 1, "max_pixels", self.max_pixels, ">= 1")
+
+
+# k-reciprocal re-ranking's k1, k2 and lambda: the paper's (Sec. 4.2) and the AGW evaluation's.
+RERANK_K1, RERANK_K2, RERANK_LAMBDA = 20, 6, 0.3
+ANALYSIS_KINDS = ("paired", "mixing", "similarity", "ranked", "quality")  # jsia_tf.analyze's figures
+
+
+@dataclasses.dataclass(frozen=True)
+class AnalysisConfig:
+    """What ``python -m jsia_tf.analyze`` draws and how many (its module docstring)."""
+
+    what: tuple[str, ...] = option(ANALYSIS_KINDS, f"Comma list of what to draw: {','.join(ANALYSIS_KINDS)}.")
+    num_identities: int = option(4, "Persons in the paired figure; pairs of them in the mixing figure.")
+    num_queries: int = option(4, "Queries in the ranked figure.")
+    top_k: int = option(10, "Gallery images shown per query.")
+    regdb_direction: str = option("v2t", "RegDB query -> gallery.", choices=REGDB_DIRECTIONS)
+    seed: int = option(0, "Seeds the choice of persons, queries, quality pairs and mixing ratios.")
+    batch_size: int = option(32, "Images per network call.")
+    inception_weights: str = option("imagenet", "FID network: 'imagenet' or an InceptionV3 weights file.")
+    fid_images: int = option(500, "At most this many test pairs for MD and FID.")
+    judge_run: str = option(
+        "", "quality: the run whose module F judges whether generated images keep their identity (default: the "
+        "analysed run); prefer one that never trained on generated images, such as a --generation=false run on the "
+        "same dataset.")
+
+    def __post_init__(self):
+        unknown = [kind for kind in self.what if kind not in ANALYSIS_KINDS]
+        if unknown or not self.what:
+            raise ValueError(f"--what={','.join(self.what)}: unknown {unknown}; expected a comma list of "
+                             f"{','.join(ANALYSIS_KINDS)}")
+        # mixing pairs two persons; FID fits a covariance: at least 2 images.
+        for name, lowest in (("num_identities", 2), ("num_queries", 1), ("top_k", 1), ("batch_size", 1),
+                             ("fid_images", 2)):
+            if getattr(self, name) < lowest:
+                raise ValueError(f"--{name}={getattr(self, name)}: expected an integer >= {lowest}")
+        _check_choices(self)
 
 
 # What a run's checkpoints fix: the networks' shapes and the identities they were trained

@@ -125,13 +125,11 @@ def training_batches(dataset, cfg, strategy, start_step):
     per-replica batches go to its local replicas in turn.
     """
     data = cfg.data
-    augment = pipeline.AugmentConfig(flip=data.flip, pad=data.pad, random_erasing=data.random_erasing,
-                                     channel_aug=data.channel_aug, intensity_aug=data.intensity_aug)
     # Module G learns each modality's appearance (Sec. 3.1: the style code carries the
     # RGB colours) from the generation batch: it gets the geometric augmentation only. A
     # channel-augmented RGB image is one channel repeated, and G's RGB decoder then learned
     # to draw gray persons (measured on the true pairs at 128 x 64 with --channel_aug=1).
-    augments = [augment, dataclasses.replace(augment, channel_aug=0.0, intensity_aug=0.0)]
+    augments = [data, dataclasses.replace(data, channel_aug=0.0, intensity_aug=0.0)]
 
     def worker_batches(context):
         local = context.num_replicas_in_sync // context.num_input_pipelines

@@ -2,10 +2,10 @@
 
   python -m jsia_tf.evaluate --features=F.npz --protocol=sysu \\
       [--sysu_mode=all|indoor] [--sysu_shots=1|10] [--sysu_rand_perm=rand_perm_cam.mat] \\
-      [--trials=10] [--seed=0] --output_json=OUT.json
+      [--trials=N] [--seed=S] --output_json=OUT.json
   python -m jsia_tf.evaluate --features=F.npz --protocol=regdb [--regdb_direction=v2t|t2v] \\
       --output_json=OUT.json
-  Either with [--rerank [--rerank_k1=20] [--rerank_k2=6] [--rerank_lambda=0.3]].
+  Either with [--rerank [--rerank_k1=K1] [--rerank_k2=K2] [--rerank_lambda=LAMBDA]].
   Instead of --features: --saved_model=EXPORT/<version> or --tflite=EXPORT/embedder_int8.tflite,
   with --data_dir=DATASET [--trial=T], embeds the dataset's test images with an exported
   model (``jsia_tf.export``: a SavedModel, or a LiteRT model of any quantisation) first.
@@ -31,32 +31,37 @@ import sys
 import numpy as np
 from absl import app, flags
 
-from jsia_tf.eval import protocols, rerank
+from jsia_tf import config
+from jsia_tf.eval import protocols
 from jsia_tf.eval.metrics import format_summary
 
 _FEATURES = flags.DEFINE_string("features", None, "Path of the .npz with features, labels, cams [, image_index].")
 _PROTOCOL = flags.DEFINE_enum("protocol", None, list(protocols.PROTOCOLS), "Evaluation protocol.")
-_SYSU_MODE = flags.DEFINE_enum("sysu_mode", "all", list(protocols.SYSU_MODES), "SYSU-MM01 search mode.")
+_SYSU_MODE = flags.DEFINE_enum("sysu_mode", config.SYSU_MODES[0], list(config.SYSU_MODES), "SYSU-MM01 search mode.")
 _SYSU_SHOTS = flags.DEFINE_enum(
-    "sysu_shots", "1", [str(s) for s in protocols.SYSU_SHOTS], "SYSU-MM01 gallery images per (person, camera).")
+    "sysu_shots", str(config.SYSU_SHOTS[0]), [str(s) for s in config.SYSU_SHOTS],
+    "SYSU-MM01 gallery images per (person, camera).")
 _SYSU_RAND_PERM = flags.DEFINE_string(
     "sysu_rand_perm", None, "Official rand_perm_cam.mat; without it the galleries are drawn with --seed.")
 _TRIALS = flags.DEFINE_integer(
-    "trials", protocols.SYSU_TRIALS, "SYSU-MM01 trials (random galleries).", lower_bound=1)
+    "trials", config.default(config.EvalConfig, "trials"), "SYSU-MM01 trials (random galleries).", lower_bound=1)
 _REGDB_DIRECTION = flags.DEFINE_enum(
-    "regdb_direction", "v2t", list(protocols.REGDB_DIRECTIONS), "RegDB query -> gallery modality.")
-_SEED = flags.DEFINE_integer("seed", 0, "Seed of the SYSU-MM01 gallery draw without --sysu_rand_perm.")
+    "regdb_direction", config.REGDB_DIRECTIONS[0], list(config.REGDB_DIRECTIONS), "RegDB query -> gallery modality.")
+_SEED = flags.DEFINE_integer("seed", config.default(config.DataConfig, "seed"),
+                             "Seed of the SYSU-MM01 gallery draw without --sysu_rand_perm.")
 _RERANK = flags.DEFINE_bool("rerank", False, "Also report the metrics after k-reciprocal re-ranking.")
-_RERANK_K1 = flags.DEFINE_integer("rerank_k1", rerank.DEFAULT_K1, "Re-ranking k1 (k-reciprocal sets).", lower_bound=1)
-_RERANK_K2 = flags.DEFINE_integer("rerank_k2", rerank.DEFAULT_K2, "Re-ranking k2 (local query expansion).",
+_RERANK_K1 = flags.DEFINE_integer("rerank_k1", config.RERANK_K1, "Re-ranking k1 (k-reciprocal sets).", lower_bound=1)
+_RERANK_K2 = flags.DEFINE_integer("rerank_k2", config.RERANK_K2, "Re-ranking k2 (local query expansion).",
                                   lower_bound=1)
-_RERANK_LAMBDA = flags.DEFINE_float("rerank_lambda", rerank.DEFAULT_LAMBDA,
+_RERANK_LAMBDA = flags.DEFINE_float("rerank_lambda", config.RERANK_LAMBDA,
                                     "Re-ranking weight of the original distance.", lower_bound=0.0, upper_bound=1.0)
 _SAVED_MODEL = flags.DEFINE_string("saved_model", None, "Exported embedder version folder (instead of --features).")
 _TFLITE = flags.DEFINE_string("tflite", None, "Exported LiteRT embedder, a .tflite file (instead of --features).")
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "With a model: the dataset root whose test set is embedded.")
-_TRIAL = flags.DEFINE_integer("trial", 1, "With a model and RegDB: the split whose test set is embedded.")
-_BATCH_SIZE = flags.DEFINE_integer("batch_size", 64, "With a model: images per embedding call.", lower_bound=1)
+_TRIAL = flags.DEFINE_integer("trial", config.default(config.DataConfig, "trial"),
+                              "With a model and RegDB: the split whose test set is embedded.")
+_BATCH_SIZE = flags.DEFINE_integer("batch_size", config.default(config.EvalConfig, "batch_size"),
+                                   "With a model: images per embedding call.", lower_bound=1)
 _OUTPUT_JSON = flags.DEFINE_string("output_json", None, "Where to write the metrics as JSON.")
 
 flags.mark_flags_as_required(["protocol", "output_json"])

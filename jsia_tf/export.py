@@ -29,9 +29,9 @@ its end too)::
 
   python -m jsia_tf.export --run_dir=RUN [--checkpoint=RUN/checkpoints/ckpt-N] --export_dir=models/jsia \
       [--format=saved_model|litert|both] [--quantization=none,float16,dynamic_int8,int8,int8_float_head] \
-      [--calibration_images=256] [--data_dir=DATASET] [--max_pixels=4194304]
+      [--calibration_images=N] [--data_dir=DATASET] [--max_pixels=N]
 
-``--quantization`` (a list; default none) applies to the LiteRT files. ``int8`` and
+``--quantization`` (a list) applies to the LiteRT files. ``int8`` and
 ``int8_float_head`` calibrate on ``--calibration_images`` training images of the run's
 dataset, half RGB and half IR (``--data_dir`` if the dataset has moved since training).
 """
@@ -47,17 +47,16 @@ import tempfile
 from absl import app, flags
 import tensorflow as tf
 
-from jsia_tf import litert, runs
+from jsia_tf import config as config_lib
+from jsia_tf import config_flags, litert, runs
 from jsia_tf.data import pipeline
 from jsia_tf.models import alignment
 
 METADATA_ASSET = "jsia_metadata.json"
 SIGNATURES = ("serving_default", "embed_encoded", "metadata")
-FORMATS = ("saved_model", "litert", "both")
-DEFAULT_CALIBRATION_IMAGES = 256
-# Largest image the signatures take, in pixels (H x W): a person crop is far smaller, and
-# without a bound one small PNG of 8000 x 8000 decodes to 192 MB (server memory it keeps).
-DEFAULT_MAX_PIXELS = 2048 * 2048
+FORMATS = config_lib.EXPORT_FORMATS
+DEFAULT_CALIBRATION_IMAGES = config_lib.default(config_lib.ExportConfig, "calibration_images")
+DEFAULT_MAX_PIXELS = config_lib.default(config_lib.ExportConfig, "max_pixels")  # pixels, H x W
 PREPROCESSING = ("jsia_tf.data.pipeline.preprocess: gray -> 3 channels, antialiased bilinear resize to "
                  "{height}x{width}, caffe normalisation (RGB -> BGR minus the ImageNet mean pixel "
                  "(103.939, 116.779, 123.68), no scaling)")
@@ -368,16 +367,20 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     flag_values = flags.FLAGS
-    formats = ("saved_model", "litert") if flag_values.format == "both" else (flag_values.format,)
+    try:
+        options = config_lib.ExportConfig(**config_flags.values(config_lib.ExportConfig))
+    except ValueError as err:
+        raise app.UsageError(str(err)) from None
+    formats = ("saved_model", "litert") if options.format == "both" else (options.format,)
     if "litert" not in formats:
         given = [f"--{n}" for n in ("quantization", "calibration_images", "data_dir") if flag_values[n].present]
         if given:
             raise app.UsageError(f"{', '.join(given)}: only used with --format=litert or --format=both")
     try:
         written = export_run(flag_values.run_dir, flag_values.export_dir, flag_values.checkpoint or None,
-                             formats=formats, quantizations=tuple(flag_values.quantization),
-                             calibration_images=flag_values.calibration_images, data_dir=flag_values.data_dir,
-                             max_pixels=flag_values.max_pixels)
+                             formats=formats, quantizations=options.quantization,
+                             calibration_images=options.calibration_images, data_dir=flag_values.data_dir,
+                             max_pixels=options.max_pixels)
     except (ValueError, FileExistsError) as err:
         raise app.UsageError(str(err)) from None
     for path in written:
@@ -391,17 +394,8 @@ def run():
     flags.DEFINE_string("checkpoint", None, "Checkpoint prefix; default the newest of the run.")
     flags.DEFINE_string("export_dir", None, "TF Serving base path (a new version folder is written in it) and the "
                         "folder of the .tflite files.")
-    flags.DEFINE_enum("format", "saved_model", list(FORMATS), "SavedModel (TF Serving), LiteRT .tflite files, or both.")
-    flags.DEFINE_list("quantization", ["none"], f"LiteRT: one .tflite file per value, some of "
-                      f"{','.join(litert.QUANTIZATIONS)}.")
-    flags.register_validator("quantization", lambda values: values and set(values) <= set(litert.QUANTIZATIONS),
-                             message=f"expected a comma-separated list of {', '.join(litert.QUANTIZATIONS)}")
-    flags.DEFINE_integer("calibration_images", DEFAULT_CALIBRATION_IMAGES,
-                         "LiteRT int8: training images (half RGB, half IR) that calibrate the activation ranges.",
-                         lower_bound=2)
+    config_flags.define(config_lib.ExportConfig)
     flags.DEFINE_string("data_dir", None, "LiteRT int8: the run's dataset root, if not where config.json says.")
-    flags.DEFINE_integer("max_pixels", DEFAULT_MAX_PIXELS, "SavedModel: the largest image (height x width) its "
-                         "signatures accept; a larger one is INVALID_ARGUMENT naming its index.", lower_bound=1)
     flags.mark_flags_as_required(["run_dir", "export_dir"])
     app.run(main)
 

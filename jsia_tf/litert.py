@@ -47,9 +47,10 @@ import tensorflow as tf
 # The converter's own freezing step (``TFLiteConverter._freeze_concrete_function``); see _frozen_signature.
 from tensorflow.python.framework import convert_to_constants
 
+from jsia_tf import config
 from jsia_tf.data import pipeline
 
-QUANTIZATIONS = ("none", "float16", "dynamic_int8", "int8", "int8_float_head")
+QUANTIZATIONS = config.LITERT_QUANTIZATIONS
 CALIBRATED = ("int8", "int8_float_head")  # the quantisations that need representative images
 # int8_float_head: the ops from the global average pooling on stay float32 (see convert).
 FLOAT_HEAD_FROM = "MEAN"

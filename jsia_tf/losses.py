@@ -16,7 +16,7 @@ Conventions shared by every function:
 
 import tensorflow as tf
 
-from jsia_tf.config import ALIGNMENT_CONVENTIONS, UNSEEN_ID_DIRECTIONS, VARIATION_DISTRIBUTIONS
+from jsia_tf.config import ALIGNMENT_CONVENTIONS, UNSEEN_ID_DIRECTIONS, VARIATION_DISTRIBUTIONS, check_choice
 
 # Squared distances at or below this are treated as 0 by `_safe_sqrt`: d(sqrt x)/dx
 # = 1 / (2 sqrt(x)) would be infinite at 0 (coinciding features); the floor bounds it
@@ -26,10 +26,6 @@ _SQRT_FLOOR = 1e-12
 def _f32(x):
     return tf.cast(x, tf.float32)
 
-
-def _check_choice(name, value, choices):
-    if value not in choices:
-        raise ValueError(f"{name}={value!r}: expected one of {choices}")
 
 
 def _log_softmax(logits):
@@ -150,7 +146,7 @@ def variation_distribution_loss(mu, tau, distribution="paper"):
     Returns:
       [B], zero exactly when mu = 0 and tau = 1.
     """
-    _check_choice("distribution", distribution, VARIATION_DISTRIBUTIONS)
+    check_choice("distribution", distribution, VARIATION_DISTRIBUTIONS)
     mu, tau = _f32(mu), _f32(tau)
     if distribution == "paper":
         return (_safe_sqrt(_mean_per_example(tf.square(mu)))
@@ -199,7 +195,7 @@ def instance_alignment_loss(ir_logits, ir2rgb_logits, rgb_logits, rgb2ir_logits,
     Returns:
       [B]: the IR pair's divergence + the RGB pair's.
     """
-    _check_choice("convention", convention, ALIGNMENT_CONVENTIONS)
+    check_choice("convention", convention, ALIGNMENT_CONVENTIONS)
     if convention == "official":
         return (_official_symmetric_kl(ir_logits, ir2rgb_logits)
                 + _official_symmetric_kl(rgb_logits, rgb2ir_logits))
@@ -240,7 +236,7 @@ def unpaired_local_alignment_loss(ir_logits, rgb_logits, convention="paper"):
         target, plus the symmetric KL with the RGB prediction as the stopped target.
 
     The value keeps Eq. 12's scale (two divergences per region, averaged over regions),
-    so ``lambda_lr`` means the same with paired and unpaired images.
+    so ``lambda_local`` (the paper's lambda_lr) means the same with paired and unpaired images.
 
     Args:
       ir_logits, rgb_logits: lists of n [B, C] logits of the k-th region's classifier
@@ -375,7 +371,7 @@ def unseen_identity_loss(mix_logits, logits_1, logits_2, alpha, direction="paper
     Returns:
       [B] divergence per mixed example.
     """
-    _check_choice("direction", direction, UNSEEN_ID_DIRECTIONS)
+    check_choice("direction", direction, UNSEEN_ID_DIRECTIONS)
     log_p_mix = _log_softmax(mix_logits)  # [B, C]
     log_p1 = tf.stop_gradient(_log_softmax(logits_1))
     log_p2 = tf.stop_gradient(_log_softmax(logits_2))

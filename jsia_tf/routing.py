@@ -2,81 +2,107 @@
 
 The model's loss terms (:func:`jsia_tf.models.jsia.JSIA.losses`, Eqs. 4-16) share
 networks: E^i = E^sl reads module G's and module F's terms, the generator's LSGAN
-term reads the discriminators. :data:`TERM_ROUTES` says which variable groups each
-term's gradient may update; a step takes each group's gradient only of the terms routed
-to it, so the discriminators never learn from the generator's term and module V never
-from the re-ID terms. Nothing here builds a network.
+term reads the discriminators. Each term is declared once, in :data:`TERMS`: its
+groups say which variable groups its gradient may update; a step takes each group's
+gradient only of the terms routed to it, so the discriminators never learn from the
+generator's term and module V never from the re-ID terms. Nothing here builds a network.
 """
+
+import dataclasses
+import typing
 
 import tensorflow as tf
 
 from jsia_tf import losses
 
+
+@dataclasses.dataclass(frozen=True)
+class Term:
+    """One loss term: all that the routing, the weights, the switches and TensorBoard
+    (``loss/<name>``) know of it. Its formula is in :meth:`jsia_tf.models.jsia.JSIA.losses`.
+
+    Attributes:
+      name: its key in ``JSIA.losses``' output.
+      equation: the paper's equation (or the source) and what it reads.
+      batch: "generation" (module G's outputs on the generation batch) or "reid".
+      groups: the variable groups (``config.GROUPS``) its gradient may update.
+      objective: terms of one route and one objective are differentiated together, so
+        that the gradient each objective sends into the shared stem E^sl is reported
+        ("grad_norm/reid_set_level/<objective>"); "generator" is Eq. 8's L^G.
+      weight: its ``config.LossConfig`` weight field in Eq. 8 or Eq. 16 (None: 1).
+      present: whether a run's :class:`jsia_tf.config.Config` has it (Table 3's switches).
+    """
+
+    name: str
+    equation: str
+    batch: str
+    groups: tuple
+    objective: str
+    weight: str | None
+    present: typing.Callable
+
+
 _GENERATION_ROUTE = ("generation", "reid_set_level")
 _REID_ROUTE = ("reid_set_level", "reid_instance_level")
-# Loss term -> the variable groups (config.GROUPS) its gradient updates.
-TERM_ROUTES = {
-    "recon": _GENERATION_ROUTE,  # Eq. 4, L1 self-reconstruction
-    "cycle": _GENERATION_ROUTE,  # Eqs. 5, 6, L1 cycle reconstruction
-    "gan": _GENERATION_ROUTE,  # Eq. 7, LSGAN, generator side
-    "code": _GENERATION_ROUTE,  # the official code's re-encoded codes (not in the paper's Eq. 8)
-    "discriminator": ("discriminators",),  # Eq. 7, LSGAN on DETACHED fakes
-    "variation": ("variation",),  # Eq. 10 on stop_gradient(M^i)
-    "id_cls": _REID_ROUTE,  # Eq. 13 on the real re-ID images
-    "id_triplet": _REID_ROUTE,  # Eq. 13
-    "local_id": _REID_ROUTE,  # C^k's identity loss on the real images' stripes (PCB; Eq. 12's LR)
-    "il": _REID_ROUTE,  # Eq. 11 on (real, DETACHED generated)
-    "lr": _REID_ROUTE,  # Eq. 12 on (real, DETACHED generated)
-    "ui": _REID_ROUTE,  # Eq. 15 on DETACHED mixed images
-    # --sl=gan only (Dai et al. 2018): the modality discriminator on STOPPED E^sl maps,
-    # and E^sl's maps pushed to D = 1/2.
-    "modality_discriminator": ("discriminators",),
-    "modality_adversarial": ("reid_set_level",),
-}
-# Terms of the re-ID batch (the others need module G's outputs on the generation batch).
-REID_BATCH_TERMS = ("id_cls", "id_triplet", "local_id", "modality_discriminator", "modality_adversarial")
-# The objective each term belongs to: terms of one route and one objective are
-# differentiated together, so that the gradient each objective sends into the shared
-# stem E^sl is reported ("grad_norm/reid_set_level/<objective>").
-TERM_OBJECTIVES = {"recon": "generator", "cycle": "generator", "gan": "generator", "code": "generator",
-                   "discriminator": "discriminator",
-                   "variation": "variation", "id_cls": "reid", "id_triplet": "reid", "local_id": "reid",
-                   "il": "alignment", "lr": "alignment", "ui": "alignment",
-                   "modality_discriminator": "discriminator", "modality_adversarial": "modality_adversarial"}
-# Terms of module G's objective L^G (Eq. 8).
-GENERATOR_TERMS = ("recon", "cycle", "gan", "code")
+
+
+def _with_g(config):  # module F alone: module G's terms would reach E^sl, leave them out
+    return config.model.generation
+
+
+def _always(config):
+    del config
+    return True
+
+
+def _modality_gan(config):
+    return config.model.sl == "gan"
+
+
+TERMS = (
+    Term("recon", "Eq. 4, L1 self-reconstruction", "generation", _GENERATION_ROUTE, "generator", "lambda_recon",
+         _with_g),
+    Term("cycle", "Eqs. 5, 6, L1 cycle reconstruction", "generation", _GENERATION_ROUTE, "generator", "lambda_cyc",
+         _with_g),
+    Term("gan", "Eq. 7, LSGAN, generator side", "generation", _GENERATION_ROUTE, "generator", "lambda_gan", _with_g),
+    # The official code's MUNIT term, not in the paper's Eq. 8 (--lambda_code=0, the default).
+    Term("code", "re-encoded content and style codes of the generated images", "generation", _GENERATION_ROUTE,
+         "generator", "lambda_code", lambda config: config.model.generation and config.loss.lambda_code > 0),
+    Term("discriminator", "Eq. 7, LSGAN on DETACHED fakes", "generation", ("discriminators",), "discriminator",
+         None, _with_g),
+    Term("variation", "Eq. 10 on stop_gradient(M^i)", "generation", ("variation",), "variation", None, _with_g),
+    Term("id_cls", "Eq. 13 on the real re-ID images", "reid", _REID_ROUTE, "reid", None, _always),
+    Term("id_triplet", "Eq. 13", "reid", _REID_ROUTE, "reid", None, _always),
+    # No local regions (--num_regions=0): no C^k.
+    Term("local_id", "C^k's identity loss on the real images' stripes (PCB; Eq. 12's LR)", "reid", _REID_ROUTE,
+         "reid", "lambda_local_id", lambda config: config.model.num_regions > 0),
+    Term("il", "Eq. 11 on (real, DETACHED generated)", "generation", _REID_ROUTE, "alignment", "lambda_il",
+         lambda config: config.loss.il),
+    # --local=off: no Eq. 12; the C^k still learn identities (local_id).
+    Term("local", "Eq. 12 on (real, DETACHED generated)", "generation", _REID_ROUTE, "alignment", "lambda_local",
+         lambda config: config.loss.local != "off" and config.model.num_regions > 0),
+    Term("ui", "Eq. 15 on DETACHED mixed images", "generation", _REID_ROUTE, "alignment", "lambda_ui",
+         lambda config: config.loss.ui),
+    # --sl=gan only (Dai et al. 2018).
+    Term("modality_discriminator", "the modality discriminator on STOPPED E^sl maps", "reid", ("discriminators",),
+         "discriminator", None, _modality_gan),
+    Term("modality_adversarial", "E^sl's maps pushed to D = 1/2", "reid", ("reid_set_level",),
+         "modality_adversarial", "lambda_modality", _modality_gan),
+)
+TERM_ROUTES = {term.name: term.groups for term in TERMS}
+TERM_OBJECTIVES = {term.name: term.objective for term in TERMS}
+REID_BATCH_TERMS = tuple(term.name for term in TERMS if term.batch == "reid")
+GENERATOR_TERMS = tuple(term.name for term in TERMS if term.objective == "generator")  # Eq. 8's L^G
 
 
 def term_weights(loss_cfg):
     """Term -> its weight in Eq. 8 or Eq. 16 (``config.LossConfig``)."""
-    c = loss_cfg
-    return {"recon": c.lambda_recon, "cycle": c.lambda_cyc, "gan": c.lambda_gan, "code": c.lambda_code,
-            "discriminator": 1.0,
-            "variation": 1.0, "id_cls": 1.0, "id_triplet": 1.0, "local_id": c.lambda_local_id, "il": c.lambda_il,
-            "lr": c.lambda_lr, "ui": c.lambda_ui, "modality_discriminator": 1.0,
-            "modality_adversarial": c.lambda_modality}
+    return {term.name: getattr(loss_cfg, term.weight) if term.weight else 1.0 for term in TERMS}
 
 
 def configured_terms(config):
-    """The terms a run's :class:`jsia_tf.config.Config` has (Table 3's switches), in
-    :data:`TERM_ROUTES` order."""
-    loss, model = config.loss, config.model
-    absent = set()
-    if not loss.instance_alignment:
-        absent.add("il")
-    if loss.local_alignment == "off":
-        absent.add("lr")  # no Eq. 12; the C^k still learn identities (local_id) unless num_regions is 0
-    if not model.num_regions:
-        absent.update({"lr", "local_id"})  # no local regions: no C^k
-    if not loss.unseen_identity:
-        absent.add("ui")
-    if not loss.lambda_code:
-        absent.add("code")  # the paper's Eq. 8 has no such term
-    if model.set_level != "gan":
-        absent.update({"modality_discriminator", "modality_adversarial"})
-    if not model.generation:  # module F alone: module G's terms reach E^sl, leave them out
-        absent.update(("recon", "cycle", "gan", "code", "discriminator", "variation"))
-    return tuple(term for term in TERM_ROUTES if term not in absent)
+    """The terms a run's :class:`jsia_tf.config.Config` has, in :data:`TERMS` order."""
+    return tuple(term.name for term in TERMS if term.present(config))
 
 
 def terms_for(terms, weights, groups, objectives=()):
@@ -111,7 +137,7 @@ def objectives(values, weights, groups, scales=None):
     return {key: objective * route_scale(scales, key[0]) for key, objective in out.items()}
 
 
-def gradients(tape, objectives_, variables, scales=None, stem_norms=None):
+def gradients(tape, objectives_, variables, scales=None):
     """Per stepped group, the gradient of the objectives routed to it.
 
     Args:
@@ -119,24 +145,26 @@ def gradients(tape, objectives_, variables, scales=None, stem_norms=None):
       objectives_: :func:`objectives`' output.
       variables: {group: its variables} for every stepped group.
       scales: the scales the objectives were multiplied with, or None.
-      stem_norms: a dict that receives {objective: the unscaled global norm of its
-        gradient on reid_set_level (E^sl)} for the objectives that reach it.
     Returns:
-      {group: gradients, one per variable}: the sum over the objectives whose route
-      holds the group; zeros where no objective reaches a variable. With ``scales``
+      (grads, stem_norms). grads: {group: gradients, one per variable}, the sum over
+      the objectives whose route holds the group; zeros where no objective reaches a
+      variable. With ``scales``
       each group's part is brought from its route's scale to the group's own scale (a
       power-of-two ratio, exact), so a group's gradient is scaled by its own scale and
       its optimizer can unscale it and skip it alone on overflow (PyTorch's GradScaler
-      also skips each optimizer's step on its own).
+      also skips each optimizer's step on its own). stem_norms: {objective: the
+      unscaled global norm of its gradient on reid_set_level (E^sl)} for the objectives
+      that reach it.
     """
     grads = {name: [None] * len(group) for name, group in variables.items()}
+    stem_norms = {}
     for (stepped, objective_name), objective in objectives_.items():
         flat = tape.gradient(objective, [v for name in stepped for v in variables[name]])
         start = 0
         for name in stepped:
             part = flat[start:start + len(variables[name])]
             start += len(variables[name])
-            if stem_norms is not None and name == "reid_set_level":
+            if name == "reid_set_level":
                 norm = tf.linalg.global_norm([g for g in part if g is not None] or [tf.zeros([])])
                 stem_norms[objective_name] = norm if scales is None else norm / route_scale(scales, stepped)
             if scales is not None:
@@ -144,7 +172,7 @@ def gradients(tape, objectives_, variables, scales=None, stem_norms=None):
                 part = [None if g is None else g * ratio for g in part]
             grads[name] = [b if a is None else (a if b is None else a + b) for a, b in zip(grads[name], part)]
     return {name: [tf.zeros_like(v) if g is None else g for g, v in zip(grads[name], variables[name])]
-            for name in variables}
+            for name in variables}, stem_norms
 
 
 def totals(values, weights):

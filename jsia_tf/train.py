@@ -3,9 +3,8 @@
 Flags are defined here and turned into one frozen :class:`jsia_tf.config.Config`
 (written to ``<run_dir>/config.json`` once the resume has succeeded). The run locks its
 folder (one training per folder), prepares its data and resumes from the newest
-checkpoint in ``<run_dir>/checkpoints`` that loads, naming any newer one that does not
-(:mod:`jsia_tf.runs`: the step counter and the data streams continue where they
-stopped; a folder with recorded work is started over only with ``--restart``), builds the
+checkpoint in ``<run_dir>/checkpoints`` that loads (:mod:`jsia_tf.runs`; a folder with
+recorded work is started over only with ``--restart``), builds the
 :class:`jsia_tf.trainer.Trainer` (modules F, G, V and the discriminators of Sec. 3),
 trains through the schedule's phases (G pre-training, then joint training, Sec. 4.2)
 in the loop below, then evaluates module F's Eq. 17 features with the dataset's
@@ -22,7 +21,6 @@ TensorFlow profiler (TensorBoard's Profile tab).
 """
 
 import contextlib
-import dataclasses
 import json
 import os
 import pathlib
@@ -30,13 +28,13 @@ import shutil
 import sys
 import tempfile
 import time
-import typing
 
 from absl import app, flags, logging
 import keras
 import tensorflow as tf
 
 from jsia_tf import config as config_lib
+from jsia_tf import config_flags
 from jsia_tf import distribute
 from jsia_tf import export
 from jsia_tf import runs
@@ -51,28 +49,10 @@ _SECTIONS = (("data", config_lib.DataConfig), ("eval", config_lib.EvalConfig), (
              ("loss", config_lib.LossConfig), ("train", config_lib.TrainConfig))
 _REQUIRED = ("run_dir", "data_dir")  # no default: absl insists on them (run())
 
-
-def _option_fields(cls):
-    return [field for field in dataclasses.fields(cls) if "help" in field.metadata]
-
-
-def _define_flags():
-    for cls in (config_lib.Config, *(cls for _, cls in _SECTIONS)):
-        for field in _option_fields(cls):
-            name, default, text = config_lib.flag_name(field), field.default, field.metadata["help"]
-            if name in _REQUIRED:
-                flags.DEFINE_string(name, None, text)
-            elif field.metadata["choices"]:
-                flags.DEFINE_enum(name, default, field.metadata["choices"], text)
-            elif typing.get_origin(field.type) is tuple:
-                flags.DEFINE_list(name, [str(v) for v in default], text)
-            else:
-                define = {bool: flags.DEFINE_bool, int: flags.DEFINE_integer, float: flags.DEFINE_float,
-                          str: flags.DEFINE_string}[field.type]
-                define(name, default, text)
-
-
-_define_flags()
+for _cls in (config_lib.Config, *(cls for _, cls in _SECTIONS)):
+    config_flags.define(_cls, required=_REQUIRED)
+for _old, _new in config_lib.OLD_FLAGS.items():
+    flags.DEFINE_alias(_old, _new)
 # The schedule (TrainConfig.phases, config.paper_phases).
 _PRETRAIN_EPOCHS = flags.DEFINE_integer("pretrain_epochs", config_lib.PAPER_PRETRAIN_EPOCHS,
                                         "Epochs of G pre-training (paper 100).")
@@ -82,47 +62,34 @@ _LR_DECAY_EPOCHS = flags.DEFINE_list("lr_decay_epochs", [str(e) for e in config_
                                      "Joint epochs at which the learning rates are multiplied by --lr_decay_factor "
                                      "(paper 30).")
 _PRETRAIN_SET_LEVEL = flags.DEFINE_bool(
-    "pretrain_set_level", config_lib.PAPER_PRETRAIN_SET_LEVEL, "G's pre-training also steps E^sl = E^i with module G's terms (with --sl=shared; "
-    "the paper pre-trains the generation module, E^i included). false: the official GAN warm-up, which leaves its "
-    "ImageNet stem as it is.")
+    "pretrain_set_level", config_lib.PAPER_PRETRAIN_SET_LEVEL,
+    "G's pre-training also steps E^sl = E^i with module G's terms (with --sl=shared; the paper pre-trains the "
+    "generation module, E^i included). false: the official GAN warm-up, which leaves its ImageNet stem as it is.")
 _RESTART = flags.DEFINE_bool(
     "restart", False, "Start at step 0 in a --run_dir that holds a run's checkpoints or records: its files are "
     "moved into <run_dir>/restarted-<time>/. Without it such a run resumes from its newest checkpoint that loads.")
 
 
-def _int_list(flag, values):
-    try:
-        return tuple(int(v) for v in values)
-    except ValueError:
-        raise config_lib.ConfigError(flag, values, "comma-separated integers") from None
-
-
-def _flag_value(field):
-    name = config_lib.flag_name(field)
-    value = flags.FLAGS[name].value
-    if typing.get_origin(field.type) is tuple:
-        return _int_list(name, value) if typing.get_args(field.type)[0] is int else tuple(value)
-    return "" if value is None else value  # a required flag missing: the config names it
-
-
 def config_from_flags():
     """The one place where flags become the run's Config."""
-    values = {name: {field.name: _flag_value(field) for field in _option_fields(cls)} for name, cls in _SECTIONS}
+    for old, new in config_lib.OLD_FLAGS.items():
+        if flags.FLAGS[old].present:
+            logging.info("--%s is now --%s", old, new)
+    values = {name: config_flags.values(cls) for name, cls in _SECTIONS}
     if not values["model"]["generation"]:  # module F alone: what needs module G is off unless given
         implied = {name: value for name, value in config_lib.MODULE_F_ALONE.items() if not flags.FLAGS[name].present}
-        fields = {config_lib.flag_name(field): field.name for field in _option_fields(config_lib.LossConfig)}
+        fields = {config_lib.flag_name(f): f.name for f in config_flags.option_fields(config_lib.LossConfig)}
         values["loss"].update({fields[name]: value for name, value in implied.items()})
         if implied:
             logging.info("--generation=false (module F alone) implies %s",
                          " ".join(f"--{name}={value}" for name, value in implied.items()))
     values["train"]["phases"] = config_lib.paper_phases(
-        _PRETRAIN_EPOCHS.value, _JOINT_EPOCHS.value, _int_list("lr_decay_epochs", _LR_DECAY_EPOCHS.value),
+        _PRETRAIN_EPOCHS.value, _JOINT_EPOCHS.value, config_flags.int_list("lr_decay_epochs", _LR_DECAY_EPOCHS.value),
         values["model"]["generation"],
         # With a separate E^i (--sl=separate, gan) module G's terms do not reach E^sl.
-        _PRETRAIN_SET_LEVEL.value and values["model"]["set_level"] == "shared")
+        _PRETRAIN_SET_LEVEL.value and values["model"]["sl"] == "shared")
     sections = {name: cls(**values[name]) for name, cls in _SECTIONS}
-    return config_lib.Config(**{field.name: _flag_value(field) for field in _option_fields(config_lib.Config)},
-                             **sections)
+    return config_lib.Config(**config_flags.values(config_lib.Config), **sections)
 
 
 def images_per_step(phase, data_cfg):
@@ -414,7 +381,7 @@ def main_then_exit(argv):
     """:func:`main`, then, after a run on one host that ended well, the process ends
     without the interpreter's teardown: everything is on disk by then (checkpoints,
     flushed summaries, metrics.json, the export), and tearing down TensorFlow's objects
-    took about 3 s of the smoke preset's 31 (docs/BENCHMARKS.md). A multi-worker run
+    takes seconds (docs/BENCHMARKS.md). A multi-worker run
     ends normally: its workers leave the coordination service on the way out."""
     main(argv)
     if flags.FLAGS.strategy != "multi_worker":

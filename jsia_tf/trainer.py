@@ -88,9 +88,8 @@ class FusedAdamW(keras.optimizers.AdamW):
     computes the same (m = b1 m + (1 - b1) g, v = b2 v + (1 - b2) g^2, var -= lr
     sqrt(1 - b2^t) / (1 - b1^t) m / (sqrt(v) + eps)) in one, on the same slot
     variables, so checkpoints are unchanged; the decoupled weight decay stays Keras'.
-    Fewer ops trace and optimise faster (measured on the smoke networks: the joint
-    step's first call 18.5 -> 15 s, 24k -> 20k ops; docs/BENCHMARKS.md) and launch
-    fewer kernels on a GPU. Equal to Keras' AdamW within 3e-7 after 5 steps.
+    Fewer ops trace and optimise faster (docs/BENCHMARKS.md) and launch fewer kernels
+    on a GPU. Equal to Keras' AdamW within 3e-7 after 5 steps.
     """
 
     def update_step(self, gradient, variable, learning_rate):
@@ -237,9 +236,8 @@ class Trainer:
         with tf.GradientTape(persistent=True) as tape:
             values = self.compute_losses(reid_batch, gan_batch, terms)
             objectives = routing.objectives(values, self.term_weights, groups, scales)
-        stem_norms = {}
-        grads = routing.gradients(tape, objectives, {name: self.groups[name] for name in groups}, scales,
-                                  stem_norms)
+        grads, stem_norms = routing.gradients(tape, objectives, {name: self.groups[name] for name in groups},
+                                              scales)
         del tape
         for name in groups:
             # A LossScaleOptimizer unscales, and skips the update on non-finite gradients.
@@ -265,8 +263,7 @@ class Trainer:
             replica_step = tf.function(replica_step, jit_compile=True, autograph=False)
 
         # No autograph: the step's Python control flow depends only on the config, so
-        # converting its source buys nothing and cost a third of the tracing (smoke
-        # networks, first joint call 11.6 -> 8.8 s, docs/BENCHMARKS.md).
+        # converting its source buys nothing but tracing time (docs/BENCHMARKS.md).
         @tf.function(autograph=False)
         def step(reid_batch, gan_batch):
             scalars, norms = self.strategy.run(replica_step, args=(reid_batch, gan_batch))

@@ -40,16 +40,13 @@ else:  # first, before any TensorFlow op
     worker_strategy = tf.distribute.MultiWorkerMirroredStrategy()
 
 from jsia_tf import config as config_lib, trainer as trainer_lib  # noqa: E402 (after the device set-up)
+from smoke_model import smoke_model  # noqa: E402 (tests/, this script's folder)
 
 tf.config.optimizer.set_experimental_options({"disable_meta_optimizer": True})  # as the smoke preset
 
 H, W, CLASSES, PRETRAIN, JOINT, LR = 32, 16, 4, 2, 3, 0.01
-model = config_lib.ModelConfig(
-    backbone="resnet18", backbone_weights="none", backbone_widths=(8, 16, 16, 32), num_regions=2, style_dim=8,
-    style_base_width=8, style_max_width=16, mlp_hidden_dim=16, num_res_blocks=1, disc_num_layers=3,
-    disc_base_width=8, variation_hidden_channels=8, variation_latent_channels=4)
 cfg = config_lib.Config(
-    run_dir="run", model=model, loss=config_lib.LossConfig(lambda_ui=0.0),
+    run_dir="run", model=smoke_model(), loss=config_lib.LossConfig(lambda_ui=0.0),
     data=config_lib.DataConfig(data_dir="data", height=H, width=W, num_ids=2, num_instances=2, gan_num_ids=2,
                                gan_num_instances=2),
     # The official warm-up (E^sl not stepped in pre-training). With E^sl stepped (the default

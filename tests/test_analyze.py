@@ -18,7 +18,7 @@ import pytest
 from PIL import Image
 from tensorboard.backend.event_processing import event_accumulator
 
-from jsia_tf import analyze, visualize
+from jsia_tf import analyze, config, visualize
 from jsia_tf.data import pipeline, records
 from jsia_tf.eval import protocols, similarity
 
@@ -122,9 +122,9 @@ def test_sysu_ranking_keeps_the_same_room_rule(sysu_root):
 def test_options_name_the_bad_flag():
     with pytest.raises(ValueError, match=r"--what=paired,bogus: unknown \['bogus'\]; expected a comma list of "
                                          r"paired,mixing,similarity,ranked,quality"):
-        analyze.Options(what=("paired", "bogus"))
+        config.AnalysisConfig(what=("paired", "bogus"))
     with pytest.raises(ValueError, match="--num_identities=1: expected an integer >= 2"):
-        analyze.Options(num_identities=1)
+        config.AnalysisConfig(num_identities=1)
 
 
 # -- every kind on the smoke run ------------------------------------------------------------------
@@ -192,7 +192,7 @@ def test_similarity_and_quality(smoke):
     # The same images in TensorBoard, beside the PNGs.
     events = event_accumulator.EventAccumulator(str(out), size_guidance={"tensors": 0})
     events.Reload()
-    assert {f"analysis/{kind}" for kind in analyze.KINDS} | {"analysis/MD_FRI", "analysis/FID_FLS"} <= set(
+    assert {f"analysis/{kind}" for kind in config.ANALYSIS_KINDS} | {"analysis/MD_FRI", "analysis/FID_FLS"} <= set(
         events.Tags()["tensors"])
 
 

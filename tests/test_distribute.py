@@ -69,7 +69,7 @@ def test_mirrored_sgd_steps_match_one_device_on_the_global_batch(sgd_runs):
         for name in a:
             assert b[name] == pytest.approx(a[name], rel=LOSS_RTOL, abs=LOSS_ATOL), (step, name)
     assert {"loss/recon", "loss/cycle", "loss/gan", "loss/discriminator", "loss/id_cls", "loss/id_triplet",
-            "loss/il", "loss/lr"} <= set(one[-1]) and "loss/ui" not in one[-1]
+            "loss/il", "loss/local"} <= set(one[-1]) and "loss/ui" not in one[-1]
     # Each replica holds one identity: only mining in the global batch finds negatives.
     assert all(step["loss/id_triplet"] > 0.01 for step in one[2:] + mirrored[2:])
     assert sgd_runs["difference"] < WEIGHT_TOLERANCE * sgd_runs["update"]

@@ -1,6 +1,8 @@
 """Loss routing without networks: which terms a configuration and a phase compute, the
 objectives, per-group gradients against hand-computed ones, and the loss-scale ratios."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -33,12 +35,12 @@ def test_every_term_has_a_route_an_objective_and_a_weight():
 
 @pytest.mark.parametrize("loss, model, absent", [
     ({}, {}, set()),
-    ({"instance_alignment": False}, {}, {"il"}),  # --il=false
-    ({"unseen_identity": False}, {}, {"ui"}),  # --ui=false
-    ({"local_alignment": "off"}, {}, {"lr"}),  # --lr_align=off: no Eq. 12, the C^k still learn identities
-    ({"local_alignment": "unpaired"}, {}, set()),  # --lr_align=unpaired: Eq. 12 still computed
-    ({}, {"num_regions": 0}, {"lr", "local_id"}),  # no local classifiers
-    ({}, {"set_level": "separate"}, set()),
+    ({"il": False}, {}, {"il"}),  # --il=false
+    ({"ui": False}, {}, {"ui"}),  # --ui=false
+    ({"local": "off"}, {}, {"local"}),  # --local=off: no Eq. 12, the C^k still learn identities
+    ({"local": "unpaired"}, {}, set()),  # --local=unpaired: Eq. 12 still computed
+    ({}, {"num_regions": 0}, {"local", "local_id"}),  # no local classifiers
+    ({}, {"sl": "separate"}, set()),
 ])
 def test_table3_switches_decide_the_terms(loss, model, absent):
     cfg = _config(loss, **model)
@@ -57,22 +59,21 @@ def test_the_re_encoded_codes_term_is_computed_with_a_weight_only():
     weights = routing.term_weights(cfg.loss)
     assert weights["code"] == 0.5 and routing.TERM_OBJECTIVES["code"] == "generator"
     assert set(routing.terms_for(terms, weights, config_lib.PRETRAIN_GROUPS)) == GENERATION_TERMS | {"code"}
-    alone = _config({"lambda_code": 0.5, "instance_alignment": False, "local_alignment": "off",
-                     "unseen_identity": False}, generation=False)
+    alone = _config({"lambda_code": 0.5, "il": False, "local": "off", "ui": False}, generation=False)
     assert "code" not in routing.configured_terms(alone)
 
 
 def test_modality_gan_and_module_f_alone_terms():
-    gan = _config(set_level="gan")
+    gan = _config(sl="gan")
     assert routing.configured_terms(gan) == tuple(t for t in routing.TERM_ROUTES if t != "code")
     pretrain = routing.terms_for(routing.configured_terms(gan), routing.term_weights(gan.loss),
                                  config_lib.PRETRAIN_GROUPS)
     assert "modality_discriminator" in pretrain and "modality_adversarial" not in pretrain
-    alone = _config({"instance_alignment": False, "local_alignment": "unpaired", "unseen_identity": False},
+    alone = _config({"il": False, "local": "unpaired", "ui": False},
                     generation=False)
-    assert routing.configured_terms(alone) == ("id_cls", "id_triplet", "local_id", "lr")
+    assert routing.configured_terms(alone) == ("id_cls", "id_triplet", "local_id", "local")
     # A zero weight drops the term from the phase (nothing to differentiate).
-    assert routing.terms_for(("id_cls", "lr"), {"id_cls": 1.0, "lr": 0.0}, config_lib.GROUPS) == ("id_cls",)
+    assert routing.terms_for(("id_cls", "local"), {"id_cls": 1.0, "local": 0.0}, config_lib.GROUPS) == ("id_cls",)
 
 
 def test_objectives_group_terms_by_stepped_route_and_objective():
@@ -103,8 +104,7 @@ def _two_term_step(scales=None):
     with tf.GradientTape(persistent=True) as tape:
         values = {"recon": a * s, "id_cls": s * c * c, "discriminator": d * d}
         objectives = routing.objectives(values, weights, tuple(variables), scales)
-    stem_norms = {}
-    grads = routing.gradients(tape, objectives, variables, scales, stem_norms)
+    grads, stem_norms = routing.gradients(tape, objectives, variables, scales)
     return {name: [float(g) for g in group] for name, group in grads.items()}, stem_norms
 
 
@@ -135,3 +135,12 @@ def test_totals_are_eq8_and_eq16():
     out = {k: float(v) for k, v in routing.totals(values, weights).items()}
     assert out == {"loss/generator_total": 21.0, "loss/total": 25.0}
     assert set(routing.totals({"id_cls": tf.constant(4.0)}, weights)) == {"loss/total"}
+
+
+def test_each_term_is_declared_once_with_a_weight_field_of_the_loss_config():
+    names = [term.name for term in routing.TERMS]
+    assert len(names) == len(set(names))
+    fields = {field.name for field in dataclasses.fields(config_lib.LossConfig)}
+    assert all(term.weight in fields for term in routing.TERMS if term.weight)
+    assert {term.batch for term in routing.TERMS} == {"generation", "reid"}
+    assert {term.objective for term in routing.TERMS} == set(config_lib.OBJECTIVES)

@@ -190,12 +190,51 @@ def test_resume_conflicts_name_every_field_the_checkpoints_fix_and_only_those():
     base = config_lib.Config(run_dir="r", data=config_lib.DataConfig(data_dir="d"))
     changed = config_lib.Config(
         run_dir="elsewhere", data=config_lib.DataConfig(data_dir="moved", trial=2),
-        model=config_lib.ModelConfig(style_dim=64, set_level="separate"),
+        model=config_lib.ModelConfig(style_dim=64, sl="separate"),
         loss=config_lib.LossConfig(lambda_il=0.5), eval=config_lib.EvalConfig(batch_size=8))
     assert config_lib.resume_conflicts(base, changed) == [
         "--trial: the run has 1, the flags give 2", "--sl: the run has 'shared', the flags give 'separate'",
         "--style_dim: the run has 128, the flags give 64"]
     assert config_lib.resume_conflicts(base, base) == []
+
+
+# config.json's field names before issue 27, as the run folders of that version hold them.
+_EARLIER_NAMES = {"model": {"sl": "set_level"},
+                  "loss": {"il": "instance_alignment", "local": "local_alignment", "ui": "unseen_identity",
+                           "lambda_local": "lambda_lr"}}
+
+
+def _write_earlier_names(path):
+    raw = json.loads(path.read_text())
+    for section, names in _EARLIER_NAMES.items():
+        raw[section] = {names.get(name, name): value for name, value in raw[section].items()}
+    path.write_text(json.dumps(raw, indent=2, sort_keys=True) + "\n")
+
+
+def test_a_config_json_with_the_earlier_field_names_loads_as_today(tmp_path):
+    config = config_lib.Config(
+        run_dir="r", data=config_lib.DataConfig(data_dir="d"), model=config_lib.ModelConfig(sl="separate"),
+        loss=config_lib.LossConfig(il=False, local="unpaired", ui=False, lambda_local=0.5))
+    path = tmp_path / "config.json"
+    config.save(path)
+    _write_earlier_names(path)
+    assert '"local_alignment": "unpaired"' in path.read_text() and '"local":' not in path.read_text()
+    assert config_lib.Config.load(path) == config
+
+
+@pytest.mark.large
+def test_a_run_folder_with_the_earlier_field_names_resumes_exports_and_analyzes(run_copy, tmp_path):
+    data_dir, run_dir = run_copy
+    _write_earlier_names(run_dir / "config.json")
+    resumed = _train(data_dir, run_dir)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"Resumed from {run_dir / 'checkpoints' / 'ckpt-3'} (step 3)" in resumed.stderr
+    _write_earlier_names(run_dir / "config.json")
+    for command in (("jsia_tf.export", f"--export_dir={tmp_path / 'jsia'}"),
+                    ("jsia_tf.analyze", f"--out={tmp_path / 'analysis'}", "--what=paired", "--num_identities=2")):
+        result = subprocess.run([sys.executable, "-m", command[0], f"--run_dir={run_dir}", *command[1:]], cwd=REPO,
+                                capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, result.stderr[-3000:]
 
 
 @pytest.mark.large

@@ -1,4 +1,4 @@
-"""Tests of the synthetic RGB-IR pedestrian generator (jsia_tf/data/synthetic.py)."""
+"""Tests of the synthetic RGB-IR pedestrian generator (jsia_tf/data/synthetic/)."""
 
 import dataclasses
 import json
@@ -11,9 +11,11 @@ from PIL import Image
 import pytest
 from scipy import ndimage
 
+from jsia_tf import config
 from jsia_tf.data import pipeline
 from jsia_tf.data import records
 from jsia_tf.data import synthetic
+from jsia_tf.data.synthetic import layouts
 
 H, W = 32, 16  # tiny images: layout and determinism tests
 PARTS_H, PARTS_W = 128, 64  # big enough for every part to cover pixels
@@ -378,7 +380,7 @@ def test_regdb_layout_and_index(tmp_path):
         np.asarray(thermal), synthetic.render_identity_images(0, 2, synthetic.REGDB_THERMAL, 1, H, W)[0])
 
     splits = set()
-    for trial in range(1, synthetic.REGDB_TRIALS + 1):
+    for trial in config.REGDB_TRIALS:
         ids = {}
         for split in ("train", "test"):
             for modality, folder in (("visible", "Visible"), ("thermal", "Thermal")):
@@ -441,7 +443,7 @@ def test_sysu_layout_and_splits(tmp_path):
     assert sorted(os.listdir(tmp_path)) == [f"cam{cam}" for cam in range(1, 7)] + ["exp", "paired_test.npz",
                                                                                    "synthetic.json"]
     cams_of = {pid: set() for pid in range(1, num_ids + 1)}
-    low, high = synthetic._SYSU_IMAGES_PER_CAM
+    low, high = layouts._SYSU_IMAGES_PER_CAM
     for cam in range(1, 7):
         for folder in os.listdir(tmp_path / f"cam{cam}"):
             assert len(folder) == 4
@@ -481,7 +483,7 @@ def test_fixed_test_persons_whatever_the_number_of_ids(tmp_path):
             assert sorted(os.listdir(tmp_path / "12" / folder)) == sorted(os.listdir(tmp_path / "16" / folder))
             assert (tmp_path / "12" / folder / "0001.jpg").read_bytes() == (
                 tmp_path / "16" / folder / "0001.jpg").read_bytes()
-    indoor = synthetic._sysu_indoor(0, np.arange(1, 6))
+    indoor = layouts._sysu_indoor(0, np.arange(1, 6))
     assert indoor.any() and not indoor.all()  # indoor search has a gallery and outdoor ids
     assert json.loads((tmp_path / "16" / "synthetic.json").read_text())["test_ids"] == 5
 
@@ -534,7 +536,7 @@ def test_metadata_only_beside_a_complete_dataset(tmp_path, monkeypatch):
             raise KeyboardInterrupt
         replace(src, dst)
 
-    monkeypatch.setattr(synthetic.os, "replace", interrupted)
+    monkeypatch.setattr(layouts.os, "replace", interrupted)
     with pytest.raises(KeyboardInterrupt):
         synthetic.generate(tmp_path, "regdb", 3, seed=1, height=H, width=W, images_per_id=1, overwrite=True)
     assert not (tmp_path / "idx").exists() and not (tmp_path / "synthetic.json").exists()

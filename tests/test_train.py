@@ -70,7 +70,7 @@ def test_summaries_hold_losses_gradient_norms_images_and_evaluation(smoke_run):
     events.Reload()
     tags = set(events.Tags()["tensors"])
     expected = {"loss/recon", "loss/cycle", "loss/gan", "loss/discriminator", "loss/variation", "loss/id_cls",
-                "loss/id_triplet", "loss/local_id", "loss/il", "loss/lr", "loss/ui", "loss/total",
+                "loss/id_triplet", "loss/local_id", "loss/il", "loss/local", "loss/ui", "loss/total",
                 "grad_norm/generation", "grad_norm/reid_set_level/generator", "grad_norm/reid_set_level/reid",
                 "grad_norm/reid_set_level/alignment", "train/learning_rate_generation", "eval/regdb_intra_ir/rank1",
                 "grad_norm/reid_set_level", "train/learning_rate", "train/images_per_second",
@@ -195,12 +195,26 @@ def test_flags_are_the_config_fields_with_their_defaults():
     finally:
         flags.FLAGS.unparse_flags()
     assert default == config_lib.Config(run_dir="r", data=config_lib.DataConfig(data_dir="d"))
-    assert (changed.model.set_level, changed.eval.batch_size, changed.loss.instance_alignment) == ("separate", 7, False)
+    assert (changed.model.sl, changed.eval.batch_size, changed.loss.il) == ("separate", 7, False)
     assert (changed.eval.sysu_shots, changed.train.profile_steps) == ((10,), (2, 3))
     assert changed.train.phases[1].epochs == 4
     fields = [f for cls in (config_lib.DataConfig, config_lib.EvalConfig, config_lib.ModelConfig,
                             config_lib.LossConfig, config_lib.TrainConfig) for f in dataclasses.fields(cls)]
     assert all(config_lib.flag_name(f) in flags.FLAGS for f in fields if f.name != "phases")
+
+
+def test_earlier_flag_spellings_still_set_their_field_with_one_log_line(caplog):
+    from absl import flags
+    from jsia_tf import train
+
+    try:
+        flags.FLAGS(["train", "--data_dir=d", "--run_dir=r", "--lr_align=unpaired", "--lambda_lr=0.5"])
+        with caplog.at_level("INFO", logger="absl"):
+            config = train.config_from_flags()
+    finally:
+        flags.FLAGS.unparse_flags()
+    assert (config.loss.local, config.loss.lambda_local) == ("unpaired", 0.5)
+    assert "--lr_align is now --local" in caplog.text and "--lambda_lr is now --lambda_local" in caplog.text
 
 
 @pytest.mark.parametrize("preset", ["demo", "smoke", "learning", "calibration", "regdb", "sysu"])
@@ -378,7 +392,7 @@ def test_generation_false_alone_is_module_f_alone_and_conflicts_are_one_error(ca
         with caplog.at_level("INFO", logger="absl"):
             alone = train.config_from_flags()
         flags.FLAGS.unparse_flags()
-        flags.FLAGS([*base, "--generation=false", "--lr_align=unpaired"])
+        flags.FLAGS([*base, "--generation=false", "--local=unpaired"])
         unpaired = train.config_from_flags()
         flags.FLAGS.unparse_flags()
         flags.FLAGS([*base, "--generation=false", "--il", "--ui", "--sl=gan"])
@@ -387,10 +401,10 @@ def test_generation_false_alone_is_module_f_alone_and_conflicts_are_one_error(ca
     finally:
         flags.FLAGS.unparse_flags()
     loss = alone.loss
-    assert (alone.model.generation, loss.instance_alignment, loss.local_alignment, loss.unseen_identity) == (
+    assert (alone.model.generation, loss.il, loss.local, loss.ui) == (
         False, False, "off", False)
-    assert "--generation=false (module F alone) implies --il=False --lr_align=off --ui=False" in caplog.text
-    assert (unpaired.loss.local_alignment, unpaired.loss.instance_alignment) == ("unpaired", False)
+    assert "--generation=false (module F alone) implies --il=False --local=off --ui=False" in caplog.text
+    assert (unpaired.loss.local, unpaired.loss.il) == ("unpaired", False)
     assert str(error.value) == (
         "--generation=False: expected module F alone, which these flags contradict: --il=True (expected false: no "
         "generated pairs without module G); --ui=True (expected false: no mixed images without modules G and V); "

@@ -9,6 +9,7 @@ import pytest
 import tensorflow as tf
 
 from conftest import run_script_json
+from smoke_model import smoke_model
 from jsia_tf import config as config_lib
 from jsia_tf import losses
 from jsia_tf import routing
@@ -20,26 +21,23 @@ HEIGHT, WIDTH = 32, 16
 
 
 def tiny_config(run_dir="run", loss=None, mixed_precision="float32", **model_overrides):
-    """resnet18 (8, 16, 16, 32) at 32x16, tiny G / V / discriminators, 2 ids x 2 images.
+    """The smoke preset's networks (configs/smoke.flags) at 32x16, 2 ids x 2 images.
 
     ``loss``: LossConfig fields to override (Table 3's switches).
     """
-    model = dict(backbone="resnet18", backbone_weights="none", backbone_widths=(8, 16, 16, 32), num_regions=2,
-                 style_dim=8, style_base_width=8, style_max_width=16, mlp_hidden_dim=16, num_res_blocks=1,
-                 disc_num_layers=3, disc_base_width=8, variation_hidden_channels=8, variation_latent_channels=4)
-    model.update(model_overrides)
+    model = smoke_model(**model_overrides)
     data = config_lib.DataConfig(data_dir="data", height=HEIGHT, width=WIDTH, num_ids=2, num_instances=2,
                                  gan_num_ids=2, gan_num_instances=2)
     # lambda 1 for IL / LR / UI so that their (small at initialisation) gradients are clear,
     # and the official code's re-encoded codes (off by default) so that every term is here.
-    loss = config_lib.LossConfig(**{"lambda_il": 1.0, "lambda_lr": 1.0, "lambda_ui": 1.0, "lambda_code": 1.0,
+    loss = config_lib.LossConfig(**{"lambda_il": 1.0, "lambda_local": 1.0, "lambda_ui": 1.0, "lambda_code": 1.0,
                                     **(loss or {})})
     # The official warm-up (E^sl not stepped in pre-training), whose routing these tests pin;
     # test_pretraining_steps_the_stem_with_module_g_terms_alone covers the default.
-    train = config_lib.TrainConfig(phases=config_lib.paper_phases(1, 1, (), model.get("generation", True),
+    train = config_lib.TrainConfig(phases=config_lib.paper_phases(1, 1, (), model.generation,
                                                                   pretrain_set_level=False),
                                    steps_per_epoch=2, lr=1e-3, mixed_precision=mixed_precision)
-    return config_lib.Config(run_dir=str(run_dir), data=data, model=config_lib.ModelConfig(**model), loss=loss,
+    return config_lib.Config(run_dir=str(run_dir), data=data, model=model, loss=loss,
                              train=train)
 
 
@@ -112,7 +110,7 @@ def test_set_level_encoder_is_the_modality_invariant_encoder(trainer):
 
 def test_separate_set_level_encoder_belongs_to_generation():
     """The ablation without SL (Table 3): E^i is its own copy of the stem, stepped with module G."""
-    separate = trainer_lib.Trainer(tiny_config(set_level="separate"), NUM_CLASSES)
+    separate = trainer_lib.Trainer(tiny_config(sl="separate"), NUM_CLASSES)
     assert separate.model.content_encoder is not separate.model.alignment.set_level_encoder
     generation = {id(v) for v in separate.groups["generation"]}
     assert {id(v) for v in separate.model.content_encoder.trainable_variables} <= generation
@@ -251,7 +249,7 @@ def test_non_finite_loss_stops_training_and_keeps_the_last_checkpoint(tmp_path):
 def test_mixed_bfloat16_losses_are_finite_float32_and_steps_lower_them(mixed_bfloat16, eager):
     """bfloat16 is what makes the joint step twice as fast as the official code on CPUs
     with AVX512-BF16 (docs/BENCHMARKS.md): its steps must still learn."""
-    t = trainer_lib.Trainer(tiny_config(set_level="gan"), NUM_CLASSES)  # every term, the modality GAN's too
+    t = trainer_lib.Trainer(tiny_config(sl="gan"), NUM_CLASSES)  # every term, the modality GAN's too
     assert t.model.alignment.set_level_encoder.compute_dtype == "bfloat16"
     assert t.model.generators["rgb"].decoder.compute_dtype == "bfloat16"
     assert all(v.dtype == "float32" for group in t.groups.values() for v in group)
@@ -315,18 +313,18 @@ def test_generation_every_k_joint_steps_and_module_f_on_the_others(trainer, eage
 # Table 3 ablations (Sec. 4.4) -------------------------------------------------------------
 
 def test_table3_flags_reject_bad_values():
-    with pytest.raises(config_lib.ConfigError, match="--lr_align='sideways'"):
-        config_lib.LossConfig(local_alignment="sideways")
+    with pytest.raises(config_lib.ConfigError, match="--local='sideways'"):
+        config_lib.LossConfig(local="sideways")
     with pytest.raises(config_lib.ConfigError, match="--sl='cmgan'"):
-        config_lib.ModelConfig(set_level="cmgan")
+        config_lib.ModelConfig(sl="cmgan")
     with pytest.raises(config_lib.ConfigError, match="--lambda_modality=-1.0"):
         config_lib.LossConfig(lambda_modality=-1.0)
 
 
 def test_switched_off_terms_are_not_computed(eager):
-    """Table 3 index 4 (SL and IL only: --lr_align=off --num_regions=0 --ui=false) and index 2
-    (--il=false too); --lr_align=off with local regions keeps their identity loss (local_id)."""
-    t = trainer_lib.Trainer(tiny_config(loss={"local_alignment": "off", "unseen_identity": False}, num_regions=0),
+    """Table 3 index 4 (SL and IL only: --local=off --num_regions=0 --ui=false) and index 2
+    (--il=false too); --local=off with local regions keeps their identity loss (local_id)."""
+    t = trainer_lib.Trainer(tiny_config(loss={"local": "off", "ui": False}, num_regions=0),
                             NUM_CLASSES)
     _, joint = t.config.train.phases
     kept = {"recon", "cycle", "gan", "code", "discriminator", "variation", "id_cls", "id_triplet", "il"}
@@ -334,24 +332,24 @@ def test_switched_off_terms_are_not_computed(eager):
     scalars = t.train_step(joint, fixed_batch(20), fixed_batch(21))
     assert {name for name in scalars if name.startswith("loss/")} == {f"loss/{term}" for term in kept} | {
         "loss/generator_total", "loss/total"}
-    for term in ("lr", "ui"):
+    for term in ("local", "ui"):
         with pytest.raises(ValueError, match=f"'{term}'.*not computed in this configuration"):
             t.compute_losses(fixed_batch(20), fixed_batch(21), terms=[term])
-    no_il = trainer_lib.Trainer(tiny_config(loss={"instance_alignment": False, "local_alignment": "off",
-                                                  "unseen_identity": False}, num_regions=0), NUM_CLASSES)
+    no_il = trainer_lib.Trainer(tiny_config(loss={"il": False, "local": "off",
+                                                  "ui": False}, num_regions=0), NUM_CLASSES)
     assert set(no_il.compute_losses(fixed_batch(20), fixed_batch(21))) == kept - {"il"}
-    stripes = trainer_lib.Trainer(tiny_config(loss={"local_alignment": "off", "unseen_identity": False}),
+    stripes = trainer_lib.Trainer(tiny_config(loss={"local": "off", "ui": False}),
                                   NUM_CLASSES)
     assert set(stripes.compute_losses(fixed_batch(20), fixed_batch(21))) == kept | {"local_id"}
 
 
 def test_unpaired_local_alignment_compares_the_real_images_of_each_person():
-    """--lr_align=unpaired (Table 3 index 8): Eq. 12 between gan_batch rgb[i] and ir[i]
+    """--local=unpaired (Table 3 index 8): Eq. 12 between gan_batch rgb[i] and ir[i]
     (same person, different images), no generated image; it trains only module F."""
-    t = trainer_lib.Trainer(tiny_config(loss={"local_alignment": "unpaired"}), NUM_CLASSES)
+    t = trainer_lib.Trainer(tiny_config(loss={"local": "unpaired"}), NUM_CLASSES)
     reid_batch, gan_batch = fixed_batch(22), fixed_batch(23)
     with tf.GradientTape(persistent=True) as tape:
-        value = t.compute_losses(reid_batch, gan_batch, terms=["lr"])["lr"]
+        value = t.compute_losses(reid_batch, gan_batch, terms=["local"])["local"]
     # Both modalities in one batch-norm batch (modality_bn="joint").
     real = t.model.per_modality(lambda x: t.model.alignment(x, training=True)["local_logits"], gan_batch["rgb"],
                                 gan_batch["ir"])
@@ -363,7 +361,7 @@ def test_unpaired_local_alignment_compares_the_real_images_of_each_person():
 @pytest.fixture(scope="module")
 def gan_trainer():
     """--sl=gan (Table 3 index 7), lambda_modality 0.5."""
-    return trainer_lib.Trainer(tiny_config(loss={"lambda_modality": 0.5}, set_level="gan"), NUM_CLASSES)
+    return trainer_lib.Trainer(tiny_config(loss={"lambda_modality": 0.5}, sl="gan"), NUM_CLASSES)
 
 
 def test_modality_gan_builds_its_discriminator_only_with_sl_gan(trainer, gan_trainer):
@@ -595,8 +593,8 @@ def test_module_f_alone_steps_only_f(eager):
     """--generation=false (Table 3 row 1 without the cost of G): one phase, F's groups, the
     identity terms only (C^k's too where there are local regions); a term that needs
     generated images is a flag error."""
-    cfg = tiny_config(generation=False, loss={"instance_alignment": False, "local_alignment": "off",
-                                             "unseen_identity": False})
+    cfg = tiny_config(generation=False, loss={"il": False, "local": "off",
+                                             "ui": False})
     t = trainer_lib.Trainer(cfg, NUM_CLASSES)
     (phase,) = cfg.train.phases
     assert phase.groups == config_lib.REID_GROUPS
@@ -610,7 +608,7 @@ def test_module_f_alone_steps_only_f(eager):
         np.testing.assert_array_equal(b, a)
     with pytest.raises(config_lib.ConfigError,
                        match="--generation=False: expected module F alone, which these flags contradict: --il=True"):
-        tiny_config(generation=False, loss={"local_alignment": "off", "unseen_identity": False})
+        tiny_config(generation=False, loss={"local": "off", "ui": False})
     with pytest.raises(config_lib.ConfigError, match="--generation=False"):
         dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, phases=config_lib.paper_phases(1, 1, ())))
 

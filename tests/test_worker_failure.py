@@ -96,7 +96,7 @@ def test_a_failing_worker_ends_every_hand_started_worker_and_a_restart_resumes_b
     events.Reload()
     last_step = {tag for tag in events.Tags()["tensors"] if any(e.step == 4 for e in events.Tensors(tag))}
     assert {f"loss/{term}" for term in ("recon", "cycle", "gan", "discriminator", "id_cls", "id_triplet", "local_id",
-                                        "il", "lr", "ui", "variation")} <= last_step
+                                        "il", "local", "ui", "variation")} <= last_step
     # The chief alone wrote the run folder: one TensorBoard writer, its checkpoints, export, metrics.
     assert (run_dir / "config.json").read_text() == config
     assert sorted(p.name for p in run_dir.iterdir() if not p.name.startswith("events")) == [

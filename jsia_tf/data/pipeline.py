@@ -4,7 +4,7 @@ cross-modal identity sampler (paper Sec. 4.2).
 Paper: training images are resized to 256x128 and flipped horizontally; a batch holds
 16 persons x (4 RGB + 4 IR) images = 128. The standard re-ID augmentations of the AGW
 cross-modal baseline (zero-pad 10 + random crop, random erasing, channel augmentation)
-are each behind an :class:`AugmentConfig` field.
+are each behind a :class:`jsia_tf.config.AugmentConfig` field.
 
 Every image, in training, evaluation and the exported model, goes through
 :func:`preprocess` (gray -> 3 channels, bilinear resize, caffe normalisation, which is
@@ -18,7 +18,6 @@ over replicas and workers (:func:`train_dataset`).
 """
 
 import concurrent.futures
-import dataclasses
 import json
 import os
 import re
@@ -27,6 +26,7 @@ from absl import logging
 import numpy as np
 import tensorflow as tf
 
+from jsia_tf.config import AugmentConfig
 from jsia_tf.data import records, regdb, sysu
 
 # keras.applications.resnet50.preprocess_input ("caffe" mode): RGB -> BGR, subtract
@@ -49,35 +49,6 @@ GRAY_CHOICES_BGR = (
     (1.0, 0.0, 0.0),  # B
     (0.1140, 0.5870, 0.2989),  # luminance, 0.2989 R + 0.5870 G + 0.1140 B
 )
-
-
-@dataclasses.dataclass(frozen=True)
-class AugmentConfig:
-    """Training augmentation.
-
-    Attributes:
-      flip: random horizontal flip with probability 1/2 (the paper's augmentation).
-      pad: zero-pad (black pixels) by this many pixels on each side, then randomly crop
-        back to the input size; 0 disables.
-      random_erasing: probability of erasing one rectangle (Zhong et al. 2017) with zeros
-        in normalised space, i.e. with the ImageNet mean pixel; 0 disables.
-      channel_aug: probability of AGW channel augmentation on RGB images; 0 disables.
-      intensity_aug: probability of a random intensity remapping of an image of either
-        modality (:func:`intensity_augment`); 0 disables.
-    """
-
-    flip: bool = True
-    pad: int = 10
-    random_erasing: float = 0.5
-    channel_aug: float = 0.0
-    intensity_aug: float = 0.0
-
-    def __post_init__(self):
-        if not isinstance(self.pad, int) or self.pad < 0:
-            raise ValueError(f"AugmentConfig.pad must be an integer >= 0, got {self.pad!r}")
-        for name in ("random_erasing", "channel_aug", "intensity_aug"):
-            if not 0.0 <= getattr(self, name) <= 1.0:
-                raise ValueError(f"AugmentConfig.{name} is a probability in [0, 1], got {getattr(self, name)!r}")
 
 
 def normalize(images):
@@ -316,7 +287,7 @@ def augment_image(image, config, seed, rgb):
         image = random_erasing(image, config.random_erasing, erase_seed)
     if rgb and config.channel_aug:
         image = channel_augment(image, config.channel_aug, channel_seed)
-    if config.intensity_aug:  # its own stream: the others are those of earlier versions
+    if config.intensity_aug:  # its own stream, so that switching it on leaves the other draws as they are
         image = intensity_augment(image, config.intensity_aug, tf.random.experimental.stateless_fold_in(seed, 4))
     return image
 

@@ -59,15 +59,17 @@ from jsia_tf.eval import rerank as reranking
 PROTOCOLS = config.DATASETS
 
 SYSU_CAMS = tuple(sorted(SYSU_RGB_CAMS + SYSU_IR_CAMS))  # 1..6
-SYSU_MODES = dict(zip(config.SYSU_MODES, (SYSU_RGB_CAMS, SYSU_INDOOR_RGB_CAMS)))  # search mode -> gallery cameras
+SYSU_MODES = config.SYSU_MODES
+SYSU_GALLERY_CAMS = dict(zip(SYSU_MODES, (SYSU_RGB_CAMS, SYSU_INDOOR_RGB_CAMS)))  # search mode -> cameras
 SYSU_SHOTS = config.SYSU_SHOTS
-SYSU_TRIALS = 10  # rows of rand_perm_cam.mat
+SYSU_TRIALS = config.SYSU_TRIALS
 # IR camera -> the RGB camera filming the same room, never matched against it.
 SYSU_SAME_ROOM = {3: 2}
 
+REGDB_DIRECTIONS = config.REGDB_DIRECTIONS
 # Direction -> (query camera, gallery camera).
-REGDB_DIRECTIONS = dict(zip(config.REGDB_DIRECTIONS, ((REGDB_VISIBLE_CAM, REGDB_THERMAL_CAM),
-                                                       (REGDB_THERMAL_CAM, REGDB_VISIBLE_CAM))))
+REGDB_DIRECTION_CAMS = dict(zip(REGDB_DIRECTIONS, ((REGDB_VISIBLE_CAM, REGDB_THERMAL_CAM),
+                                                   (REGDB_THERMAL_CAM, REGDB_VISIBLE_CAM))))
 
 
 def load_rand_perm_cam(path):
@@ -139,8 +141,8 @@ def sysu_split(labels, cams, image_index, *, mode="all", shots=1, rand_perm=None
       trials: number of trials (at most the 10 rows of ``rand_perm_cam.mat``).
       seed: seed of the draw when ``rand_perm`` is None.
     """
-    _check_choice("sysu_mode", mode, tuple(SYSU_MODES))
-    _check_choice("sysu_shots", shots, SYSU_SHOTS)
+    config.check_choice("sysu_mode", mode, SYSU_MODES)
+    config.check_choice("sysu_shots", shots, SYSU_SHOTS)
     if not isinstance(trials, (int, np.integer)) or trials < 1:
         raise ValueError(f"trials must be a positive integer; got {trials!r}")
     labels, cams, image_index = _check_int_arrays(
@@ -149,7 +151,7 @@ def sysu_split(labels, cams, image_index, *, mode="all", shots=1, rand_perm=None
     if len(image_index) and image_index.min() < 1:
         raise ValueError(f"image_index is 1-based (position in camX/PPPP/); found {image_index.min()}")
 
-    is_gallery_cam = np.isin(cams, SYSU_MODES[mode])
+    is_gallery_cam = np.isin(cams, SYSU_GALLERY_CAMS[mode])
     is_query = np.isin(cams, SYSU_IR_CAMS)
     if mode == "indoor":
         is_query &= np.isin(labels, labels[is_gallery_cam])  # test_id_indoor: persons seen by cams 1, 2
@@ -163,7 +165,7 @@ def sysu_split(labels, cams, image_index, *, mode="all", shots=1, rand_perm=None
 
     images = _images_by_camera_and_person(labels, cams, image_index, np.flatnonzero(is_gallery_cam))
     if not images:
-        raise ValueError(f"no SYSU-MM01 {mode}-search gallery image: cams holds none of {SYSU_MODES[mode]}")
+        raise ValueError(f"no SYSU-MM01 {mode}-search gallery image: cams holds none of {SYSU_GALLERY_CAMS[mode]}")
     if rand_perm is None:
         orders, source = _draw_orders(images, trials, seed), "the seeded gallery draw"
     else:
@@ -265,12 +267,12 @@ def evaluate_sysu(features, labels, cams, image_index, *, mode="all", shots=1, r
 def evaluate_regdb(features, labels, cams, direction="v2t", rerank=None):
     """RegDB CMC, mAP, mINP of one trial in ``direction`` ("v2t" or "t2v");
     ``rerank``: the module docstring."""
-    _check_choice("regdb_direction", direction, tuple(REGDB_DIRECTIONS))
+    config.check_choice("regdb_direction", direction, REGDB_DIRECTIONS)
     _check_rerank(rerank)
     features = _check_features(features)
     labels, cams = _check_int_arrays(len(features), labels=labels, cams=cams)
     _check_values("cams", cams, (REGDB_VISIBLE_CAM, REGDB_THERMAL_CAM))
-    query_cam, gallery_cam = REGDB_DIRECTIONS[direction]
+    query_cam, gallery_cam = REGDB_DIRECTION_CAMS[direction]
     query, gallery = cams == query_cam, cams == gallery_cam
     for name, cam, mask in (("query", query_cam, query), ("gallery", gallery_cam, gallery)):
         if not mask.any():
@@ -290,7 +292,7 @@ DIAGNOSTICS = ("intra_rgb", "intra_ir", "ir2rgb_full", "rgb2ir_full")
 
 def _checked_with_rgb_mask(features, labels, cams, dataset):
     """The diagnostics' checked arrays and the mask of the test images from RGB cameras."""
-    _check_choice("dataset", dataset, PROTOCOLS)
+    config.check_choice("dataset", dataset, PROTOCOLS)
     features = _check_features(features)
     labels, cams = _check_int_arrays(len(features), labels=labels, cams=cams)
     return features, labels, cams, np.isin(cams, RGB_CAMS[dataset])
@@ -369,7 +371,7 @@ def evaluate_features(features, labels, cams, image_index=None, protocol="sysu",
       ``{"cmc": {"1": r1, "5": r5, "10": r10, "20": r20}, "mAP": m, "mINP": i}``,
       fractions in [0, 1], averaged over the trials.
     """
-    _check_choice("protocol", protocol, PROTOCOLS)
+    config.check_choice("protocol", protocol, PROTOCOLS)
     warn_degenerate(features)
     if protocol == "regdb":
         return evaluate_regdb(features, labels, cams, regdb_direction, rerank=rerank)
@@ -390,10 +392,6 @@ def _check_rerank(rerank):
     except ValueError as e:
         raise ValueError(f"rerank: {e}") from e
 
-
-def _check_choice(name, value, choices):
-    if value not in choices:
-        raise ValueError(f"{name} must be one of {list(choices)}; got {value!r}")
 
 
 def _check_features(features):
@@ -423,8 +421,8 @@ def _check_values(name, array, allowed):
         raise ValueError(f"{name} must only hold {list(allowed)}; found {unexpected.tolist()}")
 
 
-def evaluate_test_set(features, test, dataset, *, sysu_modes=tuple(SYSU_MODES), sysu_shots=SYSU_SHOTS,
-                      sysu_rand_perm=None, trials=SYSU_TRIALS, regdb_directions=tuple(REGDB_DIRECTIONS), seed=0,
+def evaluate_test_set(features, test, dataset, *, sysu_modes=SYSU_MODES, sysu_shots=SYSU_SHOTS,
+                      sysu_rand_perm=None, trials=SYSU_TRIALS, regdb_directions=REGDB_DIRECTIONS, seed=0,
                       rerank=None):
     """Every setting of ``dataset``'s protocol on the embedded test set.
 
@@ -437,7 +435,7 @@ def evaluate_test_set(features, test, dataset, *, sysu_modes=tuple(SYSU_MODES), 
       {setting: metrics dict}, settings named "regdb_v2t" / "regdb_t2v" or
       "sysu_{all,indoor}_{1,10}shot".
     """
-    _check_choice("dataset", dataset, PROTOCOLS)
+    config.check_choice("dataset", dataset, PROTOCOLS)
     warn_degenerate(features)
     if dataset == "regdb":
         return {f"regdb_{direction}": evaluate_regdb(features, test.pids, test.cams, direction, rerank=rerank)

@@ -35,12 +35,9 @@ memory stays O(N * block) rather than O(N^2).
 import numpy as np
 import scipy.sparse
 
+from jsia_tf.config import RERANK_K1 as DEFAULT_K1, RERANK_K2 as DEFAULT_K2, RERANK_LAMBDA as DEFAULT_LAMBDA
 from jsia_tf.eval import metrics
 
-# Defaults of the paper (Sec. 4.2) and of the AGW evaluation.
-DEFAULT_K1 = 20
-DEFAULT_K2 = 6
-DEFAULT_LAMBDA = 0.3
 PARAMETERS = ("k1", "k2", "lambda_value")
 
 # Bounds the temporary arrays: a block of distance rows, or of feature rows

@@ -32,6 +32,7 @@ the alignment (Eq. 11).
 import keras
 import tensorflow as tf
 
+from jsia_tf.config import DEFAULT_STYLE_DIM
 from jsia_tf.data.pipeline import CAFFE_MEAN_BGR
 from jsia_tf.models.layers import (MLP, NORMS, AdaINResBlock, ConvBlock, build_sublayer, initializer_config,
                                    make_initializer)
@@ -85,7 +86,7 @@ class StyleEncoder(keras.layers.Layer):
     Input: unit-range images [B, H, W, 3]. Output: [B, style_dim].
     """
 
-    def __init__(self, style_dim=128, base_width=32, num_downsample=2, max_width=128, first_kernel=7,
+    def __init__(self, style_dim=DEFAULT_STYLE_DIM, base_width=32, num_downsample=2, max_width=128, first_kernel=7,
                  activation="relu", kernel_initializer=None, **kwargs):
         super().__init__(**kwargs)
         if max_width < base_width:
@@ -298,7 +299,7 @@ class Generator(keras.Model):
       kernel_initializer: see ``layers.initializer_config``.
     """
 
-    def __init__(self, content_channels=256, style_dim=128, style_base_width=32, style_num_downsample=2,
+    def __init__(self, content_channels=256, style_dim=DEFAULT_STYLE_DIM, style_base_width=32, style_num_downsample=2,
                  style_max_width=128, style_first_kernel=7, mlp_hidden_dim=256, mlp_num_layers=3, num_res_blocks=4,
                  num_upsample=2, upsample_norm="layer", activation="relu", kernel_initializer=None, decoder_width=None,
                  **kwargs):

@@ -48,11 +48,11 @@ class JSIA:
     Attributes:
       alignment: module F (:class:`~jsia_tf.models.alignment.FeatureAlignment`), the
         embedder; its ``set_level_encoder`` is E^sl = E^i.
-      content_encoder: E^i: F's E^sl when ``model.set_level == "shared"`` (the paper),
+      content_encoder: E^i: F's E^sl when ``model.sl == "shared"`` (the paper),
         its own copy of the stem otherwise.
       generators: {modality: module G's generator (style encoder, MLP, decoder)}.
       discriminators: {modality: multi-scale LSGAN discriminator}.
-      modality_discriminator: with ``model.set_level == "gan"``, the modality
+      modality_discriminator: with ``model.sl == "gan"``, the modality
         discriminator on E^sl's maps (Table 3, index 7); None otherwise.
       variation: module V.
 
@@ -74,7 +74,7 @@ class JSIA:
             backbone.set_level_encoder, backbone.instance_level_encoder, num_classes,
             num_regions=model.num_regions, gray_input=model.gray_input, test_features=model.test_features,
             synchronized_bn=synchronized, name="alignment")
-        if model.set_level == "shared":
+        if model.sl == "shared":
             self.content_encoder = self.alignment.set_level_encoder
         else:  # Table 3 without SL ("separate") or with the degraded SL ("gan"): E^i is not E^sl.
             self.content_encoder = self._build_backbone(synchronized).set_level_encoder
@@ -93,7 +93,7 @@ class JSIA:
             num_scales=model.disc_num_scales, num_layers=model.disc_num_layers, base_width=model.disc_base_width,
             name=f"discriminator_{m}") for m in MODALITIES}
         self.modality_discriminator = (ModalityDiscriminator(name="modality_discriminator")
-                                       if model.set_level == "gan" else None)
+                                       if model.sl == "gan" else None)
         self.variation = VariationModule(
             feature_channels=backbone.out_channels, hidden_channels=model.variation_hidden_channels,
             latent_channels=model.variation_latent_channels, num_downsample=model.variation_num_downsample,
@@ -280,7 +280,7 @@ class JSIA:
         Module G, V and the alignment terms use the generation batch, Eq. 13 the re-ID
         batch. Each term is a per-example loss averaged over the GLOBAL batch
         (``losses.mean_over_global_batch``): summed over replicas it is the global mean.
-        Which variables each term may train is :data:`jsia_tf.routing.TERM_ROUTES`; the
+        Which variables each term may train is declared in :data:`jsia_tf.routing.TERMS`; the
         stop-gradients below keep each term off the networks it only reads.
 
         Args:
@@ -327,33 +327,35 @@ class JSIA:
                 if "variation" in terms:
                     out["variation"] = mean(losses.variation_loss(
                         maps, self.variation.decode(z_both), mu, tau, cfg.variation_distribution), 2 * gan_size)
-            if terms & {"il", "lr", "ui"}:
-                self._alignment_losses(gen, z, gan_batch, terms, alpha, training, out)
+            if terms & {"il", "local", "ui"}:
+                out.update(self._alignment_losses(gen, z, gan_batch, terms, alpha, training))
         if terms & set(routing.REID_BATCH_TERMS):
-            self._reid_losses(reid_batch, terms, training, out)
+            out.update(self._reid_losses(reid_batch, terms, training))
         return out
 
-    def _alignment_losses(self, gen, z, gan_batch, terms, alpha, training, out):
+    def _alignment_losses(self, gen, z, gan_batch, terms, alpha, training):
         """Module F on the generation batch (Sec. 3.3): Eq. 11, Eq. 12, Eqs. 14-15.
 
         Eq. 11 and Eq. 12 ("paired") compare each real image with its detached generated
         pair: the generated images are inputs, the alignment trains F only.
-        ``--lr_align=unpaired`` compares, in Eq. 12, each real image with the real image
-        of the other modality at the same batch position (the same person).
+        ``--local=unpaired`` compares, in Eq. 12, each real image with the real image
+        of the other modality at the same batch position (the same person). Returns
+        {term: float32 scalar} of those of ``terms``.
         """
+        out = {}
         cfg = self.config.loss
         mean = losses.mean_over_global_batch
         gan_size = self.gan_batch_size
         alignment = self.alignment
-        unpaired = cfg.local_alignment == "unpaired"
-        paired = terms & ({"il"} if unpaired else {"il", "lr"})  # terms on (real, generated) pairs
+        unpaired = cfg.local == "unpaired"
+        paired = terms & ({"il"} if unpaired else {"il", "local"})  # terms on (real, generated) pairs
         if self.content_encoder is alignment.set_level_encoder:  # M = E^sl(X) is already there
             real = self.per_modality(lambda maps: alignment.instance_level(maps, training=training),
                                      gen["content"]["rgb"], gen["content"]["ir"])
         else:
             real = self.per_modality(lambda x: alignment(x, training=training), gan_batch["rgb"], gan_batch["ir"])
-        if "lr" in terms and unpaired:
-            out["lr"] = mean(losses.unpaired_local_alignment_loss(
+        if "local" in terms and unpaired:
+            out["local"] = mean(losses.unpaired_local_alignment_loss(
                 real["ir"]["local_logits"], real["rgb"]["local_logits"], cfg.il_convention), gan_size)
         if paired:
             fake = self.on_generated(lambda t: self.per_modality(
@@ -363,8 +365,8 @@ class JSIA:
                 out["il"] = mean(losses.instance_alignment_loss(
                     real["ir"]["logits"], fake["rgb"]["logits"], real["rgb"]["logits"], fake["ir"]["logits"],
                     cfg.il_convention), gan_size)
-            if "lr" in paired:  # Eq. 12
-                out["lr"] = mean(losses.local_alignment_loss(
+            if "local" in paired:  # Eq. 12
+                out["local"] = mean(losses.local_alignment_loss(
                     real["ir"]["local_logits"], fake["rgb"]["local_logits"], real["rgb"]["local_logits"],
                     fake["ir"]["local_logits"], cfg.il_convention), gan_size)
         if "ui" in terms:
@@ -383,10 +385,12 @@ class JSIA:
                                                      tf.roll(real[m]["logits"], shift, axis=0), alpha,
                                                      cfg.ui_direction) for m in MODALITIES]
             out["ui"] = mean(tf.concat(per_image, 0), 2 * gan_size)  # [2B]
+        return out
 
-    def _reid_losses(self, reid_batch, terms, training, out):
+    def _reid_losses(self, reid_batch, terms, training):
         """Module F on the re-ID batch: Eq. 13, each C^k's identity loss, and (Table 3,
-        index 7) the modality GAN on E^sl's maps."""
+        index 7) the modality GAN on E^sl's maps: {term: float32 scalar} of those of ``terms``."""
+        out = {}
         cfg = self.config.loss
         mean = losses.mean_over_global_batch
         size = 2 * self.reid_batch_size  # both modalities
@@ -421,3 +425,4 @@ class JSIA:
             out["id_triplet"] = mean(losses.cross_modal_triplet_loss(
                 reid["rgb"]["features"], reid["ir"]["features"], labels["rgb"], labels["ir"], cfg.triplet_margin,
                 gallery=from_all_replicas), size)  # [2B]
+        return out
