@@ -18,7 +18,7 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from jsia_tf import export
+from jsia_tf import export, litert
 from jsia_tf.data.pipeline import preprocess
 from jsia_tf.models import alignment, backbone
 
@@ -42,6 +42,18 @@ def tiny_model(seed=0, **kwargs):
     batch_norm = model.classifier.batch_norm
     batch_norm.moving_mean.assign(rng.normal(size=FEATURE_DIM).astype(np.float32))
     batch_norm.moving_variance.assign(rng.uniform(0.5, 2.0, FEATURE_DIM).astype(np.float32))
+    return model
+
+
+def fitted_tiny_model(dataset, seed=0):
+    """tiny_model with the BN-neck statistics of its pooled features on ``dataset``'s training
+    images (a ``pipeline.load_dataset``), so that its test features spread as a trained one's."""
+    model = tiny_model(seed)
+    paths = np.concatenate([dataset.train_rgb.paths, dataset.train_ir.paths])
+    images = preprocess(np.stack([litert.load_pixels(path, HEIGHT, WIDTH) for path in paths]), HEIGHT, WIDTH)
+    features = tf.reduce_mean(model.instance_level_encoder(model.set_level_encoder(images)), axis=[1, 2]).numpy()
+    model.classifier.batch_norm.moving_mean.assign(features.mean(axis=0))
+    model.classifier.batch_norm.moving_variance.assign(features.var(axis=0))
     return model
 
 

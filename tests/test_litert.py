@@ -33,7 +33,7 @@ import tensorflow as tf
 from jsia_tf import export, litert
 from jsia_tf.data import pipeline, synthetic
 from jsia_tf.eval import protocols
-from test_export import FEATURE_DIM, HEIGHT, WIDTH, tiny_model
+from test_export import FEATURE_DIM, HEIGHT, WIDTH, fitted_tiny_model
 from conftest import REPO, write_regdb
 
 SYNTHETIC_IDS = 16
@@ -57,14 +57,7 @@ def dataset(data_dir):
 
 @pytest.fixture(scope="module")
 def model(dataset):
-    """tiny_model with the BN-neck statistics of its pooled features V on the training images."""
-    model = tiny_model()
-    paths = np.concatenate([dataset.train_rgb.paths, dataset.train_ir.paths])
-    images = pipeline.preprocess(np.stack([litert.load_pixels(path, HEIGHT, WIDTH) for path in paths]), HEIGHT, WIDTH)
-    features = tf.reduce_mean(model.instance_level_encoder(model.set_level_encoder(images)), axis=[1, 2]).numpy()
-    model.classifier.batch_norm.moving_mean.assign(features.mean(axis=0))
-    model.classifier.batch_norm.moving_variance.assign(features.var(axis=0))
-    return model
+    return fitted_tiny_model(dataset)
 
 
 @pytest.fixture(scope="module")

@@ -21,12 +21,12 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from jsia_tf import export, litert, search
+from jsia_tf import export, search
 from jsia_tf.data import pipeline, synthetic
 from jsia_tf.eval import protocols
 from jsia_tf.serving.client import top_k
 from jsia_tf.serving.server import serve
-from test_export import HEIGHT, WIDTH, tiny_model
+from test_export import HEIGHT, WIDTH, fitted_tiny_model
 from conftest import REPO
 
 SYNTHETIC_IDS = 10
@@ -41,17 +41,6 @@ def data_dir(tmp_path_factory):
     return str(root)
 
 
-def fitted_model(dataset, seed):
-    """tiny_model with the BN-neck statistics of its pooled features on the training images."""
-    model = tiny_model(seed)
-    paths = np.concatenate([dataset.train_rgb.paths, dataset.train_ir.paths])
-    images = pipeline.preprocess(np.stack([litert.load_pixels(path, HEIGHT, WIDTH) for path in paths]), HEIGHT, WIDTH)
-    features = tf.reduce_mean(model.instance_level_encoder(model.set_level_encoder(images)), axis=[1, 2]).numpy()
-    model.classifier.batch_norm.moving_mean.assign(features.mean(axis=0))
-    model.classifier.batch_norm.moving_variance.assign(features.var(axis=0))
-    return model
-
-
 @pytest.fixture(scope="module")
 def exports(data_dir, tmp_path_factory):
     """Two export folders of two different models (seeds 0 and 1)."""
@@ -59,7 +48,7 @@ def exports(data_dir, tmp_path_factory):
     folders = []
     for seed in (0, 1):
         base = str(tmp_path_factory.mktemp("models") / "jsia")
-        export.export_embedder(fitted_model(dataset, seed), base, HEIGHT, WIDTH,
+        export.export_embedder(fitted_tiny_model(dataset, seed), base, HEIGHT, WIDTH,
                                metadata={"training_config_sha256": export.config_fingerprint({"seed": seed})})
         folders.append(base)
     return folders
