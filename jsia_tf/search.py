@@ -253,9 +253,8 @@ def embed_files(embedder, paths):
         return np.zeros((0, 0), np.float32), [], bad
     try:
         return embedder(blobs), kept, bad
-    except ImagesRefused:
-        pass
-    vectors, embedded = [], []
+    except ImagesRefused:  # one of them is bad: embed them one by one, to name it
+        vectors, embedded = [], []
     for i, blob in zip(kept, blobs):
         try:
             vectors.append(embedder([blob])[0])
