@@ -12,6 +12,8 @@ import dataclasses
 import json
 import pathlib
 
+from jsia_tf.terms import TERMS
+
 # The choices of every option live here, so that importing the config needs neither
 # TensorFlow nor Keras; the modules that act on a choice import it from here.
 DATASETS = ("sysu", "regdb")  # the evaluation protocols too
@@ -60,10 +62,10 @@ PRETRAIN_PHASE, JOINT_PHASE = "pretrain_g", "joint"
 # "joint trained with our generation module" (Sec. 3.2); the re-ID encoders are not
 # stepped, as in the official GAN warm-up.
 PRETRAIN_GROUPS = ("generation", "discriminators", "variation")
-# The objectives (jsia_tf.routing.Term.objective) of G's pre-training: module G's,
-# its discriminators' and module V's. When it also steps E^sl (paper_phases'
-# pretrain_set_level), only module G's terms reach it, not the identity terms.
-OBJECTIVES = ("generator", "discriminator", "variation", "reid", "alignment", "modality_adversarial")
+OBJECTIVES = tuple(dict.fromkeys(term.objective for term in TERMS))  # jsia_tf.terms.Term.objective
+# The objectives of G's pre-training: module G's, its discriminators' and module V's.
+# When it also steps E^sl (paper_phases' pretrain_set_level), only module G's terms
+# reach it, not the identity terms.
 PRETRAIN_OBJECTIVES = ("generator", "discriminator", "variation")
 # Module F's groups: the re-ID optimizer settings (TrainConfig.lr ...); the others take
 # the generation settings (TrainConfig.gan_lr ...).
@@ -528,20 +530,24 @@ class Config:
         # images have the input size only if it is a multiple of 4.
         for flag in ("height", "width"):
             _require(getattr(self.data, flag) % 4 == 0, flag, getattr(self.data, flag), "a multiple of 4")
-        if not self.model.generation:  # module F alone: no term may need generated images
-            loss = self.loss
-            conflicts = [f"--{flag}={value!r} (expected {expected})" for ok, flag, value, expected in (
-                (not loss.il, "il", True, "false: no generated pairs without module G"),
-                (loss.local != "paired" or not self.model.num_regions, "local", "paired",
-                 "'off' or 'unpaired': no generated pairs without module G"),
-                (not loss.ui, "ui", True, "false: no mixed images without modules G and V"),
-                (self.model.sl != "gan", "sl", "gan", "'shared' or 'separate' without module G")) if not ok]
+        if not self.model.generation:  # module F alone: no term may need module G's images
+            conflicts = dict.fromkeys(
+                f"--{term.switch.flag}={term.switch.needs_g!r} (expected {term.switch.expected})" for term in TERMS
+                if term.switch and term.present(self) and self.value_of(term.switch.flag) == term.switch.needs_g)
             _require(not conflicts, "generation", False, f"module F alone, which these flags contradict: "
                      f"{'; '.join(conflicts)}")
             _require(all(set(p.groups) <= set(REID_GROUPS) for p in self.train.phases), "generation", False,
                      "phases that step only module F's groups")
         # Whole identities per replica: checked against the strategy's replica count once it
         # exists (distribute.check_replica_split), whatever the strategy.
+
+    def value_of(self, flag):
+        """The value of the option ``--flag`` in this config's sections."""
+        for section in (self.data, self.eval, self.model, self.loss, self.train):
+            for field in dataclasses.fields(section):
+                if flag_name(field) == flag:
+                    return getattr(section, field.name)
+        raise KeyError(flag)
 
     def to_json(self):
         return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
@@ -566,7 +572,8 @@ class Config:
 
 # What --generation=false implies unless the flags say otherwise: module F alone has no
 # generated pairs (IL, LR) nor mixed images (UI); Table 3 row 1.
-MODULE_F_ALONE = {"il": False, "local": "off", "ui": False}
+MODULE_F_ALONE = {term.switch.flag: term.switch.alone for term in TERMS
+                  if term.switch and term.switch.alone is not None}
 
 # Earlier spellings, kept so that old commands and run folders still work. A flag -> the
 # flag it now is (train accepts it and logs a line); a field of a run's config.json ->

@@ -2,93 +2,18 @@
 
 The model's loss terms (:func:`jsia_tf.models.jsia.JSIA.losses`, Eqs. 4-16) share
 networks: E^i = E^sl reads module G's and module F's terms, the generator's LSGAN
-term reads the discriminators. Each term is declared once, in :data:`TERMS`: its
-groups say which variable groups its gradient may update; a step takes each group's
-gradient only of the terms routed to it, so the discriminators never learn from the
-generator's term and module V never from the re-ID terms. Nothing here builds a network.
+term reads the discriminators. Each term is declared once, in
+:data:`jsia_tf.terms.TERMS`: its groups say which variable groups its gradient may
+update; a step takes each group's gradient only of the terms routed to it, so the
+discriminators never learn from the generator's term and module V never from the re-ID
+terms. Nothing here builds a network.
 """
-
-import dataclasses
-import typing
 
 import tensorflow as tf
 
 from jsia_tf import losses
+from jsia_tf.terms import TERMS
 
-
-@dataclasses.dataclass(frozen=True)
-class Term:
-    """One loss term: all that the routing, the weights, the switches and TensorBoard
-    (``loss/<name>``) know of it. Its formula is in :meth:`jsia_tf.models.jsia.JSIA.losses`.
-
-    Attributes:
-      name: its key in ``JSIA.losses``' output.
-      equation: the paper's equation (or the source) and what it reads.
-      batch: "generation" (module G's outputs on the generation batch) or "reid".
-      groups: the variable groups (``config.GROUPS``) its gradient may update.
-      objective: terms of one route and one objective are differentiated together, so
-        that the gradient each objective sends into the shared stem E^sl is reported
-        ("grad_norm/reid_set_level/<objective>"); "generator" is Eq. 8's L^G.
-      weight: its ``config.LossConfig`` weight field in Eq. 8 or Eq. 16 (None: 1).
-      present: whether a run's :class:`jsia_tf.config.Config` has it (Table 3's switches).
-    """
-
-    name: str
-    equation: str
-    batch: str
-    groups: tuple
-    objective: str
-    weight: str | None
-    present: typing.Callable
-
-
-_GENERATION_ROUTE = ("generation", "reid_set_level")
-_REID_ROUTE = ("reid_set_level", "reid_instance_level")
-
-
-def _with_g(config):  # module F alone: module G's terms would reach E^sl, leave them out
-    return config.model.generation
-
-
-def _always(config):
-    del config
-    return True
-
-
-def _modality_gan(config):
-    return config.model.sl == "gan"
-
-
-TERMS = (
-    Term("recon", "Eq. 4, L1 self-reconstruction", "generation", _GENERATION_ROUTE, "generator", "lambda_recon",
-         _with_g),
-    Term("cycle", "Eqs. 5, 6, L1 cycle reconstruction", "generation", _GENERATION_ROUTE, "generator", "lambda_cyc",
-         _with_g),
-    Term("gan", "Eq. 7, LSGAN, generator side", "generation", _GENERATION_ROUTE, "generator", "lambda_gan", _with_g),
-    # The official code's MUNIT term, not in the paper's Eq. 8 (--lambda_code=0, the default).
-    Term("code", "re-encoded content and style codes of the generated images", "generation", _GENERATION_ROUTE,
-         "generator", "lambda_code", lambda config: config.model.generation and config.loss.lambda_code > 0),
-    Term("discriminator", "Eq. 7, LSGAN on DETACHED fakes", "generation", ("discriminators",), "discriminator",
-         None, _with_g),
-    Term("variation", "Eq. 10 on stop_gradient(M^i)", "generation", ("variation",), "variation", None, _with_g),
-    Term("id_cls", "Eq. 13 on the real re-ID images", "reid", _REID_ROUTE, "reid", None, _always),
-    Term("id_triplet", "Eq. 13", "reid", _REID_ROUTE, "reid", None, _always),
-    # No local regions (--num_regions=0): no C^k.
-    Term("local_id", "C^k's identity loss on the real images' stripes (PCB; Eq. 12's LR)", "reid", _REID_ROUTE,
-         "reid", "lambda_local_id", lambda config: config.model.num_regions > 0),
-    Term("il", "Eq. 11 on (real, DETACHED generated)", "generation", _REID_ROUTE, "alignment", "lambda_il",
-         lambda config: config.loss.il),
-    # --local=off: no Eq. 12; the C^k still learn identities (local_id).
-    Term("local", "Eq. 12 on (real, DETACHED generated)", "generation", _REID_ROUTE, "alignment", "lambda_local",
-         lambda config: config.loss.local != "off" and config.model.num_regions > 0),
-    Term("ui", "Eq. 15 on DETACHED mixed images", "generation", _REID_ROUTE, "alignment", "lambda_ui",
-         lambda config: config.loss.ui),
-    # --sl=gan only (Dai et al. 2018).
-    Term("modality_discriminator", "the modality discriminator on STOPPED E^sl maps", "reid", ("discriminators",),
-         "discriminator", None, _modality_gan),
-    Term("modality_adversarial", "E^sl's maps pushed to D = 1/2", "reid", ("reid_set_level",),
-         "modality_adversarial", "lambda_modality", _modality_gan),
-)
 TERM_ROUTES = {term.name: term.groups for term in TERMS}
 TERM_OBJECTIVES = {term.name: term.objective for term in TERMS}
 REID_BATCH_TERMS = tuple(term.name for term in TERMS if term.batch == "reid")

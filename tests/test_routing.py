@@ -9,6 +9,7 @@ import tensorflow as tf
 
 from jsia_tf import config as config_lib
 from jsia_tf import routing
+from jsia_tf import terms as terms_lib
 
 MODALITY_TERMS = {"modality_discriminator", "modality_adversarial"}
 # The terms of the default configuration: not the modality GAN's (--sl=gan), nor the
@@ -138,9 +139,19 @@ def test_totals_are_eq8_and_eq16():
 
 
 def test_each_term_is_declared_once_with_a_weight_field_of_the_loss_config():
-    names = [term.name for term in routing.TERMS]
+    names = [term.name for term in terms_lib.TERMS]
     assert len(names) == len(set(names))
     fields = {field.name for field in dataclasses.fields(config_lib.LossConfig)}
-    assert all(term.weight in fields for term in routing.TERMS if term.weight)
-    assert {term.batch for term in routing.TERMS} == {"generation", "reid"}
-    assert {term.objective for term in routing.TERMS} == set(config_lib.OBJECTIVES)
+    assert all(term.weight in fields for term in terms_lib.TERMS if term.weight)
+    assert {term.batch for term in terms_lib.TERMS} == {"generation", "reid"}
+    assert {term.objective for term in terms_lib.TERMS} == set(config_lib.OBJECTIVES)
+
+
+def test_module_f_alone_reads_the_switches_of_the_terms():
+    """--generation=false implies each switch's value for module F alone, and that value
+    has none of the terms that need module G."""
+    switches = {term.switch for term in terms_lib.TERMS if term.switch}
+    assert {s.flag for s in switches} == {"il", "local", "ui", "sl"}
+    assert config_lib.MODULE_F_ALONE == {"il": False, "local": "off", "ui": False}
+    alone = _config(config_lib.MODULE_F_ALONE, generation=False)
+    assert all(alone.value_of(s.flag) != s.needs_g for s in switches)

@@ -280,7 +280,7 @@ class JSIA:
         Module G, V and the alignment terms use the generation batch, Eq. 13 the re-ID
         batch. Each term is a per-example loss averaged over the GLOBAL batch
         (``losses.mean_over_global_batch``): summed over replicas it is the global mean.
-        Which variables each term may train is declared in :data:`jsia_tf.routing.TERMS`; the
+        Which variables each term may train is declared in :data:`jsia_tf.terms.TERMS`; the
         stop-gradients below keep each term off the networks it only reads.
 
         Args:
