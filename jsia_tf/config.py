@@ -30,7 +30,6 @@ DEFAULT_WIDTHS = (64, 128, 256, 512)
 # Number of local regions n of Eq. 12: the paper does not say; PCB (Sun et al. 2018),
 # which Sec. 3.3 follows, uses 6.
 DEFAULT_NUM_REGIONS = 6
-DEFAULT_STYLE_DIM = 128  # length of the style code M^s (E^s_m's output)
 # Which vector Eq. 17 returns: "bn", the classifier's batch-norm output (official code),
 # or "pool", V = GAP(T) (the paper's text).
 TEST_FEATURES = ("bn", "pool")
@@ -241,7 +240,7 @@ class ModelConfig:
     generation_scale: int = option(
         1, "Module G works on images this many times smaller than module F's: 1 (the paper: both at 256x128) or 2 "
         "(the official code: 128x64 GAN images, upsampled for F). E^i reads F's full-size image either way.")
-    style_dim: int = option(DEFAULT_STYLE_DIM, "Style code length of E^s_m.")
+    style_dim: int = option(128, "Length of the style code M^s, E^s_m's output.")
     style_base_width: int = option(32, "First width of the style encoders.")
     style_num_downsample: int = option(2, "Strided convs of the style encoders (paper: 2).")
     style_max_width: int = option(128, "Maximum width of the style encoders.")
@@ -663,6 +662,69 @@ class AnalysisConfig:
             if getattr(self, name) < lowest:
                 raise ValueError(f"--{name}={getattr(self, name)}: expected an integer >= {lowest}")
         _check_choices(self)
+
+
+@dataclasses.dataclass(frozen=True)
+class ExperimentsConfig:
+    """What ``python -m jsia_tf.experiments`` runs and writes (its module docstring)."""
+
+    rows: tuple[int, ...] = option((1, 2, 3, 5, 6, 8), "Table 3 indices to run (1-8).")
+    seeds: tuple[int, ...] = option((0, 1, 2), "Training seeds.")
+    base_flagfile: str = option("configs/demo.flags", "Flag file every run starts from.")
+    out: str = option("runs/table3", "Folder of the runs.")
+    results: str = option("docs/RESULTS.md", "Markdown file whose table part is rewritten.")
+    curve: str = option("docs/learning_curves.png", "Learning-curve PNG ('' : none).")
+    budget_s: int = option(0, "Start no new run after this many seconds (0: no limit).")
+    train_flags: tuple[str, ...] = option((), "More flags for every run, e.g. --train_flags=--eval_every=50.")
+    parallel: int = option(1, "Runs at a time, each with cores / parallel threads.")
+    report_only: bool = option(False, "Only read the finished runs and write the results.")
+
+    def __post_init__(self):
+        _require(self.budget_s >= 0, "budget_s", self.budget_s, "seconds >= 0 (0: no limit)")
+        _require(self.parallel > 0, "parallel", self.parallel, "a positive integer")
+
+
+@dataclasses.dataclass(frozen=True)
+class LaunchConfig:
+    """How ``python -m jsia_tf.launch_local`` runs its multi-worker processes."""
+
+    workers: int = option(2, "Worker processes.")
+    timeout_s: float = option(0.0, "Stop every worker after this many seconds (0: no limit).")
+
+    def __post_init__(self):
+        _require(self.workers > 0, "workers", self.workers, "a positive integer")
+        _require(self.timeout_s >= 0, "timeout_s", self.timeout_s, "seconds >= 0 (0: no limit)")
+
+
+@dataclasses.dataclass(frozen=True)
+class ServerConfig:
+    """How ``python -m jsia_tf.serving.server`` serves (a loopback Predict server)."""
+
+    port: int = option(8500, "gRPC port; 0 picks a free one.")
+    host: str = option("127.0.0.1", "Address to listen on.")
+    max_batch_size: int = option(256, "Largest batch accepted.")
+    max_message_mb: int = option(64, "Largest message, MiB.")
+    max_workers: int = option(4, "Threads answering requests.")
+
+    def __post_init__(self):
+        _require(self.port >= 0, "port", self.port, "a port >= 0 (0: a free one)")
+        for flag in ("max_batch_size", "max_message_mb", "max_workers"):
+            _require(getattr(self, flag) > 0, flag, getattr(self, flag), "a positive integer")
+
+
+@dataclasses.dataclass(frozen=True)
+class ClientConfig:
+    """How ``python -m jsia_tf.serving.client`` asks the server."""
+
+    model: str = option("jsia", "Model name.")
+    top_k: int = option(10, "Gallery images shown per query.")
+    batch_size: int = option(32, "Images per request.")
+    timeout: float = option(10.0, "Seconds per request.")
+
+    def __post_init__(self):
+        for flag in ("top_k", "batch_size"):
+            _require(getattr(self, flag) > 0, flag, getattr(self, flag), "a positive integer")
+        _require(self.timeout > 0, "timeout", self.timeout, "seconds > 0")
 
 
 # What a run's checkpoints fix: the networks' shapes and the identities they were trained

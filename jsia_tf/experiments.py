@@ -27,10 +27,12 @@ import subprocess
 import sys
 import time
 
-from absl import app, flags, logging
+from absl import app, logging
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from jsia_tf import config as config_lib
+from jsia_tf import config_flags
 from jsia_tf.eval import protocols
 
 # Table 3 (Sec. 4.4): index -> (marks SL, IL, LR, UI; the flags that build it).
@@ -49,18 +51,6 @@ BEGIN, END = "<!-- table3:begin -->", "<!-- table3:end -->"
 CURVE_ROWS = (1, 6)
 _MARKS = {"v": "✓", "x": "×", "-": "–"}
 _COLOURS = ((31, 119, 180), (214, 39, 40), (44, 160, 44), (0, 0, 0))
-
-_ROWS = flags.DEFINE_list("rows", ["1", "2", "3", "5", "6", "8"], "Table 3 indices to run (1-8).")
-_SEEDS = flags.DEFINE_list("seeds", ["0", "1", "2"], "Training seeds.")
-_BASE = flags.DEFINE_string("base_flagfile", "configs/demo.flags", "Flag file every run starts from.")
-_OUT = flags.DEFINE_string("out", "runs/table3", "Folder of the runs.")
-_RESULTS = flags.DEFINE_string("results", "docs/RESULTS.md", "Markdown file whose table part is rewritten.")
-_CURVE = flags.DEFINE_string("curve", "docs/learning_curves.png", "Learning-curve PNG ('' : none).")
-_BUDGET = flags.DEFINE_integer("budget_s", 0, "Start no new run after this many seconds (0: no limit).")
-_EXTRA = flags.DEFINE_list("train_flags", [], "More flags for every run, e.g. --train_flags=--eval_every=50.")
-_PARALLEL = flags.DEFINE_integer("parallel", 1, "Runs at a time, each with cores / parallel threads.")
-_REPORT_ONLY = flags.DEFINE_bool("report_only", False, "Only read the finished runs and write the results.")
-
 
 def run_dir(out, row, seed):
     return pathlib.Path(out) / f"row{row}" / f"seed{seed}"
@@ -207,33 +197,36 @@ def curve_figure(series, size=(640, 400), margin=48):
 def main(argv):
     del argv
     try:
-        rows = [int(r) for r in _ROWS.value]
-        seeds = [int(s) for s in _SEEDS.value]
-    except ValueError:
-        raise app.UsageError(f"--rows={_ROWS.value} --seeds={_SEEDS.value}: expected comma-separated integers")
-    unknown = sorted(set(rows) - set(ROWS))
+        options = config_lib.ExperimentsConfig(**config_flags.values(config_lib.ExperimentsConfig))
+    except ValueError as err:
+        raise app.UsageError(str(err)) from None
+    unknown = sorted(set(options.rows) - set(ROWS))
     if unknown:
         raise app.UsageError(f"--rows: {unknown} are not Table 3 indices; expected some of {sorted(ROWS)}")
-    if not pathlib.Path(_BASE.value).is_file():
-        raise app.UsageError(f"--base_flagfile={_BASE.value}: no such flag file")
-    if not _REPORT_ONLY.value:
+    if not pathlib.Path(options.base_flagfile).is_file():
+        raise app.UsageError(f"--base_flagfile={options.base_flagfile}: no such flag file")
+    rows, seeds, out = list(options.rows), list(options.seeds), options.out
+    if not options.report_only:
         try:
-            run_missing(rows, seeds, _BASE.value, _OUT.value, _EXTRA.value, _BUDGET.value, _PARALLEL.value)
+            run_missing(rows, seeds, options.base_flagfile, out, list(options.train_flags), options.budget_s,
+                        options.parallel)
         except subprocess.CalledProcessError as err:
             sys.exit(f"error: a training run failed (exit {err.returncode}): {' '.join(err.cmd[1:])}; "
                      "the finished runs are kept, call again to resume")
-    found = collect(rows, seeds, _OUT.value)
+    found = collect(rows, seeds, out)
     if not found:
-        sys.exit(f"error: no finished run under {_OUT.value}")
-    write_results(_RESULTS.value, table(found))
-    logging.info("Wrote the table of %d runs to %s", sum(len(r) for r in found.values()), _RESULTS.value)
-    series = {f"row {row}": curve for row, curve in curves(CURVE_ROWS, seeds, _OUT.value).items()}
-    if _CURVE.value and series:
-        Image.fromarray(curve_figure(series)).save(_CURVE.value)
-        logging.info("Wrote the learning curves to %s", _CURVE.value)
+        sys.exit(f"error: no finished run under {out}")
+    write_results(options.results, table(found))
+    logging.info("Wrote the table of %d runs to %s", sum(len(r) for r in found.values()), options.results)
+    series = {f"row {row}": curve for row, curve in curves(CURVE_ROWS, seeds, out).items()}
+    if options.curve and series:
+        Image.fromarray(curve_figure(series)).save(options.curve)
+        logging.info("Wrote the learning curves to %s", options.curve)
 
 
 def run():
+    # Flags are defined only when run as a program, so that importing stays flag-free.
+    config_flags.define(config_lib.ExperimentsConfig)
     app.run(main)
 
 

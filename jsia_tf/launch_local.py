@@ -18,10 +18,10 @@ import sys
 import threading
 import time
 
-from absl import app, flags
+from absl import app
 
-_WORKERS = flags.DEFINE_integer("workers", 2, "Worker processes.")
-_TIMEOUT_S = flags.DEFINE_float("timeout_s", 0, "Stop every worker after this many seconds (0: no limit).")
+from jsia_tf import config as config_lib
+from jsia_tf import config_flags
 
 TIMEOUT_EXIT_CODE = 124  # what coreutils' timeout returns
 _POLL_SECONDS = 0.2
@@ -112,18 +112,20 @@ def run_workers(command, num_workers, timeout_s=0, env=None):
 
 def main(argv):
     train_flags = argv[1:]
-    if _WORKERS.value < 1:
-        raise app.UsageError(f"--workers={_WORKERS.value}: expected a positive integer")
-    if _TIMEOUT_S.value < 0:
-        raise app.UsageError(f"--timeout_s={_TIMEOUT_S.value:g}: expected seconds >= 0 (0: no limit)")
+    try:
+        options = config_lib.LaunchConfig(**config_flags.values(config_lib.LaunchConfig))
+    except ValueError as err:
+        raise app.UsageError(str(err)) from None
     other = [f for f in train_flags if f.startswith("--strategy") and f != "--strategy=multi_worker"]
     if other:
         raise app.UsageError(f"{other[0]}: launch_local runs --strategy=multi_worker")
     command = [sys.executable, "-m", "jsia_tf.train", *train_flags, "--strategy=multi_worker"]
-    sys.exit(run_workers(command, _WORKERS.value, _TIMEOUT_S.value))
+    sys.exit(run_workers(command, options.workers, options.timeout_s))
 
 
 def run():
+    # Flags are defined only when run as a program, so that importing stays flag-free.
+    config_flags.define(config_lib.LaunchConfig)
     app.run(main)
 
 

@@ -1,7 +1,7 @@
 """Module G (Sec. 3.1): building blocks, style encoders, AdaIN decoders, generators and
 multi-scale discriminators, at tiny sizes; parameter counts pinned for the official
 configuration (reference_facts: style encoder 709,824, MLP 625,152, decoder 3,198,723,
-discriminator 690,401 per scale) and for the paper configuration (the defaults)."""
+discriminator 690,401 per scale) and for the paper configuration (the config's defaults)."""
 
 import os
 
@@ -10,12 +10,22 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from jsia_tf import config as config_lib
 from jsia_tf.data import pipeline
 from jsia_tf.models import discriminator, generation, layers
 
 # Tiny generator: 32x16 images, content maps [B, 8, 4, 16] (H/4, W/4 as from E^sl).
-TINY = dict(content_channels=16, style_dim=8, style_base_width=4, style_max_width=8, mlp_hidden_dim=16)
-OFFICIAL_GENERATOR = dict(style_num_downsample=4, num_res_blocks=2, num_upsample=1)
+TINY = dict(content_channels=16, style_dim=8, style_base_width=4, style_num_downsample=2, style_max_width=8,
+            mlp_hidden_dim=16, num_res_blocks=4, num_upsample=2)
+# The paper's configuration: the config's defaults, ResNet-50's 256 content channels, 2 upsamplings.
+PAPER = config_lib.ModelConfig()
+PAPER_STYLE = dict(style_dim=PAPER.style_dim, base_width=PAPER.style_base_width,
+                   num_downsample=PAPER.style_num_downsample, max_width=PAPER.style_max_width)
+PAPER_DECODER = dict(content_channels=PAPER.content_channels, num_res_blocks=PAPER.num_res_blocks, num_upsample=2)
+OFFICIAL_GENERATOR = dict(content_channels=PAPER.content_channels, style_dim=PAPER.style_dim,
+                          style_base_width=PAPER.style_base_width, style_num_downsample=4,
+                          style_max_width=PAPER.style_max_width, mlp_hidden_dim=PAPER.mlp_hidden_dim, num_res_blocks=2,
+                          num_upsample=1)
 
 
 def _rng(seed=0):
@@ -194,11 +204,11 @@ def test_unit_range_maps_pixels_0_and_255_to_minus_one_and_one():
 # Style encoder, decoder, generator
 
 def test_style_encoder_parameter_counts_and_widths():
-    official = generation.StyleEncoder(num_downsample=4)
+    official = generation.StyleEncoder(**{**PAPER_STYLE, "num_downsample": 4})
     official.build((None, None, None, 3))
     assert official.count_params() == 709_824  # reference_facts, without the unused classifier
     assert [c.filters for c in official.convs] == [32, 64, 128, 128, 128]
-    paper = generation.StyleEncoder()
+    paper = generation.StyleEncoder(**PAPER_STYLE)
     paper.build((None, None, None, 3))
     assert [c.strides for c in paper.convs] == [1, 2, 2]  # "2 strided convolutional layers"
     assert paper.count_params() == 4_736 + 32_832 + 131_200 + 16_512  # convs 32, 64, 128 + FC 128
@@ -206,11 +216,11 @@ def test_style_encoder_parameter_counts_and_widths():
 
 
 def test_decoder_parameter_counts():
-    official = generation.Decoder(num_res_blocks=2, num_upsample=1)
+    official = generation.Decoder(**{**PAPER_DECODER, "num_res_blocks": 2, "num_upsample": 1})
     official.build((None, None, None, 256), (None, official.num_adain_params))
     assert official.count_params() == 3_198_723  # reference_facts (the MLP counted apart)
     assert official.num_adain_params == 2048  # 4 AdaIN layers x (bias 256 + scale 256)
-    paper = generation.Decoder()
+    paper = generation.Decoder(**PAPER_DECODER)
     paper.build((None, None, None, 256), (None, paper.num_adain_params))
     # 8 AdaIN convs 3x3x256x256, upsampling convs 5x5 256->128 and 128->64 with layer norms,
     # output conv 7x7 64->3.
@@ -276,11 +286,11 @@ def test_decoder_width_of_its_own_maps_the_content_with_a_1x1_convolution():
 
 
 def test_decoder_rejects_mismatched_inputs():
-    decoder = generation.Decoder(16, num_res_blocks=1)
+    decoder = generation.Decoder(16, num_res_blocks=1, num_upsample=2)
     with pytest.raises(ValueError, match="16-channel"):
         decoder(np.zeros((1, 8, 4, 8), np.float32), np.zeros((1, decoder.num_adain_params), np.float32))
     with pytest.raises(ValueError, match="divisible"):
-        generation.Decoder(6, num_upsample=2)
+        generation.Decoder(6, num_res_blocks=1, num_upsample=2)
 
 
 def test_generator_style_codes_control_the_image():
@@ -319,7 +329,7 @@ def test_generator_gradients_reach_every_weight_and_the_content():
 
 
 def test_generator_config_round_trip_and_checkpoint_holds_every_weight(tmp_path):
-    gen = generation.Generator(**TINY, num_res_blocks=2, num_upsample=1)
+    gen = generation.Generator(**{**TINY, "num_res_blocks": 2, "num_upsample": 1})
     gen.build((None, None, None, 16), (None, None, None, 3))
     clone = generation.Generator.from_config(gen.get_config())
     clone.build((None, None, None, 16), (None, None, None, 3))

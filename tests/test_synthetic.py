@@ -503,7 +503,7 @@ def test_fixed_test_persons_whatever_the_number_of_ids(tmp_path):
     (dict(layout="sysu", num_ids=6, test_ids=5), r"test_ids must be in 0..num_ids - 2 = 4"),
 ])
 def test_bad_arguments_name_the_argument(tmp_path, kwargs, message):
-    args = dict(out_dir=tmp_path / "data", layout="regdb", num_ids=4, seed=0) | kwargs
+    args = dict(out_dir=tmp_path / "data", layout="regdb", num_ids=4, seed=0, height=H, width=W) | kwargs
     with pytest.raises(ValueError, match=message):
         synthetic.generate(**args)
     assert not (tmp_path / "data").exists()

@@ -32,7 +32,6 @@ the alignment (Eq. 11).
 import keras
 import tensorflow as tf
 
-from jsia_tf.config import DEFAULT_STYLE_DIM
 from jsia_tf.data.pipeline import CAFFE_MEAN_BGR
 from jsia_tf.models.layers import (MLP, NORMS, AdaINResBlock, ConvBlock, build_sublayer, initializer_config,
                                    make_initializer)
@@ -68,8 +67,8 @@ class StyleEncoder(keras.layers.Layer):
     fully connected layer to the style code.
 
     Paper (Sec. 4.2): "2 strided convolutional layers followed by a global average
-    pooling layer and a fully connected layer" -> ``num_downsample=2`` (default; the
-    stride-1 first conv, which the paper's count of strided layers leaves out, is kept).
+    pooling layer and a fully connected layer" -> ``num_downsample=2`` (the stride-1
+    first conv, which the paper's count of strided layers leaves out, is kept).
     Official configuration: ``num_downsample=4`` (widths 32, 64, 128, 128, 128), 709,824
     parameters; its FC is a 1x1 conv on the pooled vector (the same map) and its unused
     identity classifier on the style code is left out.
@@ -86,8 +85,8 @@ class StyleEncoder(keras.layers.Layer):
     Input: unit-range images [B, H, W, 3]. Output: [B, style_dim].
     """
 
-    def __init__(self, style_dim=DEFAULT_STYLE_DIM, base_width=32, num_downsample=2, max_width=128, first_kernel=7,
-                 activation="relu", kernel_initializer=None, **kwargs):
+    def __init__(self, style_dim, base_width, num_downsample, max_width, first_kernel=7, activation="relu",
+                 kernel_initializer=None, **kwargs):
         super().__init__(**kwargs)
         if max_width < base_width:
             raise ValueError(f"StyleEncoder max_width={max_width} is below base_width={base_width}")
@@ -149,7 +148,7 @@ class Decoder(keras.layers.Layer):
     multiply-adds with 5 x 5 kernels).
 
     Paper (Sec. 4.2): "4 residual blocks with AdaIN and 2 upsampling with convolutional
-    layers" -> ``num_res_blocks=4, num_upsample=2`` (defaults). Official configuration:
+    layers" -> ``num_res_blocks=4, num_upsample=2``. Official configuration:
     ``num_res_blocks=2, num_upsample=1`` (3,198,723 parameters with 256 channels). The
     paper does not name the norm after the upsampling convs; the default is the
     official one, :class:`~jsia_tf.models.layers.LayerNorm2D` ("layer").
@@ -178,7 +177,7 @@ class Decoder(keras.layers.Layer):
     output_channels] (the last conv and tanh run in float32 under mixed precision).
     """
 
-    def __init__(self, content_channels=256, num_res_blocks=4, num_upsample=2, upsample_kernel=5,
+    def __init__(self, content_channels, num_res_blocks, num_upsample, upsample_kernel=5,
                  upsample_norm="layer", output_channels=3, output_kernel=7, activation="relu",
                  kernel_initializer=None, width=None, **kwargs):
         super().__init__(**kwargs)
@@ -282,9 +281,10 @@ class Generator(keras.Model):
     result is an RGB image). Calling the model, ``G_m(content, images)``, reconstructs
     images from their own content and style (the inner term of Eq. 4).
 
-    Paper configuration: the defaults. Official configuration:
-    ``Generator(style_num_downsample=4, num_res_blocks=2, num_upsample=1)``: style
-    encoder 709,824, MLP 625,152 and decoder 3,198,723 parameters.
+    Paper configuration: ``jsia_tf.config.ModelConfig``'s defaults and ``num_upsample=2``.
+    Official configuration: ``style_num_downsample=4, num_res_blocks=2, num_upsample=1``
+    (the rest the paper's): style encoder 709,824, MLP 625,152 and decoder 3,198,723
+    parameters.
 
     Args:
       content_channels: channels of the modality-invariant maps (256 for ResNet-50).
@@ -299,10 +299,9 @@ class Generator(keras.Model):
       kernel_initializer: see ``layers.initializer_config``.
     """
 
-    def __init__(self, content_channels=256, style_dim=DEFAULT_STYLE_DIM, style_base_width=32, style_num_downsample=2,
-                 style_max_width=128, style_first_kernel=7, mlp_hidden_dim=256, mlp_num_layers=3, num_res_blocks=4,
-                 num_upsample=2, upsample_norm="layer", activation="relu", kernel_initializer=None, decoder_width=None,
-                 **kwargs):
+    def __init__(self, content_channels, style_dim, style_base_width, style_num_downsample, style_max_width,
+                 mlp_hidden_dim, num_res_blocks, num_upsample, style_first_kernel=7, mlp_num_layers=3,
+                 upsample_norm="layer", activation="relu", kernel_initializer=None, decoder_width=None, **kwargs):
         super().__init__(**kwargs)
         self.content_channels = content_channels
         self.style_dim = style_dim

@@ -27,10 +27,13 @@ import tensorflow as tf
 from absl import app, flags
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
+from jsia_tf import config as config_lib
+from jsia_tf import config_flags
 from jsia_tf.eval.metrics import cosine_similarity
 
 IMAGE_EXTENSIONS = (".bmp", ".jpeg", ".jpg", ".png")
-DEFAULT_MAX_MESSAGE_MB = 64
+DEFAULTS = config_lib.ClientConfig()  # the command line's
+DEFAULT_MAX_MESSAGE_MB = config_lib.default(config_lib.ServerConfig, "max_message_mb")  # the server's
 # Backoff before retry k (0-based) on UNAVAILABLE: BACKOFF_S * 2**k seconds.
 BACKOFF_S = 0.1
 
@@ -49,7 +52,7 @@ class EmbeddingClient:
         restarting); every other error is raised at once.
     """
 
-    def __init__(self, server, model="jsia", signature="serving_default", timeout=10.0,
+    def __init__(self, server, model=DEFAULTS.model, signature="serving_default", timeout=DEFAULTS.timeout,
                  max_message_mb=DEFAULT_MAX_MESSAGE_MB, retries=3):
         if not isinstance(retries, int) or retries < 0:
             raise ValueError(f"EmbeddingClient retries={retries!r}: expected an integer >= 0")
@@ -115,7 +118,7 @@ class EmbeddingClient:
             self.predict("embed_encoded", {"image_bytes": np.array(encoded[start:start + batch_size], dtype=object)})
             for start in range(0, len(encoded), batch_size)])
 
-    def embed_files(self, paths, batch_size=32):
+    def embed_files(self, paths, batch_size=DEFAULTS.batch_size):
         """Embeddings [N, D] of image files (their bytes are sent; the server decodes them)."""
         blobs = []
         for path in paths:
@@ -166,12 +169,9 @@ def top_k(query_features, gallery_features, k):
 def define_flags():
     """The command line's flags; defined only when run as a program, so importing stays flag-free."""
     flags.DEFINE_string("server", None, "host:port of the Predict server.")
-    flags.DEFINE_string("model", "jsia", "Model name.")
     flags.DEFINE_list("images", None, "Comma-separated query image files.")
     flags.DEFINE_string("gallery_dir", None, "Rank every BMP/JPEG/PNG file under this folder for each query.")
-    flags.DEFINE_integer("top_k", 10, "Gallery images shown per query.", lower_bound=1)
-    flags.DEFINE_integer("batch_size", 32, "Images per request.", lower_bound=1)
-    flags.DEFINE_float("timeout", 10.0, "Seconds per request.")
+    config_flags.define(config_lib.ClientConfig)
     flags.mark_flags_as_required(["server", "images"])
 
 
@@ -180,7 +180,11 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     try:
-        rank(flags.FLAGS)
+        options = config_lib.ClientConfig(**config_flags.values(config_lib.ClientConfig))
+    except ValueError as err:
+        raise app.UsageError(str(err)) from None
+    try:
+        rank(flags.FLAGS.server, flags.FLAGS.images, flags.FLAGS.gallery_dir, options)
     except OSError as error:  # a missing image file, an empty --gallery_dir
         where = f"{error.filename}: " if error.filename else ""
         sys.exit(f"error: {where}{error.strerror or error}")
@@ -189,16 +193,17 @@ def main(argv):
         sys.exit(f"error: --server={flags.FLAGS.server}: {error.code().name}: {details[0] if details else ''}")
 
 
-def rank(FLAGS):  # pylint: disable=invalid-name
-    """Prints the embeddings of ``--images``, or each one's ``--top_k`` of ``--gallery_dir``."""
-    with EmbeddingClient(FLAGS.server, FLAGS.model, timeout=FLAGS.timeout) as client:
-        queries = client.embed_files(FLAGS.images, FLAGS.batch_size)
-        if not FLAGS.gallery_dir:
+def rank(server, images, gallery_dir, options):
+    """Prints the embeddings of ``images``, or each one's ``options.top_k`` of ``gallery_dir``
+    (``options``: a :class:`jsia_tf.config.ClientConfig`)."""
+    with EmbeddingClient(server, options.model, timeout=options.timeout) as client:
+        queries = client.embed_files(images, options.batch_size)
+        if not gallery_dir:
             print(f"{queries.shape[0]} embeddings of dimension {queries.shape[1]}")
             return
-        gallery = gallery_files(FLAGS.gallery_dir)
-        indices, scores = top_k(queries, client.embed_files(gallery, FLAGS.batch_size), FLAGS.top_k)
-    for query, row, row_scores in zip(FLAGS.images, indices, scores):
+        gallery = gallery_files(gallery_dir)
+        indices, scores = top_k(queries, client.embed_files(gallery, options.batch_size), options.top_k)
+    for query, row, row_scores in zip(images, indices, scores):
         print(f"query {query}")
         for rank, (index, score) in enumerate(zip(row, row_scores), start=1):
             print(f"  {rank:3d}  {score:.4f}  {gallery[index]}")

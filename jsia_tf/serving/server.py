@@ -19,6 +19,7 @@ Deploy with TensorFlow Serving (serving/README.md).
 """
 
 import concurrent.futures
+import dataclasses
 import os
 import sys
 
@@ -28,12 +29,12 @@ from absl import app, flags, logging
 from tensorflow.core.protobuf import saved_model_pb2
 from tensorflow_serving.apis import get_model_metadata_pb2, predict_pb2, prediction_service_pb2_grpc
 
+from jsia_tf import config as config_lib
+from jsia_tf import config_flags
 from jsia_tf.data import pipeline
 
 DEFAULT_SIGNATURE = "serving_default"
-DEFAULT_MAX_BATCH_SIZE = 256
-DEFAULT_MAX_MESSAGE_MB = 64
-DEFAULT_MAX_WORKERS = 4
+DEFAULTS = config_lib.ServerConfig()  # the command line's
 DEFAULT_MAX_CONCURRENT_RPCS = 64
 
 
@@ -65,7 +66,7 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
       max_batch_size: largest batch (first dimension) accepted.
     """
 
-    def __init__(self, model_base_path, model_name, max_batch_size=DEFAULT_MAX_BATCH_SIZE):
+    def __init__(self, model_base_path, model_name, max_batch_size=DEFAULTS.max_batch_size):
         self.model_name = model_name
         self.max_batch_size = max_batch_size
         self.version = latest_version(model_base_path)
@@ -192,9 +193,9 @@ def _undecodable_item(image_bytes):
 _GRPC_CODES = {code.value[0]: code for code in grpc.StatusCode}
 
 
-def serve(model_base_path, port=8500, host="127.0.0.1", model_name=None, max_batch_size=DEFAULT_MAX_BATCH_SIZE,
-          max_message_mb=DEFAULT_MAX_MESSAGE_MB, max_workers=DEFAULT_MAX_WORKERS,
-          max_concurrent_rpcs=DEFAULT_MAX_CONCURRENT_RPCS):
+def serve(model_base_path, port=DEFAULTS.port, host=DEFAULTS.host, model_name=None,
+          max_batch_size=DEFAULTS.max_batch_size, max_message_mb=DEFAULTS.max_message_mb,
+          max_workers=DEFAULTS.max_workers, max_concurrent_rpcs=DEFAULT_MAX_CONCURRENT_RPCS):
     """Starts the server; returns ``(server, port)``, the bound port (``port=0`` picks a free one).
 
     Args:
@@ -225,12 +226,8 @@ def serve(model_base_path, port=8500, host="127.0.0.1", model_name=None, max_bat
 def define_flags():
     """The command line's flags; defined only when run as a program, so importing stays flag-free."""
     flags.DEFINE_string("model_base_path", None, "Folder of numbered SavedModel versions.")
-    flags.DEFINE_integer("port", 8500, "gRPC port; 0 picks a free one.", lower_bound=0)
-    flags.DEFINE_string("host", "127.0.0.1", "Address to listen on.")
     flags.DEFINE_string("model_name", None, "Model name; default: the last folder name of --model_base_path.")
-    flags.DEFINE_integer("max_batch_size", DEFAULT_MAX_BATCH_SIZE, "Largest batch accepted.", lower_bound=1)
-    flags.DEFINE_integer("max_message_mb", DEFAULT_MAX_MESSAGE_MB, "Largest message, MiB.", lower_bound=1)
-    flags.DEFINE_integer("max_workers", DEFAULT_MAX_WORKERS, "Threads answering requests.", lower_bound=1)
+    config_flags.define(config_lib.ServerConfig)
     flags.mark_flag_as_required("model_base_path")
 
 
@@ -239,12 +236,14 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     FLAGS = flags.FLAGS
     try:
-        server, port = serve(FLAGS.model_base_path, FLAGS.port, FLAGS.host, FLAGS.model_name,
-                             max_batch_size=FLAGS.max_batch_size, max_message_mb=FLAGS.max_message_mb,
-                             max_workers=FLAGS.max_workers)
+        options = config_lib.ServerConfig(**config_flags.values(config_lib.ServerConfig))
+    except ValueError as err:
+        raise app.UsageError(str(err)) from None
+    try:
+        server, port = serve(FLAGS.model_base_path, model_name=FLAGS.model_name, **dataclasses.asdict(options))
     except (OSError, ValueError) as error:  # no model to serve, not a SavedModel, a port in use
         sys.exit(f"error: {str(error).strip().splitlines()[0]}")
-    print(f"serving {FLAGS.model_base_path} on {FLAGS.host}:{port}", flush=True)  # the line scripts wait for
+    print(f"serving {FLAGS.model_base_path} on {options.host}:{port}", flush=True)  # the line scripts wait for
     try:
         server.wait_for_termination()
     except KeyboardInterrupt:

@@ -47,7 +47,7 @@ SYSU_CAMERAS = {
 _RENDERERS = {None: render_rgb, NIR: render_nir, THERMAL: render_thermal}
 
 
-def render_image(identity, draw, camera, height=256, width=128, maps=None):
+def render_image(identity, draw, camera, height, width, maps=None):
     """One image of ``identity``: uint8 [height, width, 3] RGB, or [height, width] IR.
 
     ``maps``: ``render_maps(identity, draw, height, width)`` when the caller has them
@@ -57,7 +57,7 @@ def render_image(identity, draw, camera, height=256, width=128, maps=None):
     return _RENDERERS[camera.infrared](identity, labels, rim, crease, camera, rng)
 
 
-def render_identity_images(seed, pid, camera, num_images, height=256, width=128):
+def render_identity_images(seed, pid, camera, num_images, height, width):
     """Images 1..num_images of person ``pid`` in ``camera``, as ``generate`` writes them."""
     identity = sample_identity(seed, pid)
     return [render_image(identity, sample_image_draw(seed, pid, camera, index), camera, height, width)
@@ -67,7 +67,7 @@ def render_identity_images(seed, pid, camera, num_images, height=256, width=128)
 SHEET_CAMERAS = (REGDB_VISIBLE, REGDB_THERMAL, SYSU_CAMERAS[3])  # the rows of example_sheet
 
 
-def example_sheet(seed=0, num_ids=6, height=256, width=128):
+def example_sheet(height, width, seed=0, num_ids=6):
     """uint8 [3 * height, num_ids * width, 3]: persons 1..num_ids in columns; rows
     RegDB visible, RegDB thermal, SYSU-MM01 near-infrared (camera 3)."""
     rows = []

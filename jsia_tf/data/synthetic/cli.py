@@ -17,10 +17,10 @@ from jsia_tf.data.synthetic.cameras import example_sheet
 from jsia_tf.data.synthetic.layouts import generate
 
 
-def save_example_sheet(path, seed=0, num_ids=6, height=256, width=128):
+def save_example_sheet(path, height, width, seed=0, num_ids=6):
     """Writes ``example_sheet`` as a PNG."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    Image.fromarray(example_sheet(seed, num_ids, height, width)).save(path, format="PNG", optimize=True)
+    Image.fromarray(example_sheet(height, width, seed, num_ids)).save(path, format="PNG", optimize=True)
 
 
 def _define_flags():
@@ -45,7 +45,7 @@ def main(argv):
                      images_per_id=options.images_per_id, test_ids=options.test_ids, overwrite=options.overwrite,
                      num_workers=options.num_workers or os.cpu_count() or 1)
         if FLAGS.sheet is not None:
-            save_example_sheet(FLAGS.sheet, options.seed, height=options.height, width=options.width)
+            save_example_sheet(FLAGS.sheet, options.height, options.width, options.seed)
     except (ValueError, FileExistsError) as error:
         raise app.UsageError(str(error))
 

@@ -246,7 +246,7 @@ def _validate(layout, num_ids, seed, height, width, images_per_id, num_workers, 
             raise ValueError(f"{name} must be >= 1, got {value}")
 
 
-def generate(out_dir, layout, num_ids, seed, height=256, width=128, *, images_per_id=REGDB_IMAGES_PER_ID,
+def generate(out_dir, layout, num_ids, seed, height, width, *, images_per_id=REGDB_IMAGES_PER_ID,
              test_ids=0, overwrite=False, num_workers=1):
     """Writes a synthetic dataset of ``num_ids`` persons (pids 1..N) in ``layout``.
 
