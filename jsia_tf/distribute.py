@@ -3,7 +3,6 @@ flags and ``TF_CONFIG``, which process is the chief, each replica's share of the
 the check that the workers resumed together, and how a failed worker ends the run.
 """
 
-import dataclasses
 import hashlib
 import json
 import os
@@ -116,31 +115,17 @@ def check_replica_split(data_cfg, num_replicas):
 
 
 def training_batches(dataset, cfg, strategy, start_step):
-    """Iterator of distributed (re-ID batch, generation batch) pairs from step ``start_step`` on.
+    """Iterator of distributed (re-ID batch, generation batch) pairs from step ``start_step`` on
+    (:func:`jsia_tf.data.pipeline.training_streams`).
 
-    Two seeded streams: P x K re-ID batches (seed) and the generation
-    module's smaller batches (seed + 1), global sizes; resuming skips ``start_step``
-    batches of each. Each input pipeline (one per worker) draws the same global batches
-    and reads only its own replicas' identities (``pipeline.train_dataset``); its
-    per-replica batches go to its local replicas in turn.
+    Each input pipeline (one per worker) draws the same global batches and reads only its
+    own replicas' identities; its per-replica batches go to its local replicas in turn.
     """
-    data = cfg.data
-    # Module G learns each modality's appearance (Sec. 3.1: the style code carries the
-    # RGB colours) from the generation batch: it gets the geometric augmentation only. A
-    # channel-augmented RGB image is one channel repeated, and G's RGB decoder then learned
-    # to draw gray persons (measured on the true pairs at 128 x 64 with --channel_aug=1).
-    augments = [data, dataclasses.replace(data, channel_aug=0.0, intensity_aug=0.0)]
-
     def worker_batches(context):
         local = context.num_replicas_in_sync // context.num_input_pipelines
         first = context.input_pipeline_id * local  # replica ids are worker-major
-        streams = [pipeline.train_dataset(dataset, num_ids, num_instances, data.height, data.width,
-                                          seed=data.seed + offset, augment=augments[offset], start_batch=start_step,
-                                          num_replicas=context.num_replicas_in_sync,
-                                          replica_ids=range(first, first + local))
-                   for offset, (num_ids, num_instances) in enumerate(
-                       [(data.num_ids, data.num_instances), (data.gan_num_ids, data.gan_num_instances)])]
-        return tf.data.Dataset.zip(tuple(streams))
+        return pipeline.training_streams(dataset, cfg.data, start_step, context.num_replicas_in_sync,
+                                         range(first, first + local))
 
     return iter(strategy.distribute_datasets_from_function(worker_batches))
 

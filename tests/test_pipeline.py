@@ -341,21 +341,20 @@ def test_mirrored_strategy_splits_batches_with_modalities_aligned(regdb_root):
 
 
 def test_generation_batches_keep_the_colours_that_channel_augmentation_takes(regdb_root):
-    """distribute.training_batches: module G's batches get the geometric augmentation only.
+    """pipeline.training_streams: module G's batches get the geometric augmentation only.
 
     With --channel_aug=1 every re-ID RGB image is one channel repeated; the generation
     batch's RGB images keep their colours, and are the very images (same draws, same flips
     and crops) that --channel_aug=0 gives.
     """
-    from jsia_tf import config as config_lib, distribute
+    from jsia_tf import config as config_lib
 
     dataset = pipeline.load_dataset("regdb", regdb_root)
 
     def first_batches(channel_aug):
         data = config_lib.DataConfig(data_dir=regdb_root, dataset="regdb", height=HEIGHT, width=WIDTH, num_ids=2,
                                      num_instances=2, gan_num_ids=2, gan_num_instances=2, channel_aug=channel_aug)
-        reid, gan = next(distribute.training_batches(dataset, config_lib.Config(run_dir="run", data=data),
-                                                     tf.distribute.get_strategy(), 0))
+        reid, gan = next(iter(pipeline.training_streams(dataset, data)))
         return pipeline.denormalize(reid["rgb"]).numpy(), pipeline.denormalize(gan["rgb"]).numpy()
 
     def gray(pixels):
