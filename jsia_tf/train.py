@@ -39,6 +39,7 @@ from jsia_tf import distribute
 from jsia_tf import export
 from jsia_tf import runs
 from jsia_tf import trainer as trainer_lib
+from jsia_tf import visualize
 from jsia_tf.data import pipeline, records, synthetic
 from jsia_tf.eval import metrics as metrics_lib
 from jsia_tf.eval import ground_truth, protocols, similarity
@@ -189,10 +190,11 @@ def run_training(trainer, batches, train_cfg, manager, writer, data_cfg, images=
 
 
 def write_generation_images(trainer, gan_batch):
-    """The Fig. 6 grid and the Fig. 7 strips of :meth:`Trainer.sample_images` (one image each)."""
+    """The Fig. 6 grid and the Fig. 7 strips (:func:`jsia_tf.visualize.training_images`), one image each."""
     local_batch = trainer.strategy.experimental_local_results(gan_batch)[0]
-    for name, images in trainer.sample_images(local_batch).items():
-        tf.summary.image(f"generation/{name}", images)
+    pictures = visualize.training_images(trainer.model, local_batch, trainer.config.data.gan_num_instances)
+    for name, picture in pictures.items():
+        tf.summary.image(f"generation/{name}", picture)
 
 
 # Inter-person pairs kept for the similarity histogram (a random sample beyond this).

@@ -31,7 +31,7 @@ import numpy as np
 import tensorflow as tf
 
 from jsia_tf import config as config_lib
-from jsia_tf import routing, visualize
+from jsia_tf import routing
 from jsia_tf.models.jsia import JSIA
 
 GROUPS = config_lib.GROUPS
@@ -299,22 +299,6 @@ class Trainer:
         """Assigns {group: learning rate} (``TrainConfig.learning_rates_at``) to the optimizers."""
         for name, value in rates.items():
             self.optimizers[name].learning_rate = value
-
-    # -- images for summaries -------------------------------------------------------------
-
-    def sample_images(self, gan_batch, max_images=4):
-        """TensorBoard pictures of module G on a generation batch, networks in inference mode.
-
-        Returns uint8 RGB [1, height, width, 3] images (:mod:`jsia_tf.visualize`):
-          "paired": Fig. 6, a row per image of the first ``max_images``: real RGB |
-            X_rgb2ir | reconstruction | cycle | real IR | X_ir2rgb | reconstruction | cycle;
-          "mixing": Fig. 7, the RGB and the IR strip x_1 | Eq. 14 mixtures | x_2 between
-            the batch's first image and the first image of the next identity.
-        """
-        gen = self.model.generate(gan_batch["rgb"], gan_batch["ir"], training=False)
-        second = self.config.data.gan_num_instances % int(gan_batch["rgb"].shape[0])
-        return {"paired": visualize.paired_grid(gen, visualize.PAIRED_TRAINING, max_images)[None],
-                "mixing": visualize.mixing_grid(self.model, gen, [0], [second])[None]}
 
     # -- inference --------------------------------------------------------------------------
 

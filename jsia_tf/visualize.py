@@ -1,6 +1,6 @@
 """Pictures of module G: the paired images of Fig. 6 and the mixing strips of Fig. 7.
 
-One drawing for the TensorBoard summaries of training (:meth:`Trainer.sample_images`)
+One drawing for the TensorBoard summaries of training (:func:`training_images`)
 and for ``python -m jsia_tf.analyze``, so that both show the same thing. Every picture
 is a grid of framed cells (:func:`tile`), uint8 RGB.
 """
@@ -98,3 +98,19 @@ def mixing_grid(model, gen, first, second, alphas=ALPHAS):
         rows.append(np.concatenate([real[first][:, None], mixed, real[second][:, None]], axis=1))
     cells = np.stack(rows, axis=1)  # [n, 2, 2 + steps, H, W, 3]
     return tile(cells.reshape(2 * n, *cells.shape[2:]))
+
+
+def training_images(model, gan_batch, num_instances, max_images=4):
+    """TensorBoard pictures of module G on a generation batch, networks in inference mode.
+
+    ``num_instances``: images per identity and modality of the batch
+    (``DataConfig.gan_num_instances``). Returns uint8 RGB [1, height, width, 3] images:
+      "paired": Fig. 6, a row per image of the first ``max_images``: real RGB |
+        X_rgb2ir | reconstruction | cycle | real IR | X_ir2rgb | reconstruction | cycle;
+      "mixing": Fig. 7, the RGB and the IR strip x_1 | Eq. 14 mixtures | x_2 between
+        the batch's first image and the first image of the next identity.
+    """
+    gen = model.generate(gan_batch["rgb"], gan_batch["ir"], training=False)
+    second = num_instances % int(gan_batch["rgb"].shape[0])
+    return {"paired": paired_grid(gen, PAIRED_TRAINING, max_images)[None],
+            "mixing": mixing_grid(model, gen, [0], [second])[None]}
