@@ -1,6 +1,7 @@
 """Training over several devices or hosts (docs/DISTRIBUTED.md): the strategy from the
 flags and ``TF_CONFIG``, which process is the chief, each replica's share of the input,
-the check that the workers resumed together, and how a failed worker ends the run.
+the values of every replica gathered for a loss, the check that the workers resumed
+together, and how a failed worker ends the run.
 """
 
 import hashlib
@@ -103,6 +104,24 @@ def make_strategy(train_cfg):
             cpus[0], [tf.config.LogicalDeviceConfiguration()] * train_cfg.cpu_replicas)
         return tf.distribute.MirroredStrategy([f"/cpu:{i}" for i in range(train_cfg.cpu_replicas)])
     return tf.distribute.MirroredStrategy()
+
+
+def from_all_replicas(value):
+    """``value`` [b, ...] of every replica, concatenated in replica order: [R b, ...].
+
+    ``ReplicaContext.all_gather`` is differentiable (its gradient sums over replicas
+    and hands each replica its slice), so a loss of the gathered tensor trains every
+    replica's share as one device would. One replica: ``value`` itself.
+
+    ``all_gather`` sends to the device of the tensor it is given; an input of the step
+    function (e.g. the labels) has none under MultiWorkerMirroredStrategy ("destinations
+    can not be empty"), so the value is first copied by an op created in the replica's
+    device scope.
+    """
+    context = tf.distribute.get_replica_context()
+    if context is None or context.num_replicas_in_sync == 1:
+        return value
+    return context.all_gather(tf.identity(value), axis=0)
 
 
 def check_replica_split(data_cfg, num_replicas):

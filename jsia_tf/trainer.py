@@ -31,8 +31,8 @@ import numpy as np
 import tensorflow as tf
 
 from jsia_tf import config as config_lib
-from jsia_tf import routing
-from jsia_tf.models.jsia import JSIA
+from jsia_tf import distribute, routing
+from jsia_tf.models.jsia import build_jsia
 
 GROUPS = config_lib.GROUPS
 # Adam's epsilon: PyTorch's default, which the official code ran with (Keras: 1e-7).
@@ -133,7 +133,7 @@ class Trainer:
         self.num_classes = num_classes
         self.strategy = strategy or tf.distribute.get_strategy()
         with self.strategy.scope():
-            self.model = JSIA(config, num_classes, synchronized=self.strategy.num_replicas_in_sync > 1)
+            self.model = build_jsia(config, num_classes, synchronized=self.strategy.num_replicas_in_sync > 1)
             self.groups = self.model.variable_groups()
             everything = [v for network in self.model.networks.values() for v in network.trainable_variables]
             check_variable_groups(self.groups, list({id(v): v for v in everything}.values()))
@@ -220,7 +220,7 @@ class Trainer:
             raise ValueError(f"loss terms {sorted(unknown)} are not computed in this configuration; expected "
                              f"names from {list(self.terms)}")
         alpha = self.mixing_ratios(tf.shape(gan_batch["rgb"])[0]) if "ui" in terms else None
-        return self.model.losses(reid_batch, gan_batch, terms, alpha, training)
+        return self.model.losses(reid_batch, gan_batch, terms, alpha, training, gather=distribute.from_all_replicas)
 
     # -- gradients and steps --------------------------------------------------------------
 

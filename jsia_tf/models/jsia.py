@@ -12,6 +12,9 @@ images go through F without moving its batch-norm statistics
 caffe-normalised ones.
 """
 
+import dataclasses
+import typing
+
 import tensorflow as tf
 
 from jsia_tf import losses
@@ -24,92 +27,111 @@ from jsia_tf.models.generation import Generator, from_unit_range, to_unit_range
 from jsia_tf.models.variation import VariationModule, mix
 
 
-def from_all_replicas(value):
-    """``value`` [b, ...] of every replica, concatenated in replica order: [R b, ...].
-
-    ``ReplicaContext.all_gather`` is differentiable (its gradient sums over replicas
-    and hands each replica its slice), so a loss of the gathered tensor trains every
-    replica's share as one device would. One replica: ``value`` itself.
-
-    ``all_gather`` sends to the device of the tensor it is given; an input of the step
-    function (e.g. the labels) has none under MultiWorkerMirroredStrategy ("destinations
-    can not be empty"), so the value is first copied by an op created in the replica's
-    device scope.
-    """
-    context = tf.distribute.get_replica_context()
-    if context is None or context.num_replicas_in_sync == 1:
-        return value
-    return context.all_gather(tf.identity(value), axis=0)
-
-
-class JSIA:
-    """The networks of JSIA-ReID and what they compute together.
-
-    Attributes:
-      alignment: module F (:class:`~jsia_tf.models.alignment.FeatureAlignment`), the
-        embedder; its ``set_level_encoder`` is E^sl = E^i.
-      content_encoder: E^i: F's E^sl when ``model.sl == "shared"`` (the paper),
-        its own copy of the stem otherwise.
-      generators: {modality: module G's generator (style encoder, MLP, decoder)}.
-      discriminators: {modality: multi-scale LSGAN discriminator}.
-      modality_discriminator: with ``model.sl == "gan"``, the modality
-        discriminator on E^sl's maps (Table 3, index 7); None otherwise.
-      variation: module V.
+def build_jsia(config, num_classes, synchronized=False):
+    """The :class:`JSIA` of a run's :class:`jsia_tf.config.Config`: its networks and arguments.
 
     Args:
-      config: the run's :class:`jsia_tf.config.Config`.
       num_classes: training identities.
       synchronized: synchronise the batch norms across replicas (build in the
         strategy's scope).
     """
+    model, data, loss = config.model, config.data, config.loss
 
-    def __init__(self, config, num_classes, synchronized=False):
-        self.config = config
-        model = config.model
-        data = config.data
-        self.reid_batch_size = data.num_ids * data.num_instances  # per modality, global
-        self.gan_batch_size = data.gan_num_ids * data.gan_num_instances
-        backbone = self._build_backbone(synchronized)
-        self.alignment = alignment_lib.FeatureAlignment(
-            backbone.set_level_encoder, backbone.instance_level_encoder, num_classes,
-            num_regions=model.num_regions, gray_input=model.gray_input, test_features=model.test_features,
-            synchronized_bn=synchronized, name="alignment")
-        if model.sl == "shared":
-            self.content_encoder = self.alignment.set_level_encoder
-        else:  # Table 3 without SL ("separate") or with the degraded SL ("gan"): E^i is not E^sl.
-            self.content_encoder = self._build_backbone(synchronized).set_level_encoder
-        # E^sl downsamples by 4: two x2 upsamplings give back the input size (Sec. 4.2), one
-        # gives half of it (--generation_scale=2, the official code's GAN images).
-        self.generation_scale = model.generation_scale
-        self.generation_size = (data.height // model.generation_scale, data.width // model.generation_scale)
-        self.generators = {m: Generator(
-            content_channels=backbone.out_channels, style_dim=model.style_dim,
-            style_base_width=model.style_base_width, style_num_downsample=model.style_num_downsample,
-            style_max_width=model.style_max_width, mlp_hidden_dim=model.mlp_hidden_dim,
-            num_res_blocks=model.num_res_blocks, num_upsample=2 - (model.generation_scale - 1),
-            decoder_width=model.decoder_width or None,
-            name=f"generator_{m}") for m in MODALITIES}
-        self.discriminators = {m: MultiScaleDiscriminator(
-            num_scales=model.disc_num_scales, num_layers=model.disc_num_layers, base_width=model.disc_base_width,
-            name=f"discriminator_{m}") for m in MODALITIES}
-        self.modality_discriminator = (ModalityDiscriminator(name="modality_discriminator")
-                                       if model.sl == "gan" else None)
-        self.variation = VariationModule(
-            feature_channels=backbone.out_channels, hidden_channels=model.variation_hidden_channels,
-            latent_channels=model.variation_latent_channels, num_downsample=model.variation_num_downsample,
-            seed=data.seed, name="variation")
-        self._build_variables()
-
-    def _build_backbone(self, synchronized):
-        model = self.config.model
+    def backbone():
         widths = model.backbone_widths if model.backbone == "resnet18" else backbone_lib.DEFAULT_WIDTHS
         return backbone_lib.build_backbone(model.backbone, model.backbone_weights, widths=tuple(widths),
                                            synchronized_bn=synchronized)
 
+    stem = backbone()
+    alignment = alignment_lib.FeatureAlignment(
+        stem.set_level_encoder, stem.instance_level_encoder, num_classes, num_regions=model.num_regions,
+        gray_input=model.gray_input, test_features=model.test_features, synchronized_bn=synchronized,
+        name="alignment")
+    # Table 3 without SL ("separate") or with the degraded SL ("gan"): E^i is not E^sl.
+    content_encoder = alignment.set_level_encoder if model.sl == "shared" else backbone().set_level_encoder
+    generators = {m: Generator(
+        content_channels=stem.out_channels, style_dim=model.style_dim, style_base_width=model.style_base_width,
+        style_num_downsample=model.style_num_downsample, style_max_width=model.style_max_width,
+        mlp_hidden_dim=model.mlp_hidden_dim, num_res_blocks=model.num_res_blocks,
+        num_upsample=2 - (model.generation_scale - 1), decoder_width=model.decoder_width or None,
+        name=f"generator_{m}") for m in MODALITIES}
+    discriminators = {m: MultiScaleDiscriminator(
+        num_scales=model.disc_num_scales, num_layers=model.disc_num_layers, base_width=model.disc_base_width,
+        name=f"discriminator_{m}") for m in MODALITIES}
+    modality_discriminator = ModalityDiscriminator(name="modality_discriminator") if model.sl == "gan" else None
+    variation = VariationModule(
+        feature_channels=stem.out_channels, hidden_channels=model.variation_hidden_channels,
+        latent_channels=model.variation_latent_channels, num_downsample=model.variation_num_downsample,
+        seed=data.seed, name="variation")
+    return JSIA(alignment, content_encoder, generators, discriminators, modality_discriminator, variation,
+                image_size=(data.height, data.width), generation_scale=model.generation_scale,
+                modality_bn=model.modality_bn, generated_bn=model.generated_bn,
+                reid_batch_size=data.num_ids * data.num_instances,
+                gan_batch_size=data.gan_num_ids * data.gan_num_instances, gan_num_instances=data.gan_num_instances,
+                triplet_margin=loss.triplet_margin, label_smoothing=loss.label_smoothing,
+                il_convention=loss.il_convention, variation_distribution=loss.variation_distribution,
+                ui_direction=loss.ui_direction, local=loss.local)
+
+
+@dataclasses.dataclass(eq=False)
+class JSIA:
+    """The networks of JSIA-ReID and what they compute together (:func:`build_jsia` makes
+    one from a run's config).
+
+    Attributes:
+      alignment: module F (:class:`~jsia_tf.models.alignment.FeatureAlignment`), the
+        embedder; its ``set_level_encoder`` is E^sl = E^i.
+      content_encoder: E^i: F's E^sl with ``--sl=shared`` (the paper), its own copy
+        of the stem otherwise.
+      generators: {modality: module G's generator (style encoder, MLP, decoder)}.
+      discriminators: {modality: multi-scale LSGAN discriminator}.
+      modality_discriminator: with ``--sl=gan``, the modality discriminator on E^sl's
+        maps (Table 3, index 7); None otherwise.
+      variation: module V.
+      image_size: (height, width) of module F's input images.
+      generation_scale: module G works on images this many times smaller (1 or 2).
+      modality_bn, generated_bn: :meth:`per_modality`'s and :meth:`on_generated`'s
+        modes (``config.MODALITY_BN``, ``config.GENERATED_BN``).
+      reid_batch_size, gan_batch_size: images per modality of the GLOBAL re-ID and
+        generation batches, the denominators of the loss means.
+      gan_num_instances: images per identity of the generation batch (Eq. 14 mixes
+        each image with the image of the next identity).
+      triplet_margin, label_smoothing: Eq. 13's.
+      il_convention, variation_distribution, ui_direction: the conventions of Eqs. 11-12,
+        Eq. 10 and Eq. 15 (:mod:`jsia_tf.losses`).
+      local: Eq. 12 on generated pairs ("paired") or on the real images ("unpaired").
+    """
+
+    alignment: alignment_lib.FeatureAlignment
+    content_encoder: typing.Any
+    generators: dict
+    discriminators: dict
+    modality_discriminator: ModalityDiscriminator | None
+    variation: VariationModule
+    _: dataclasses.KW_ONLY
+    image_size: tuple
+    generation_scale: int
+    modality_bn: str
+    generated_bn: str
+    reid_batch_size: int
+    gan_batch_size: int
+    gan_num_instances: int
+    triplet_margin: float
+    label_smoothing: float
+    il_convention: str
+    variation_distribution: str
+    ui_direction: str
+    local: str
+
+    def __post_init__(self):
+        # E^sl downsamples by 4: two x2 upsamplings give back the input size (Sec. 4.2), one
+        # gives half of it (--generation_scale=2, the official code's GAN images).
+        self.generation_size = tuple(size // self.generation_scale for size in self.image_size)
+        self._build_variables()
+
     def _build_variables(self):
         """Creates every variable with one inference-mode call on a dummy batch."""
-        data = self.config.data
-        images = tf.zeros([2, data.height, data.width, 3])
+        images = tf.zeros([2, *self.image_size, 3])
         self.alignment(images, training=False)
         maps = self.content(images, training=False)
         for m in MODALITIES:
@@ -163,7 +185,7 @@ class JSIA:
         encoder does with its 128x64 GAN images)."""
         images = from_unit_range(images)
         if self.generation_scale > 1:
-            images = tf.image.resize(images, (self.config.data.height, self.config.data.width), method="bilinear")
+            images = tf.image.resize(images, self.image_size, method="bilinear")
         return images
 
     def per_modality(self, fn, rgb, ir):
@@ -176,7 +198,7 @@ class JSIA:
         gap in training, and the mixed moving statistics bring it back at test. AGW's
         cross-modal baseline concatenates for this reason.
         """
-        if self.config.model.modality_bn == "separate":
+        if self.modality_bn == "separate":
             return {"rgb": fn(rgb), "ir": fn(ir)}
         size = tf.shape(rgb)[0]
         both = fn(tf.concat([rgb, ir], axis=0))
@@ -201,7 +223,7 @@ class JSIA:
         "inference" normalises them with the moving statistics; "update" is the official
         code (they update the statistics like real images).
         """
-        mode = self.config.model.generated_bn
+        mode = self.generated_bn
         if not training or mode == "update":
             return fn(training)
         if mode == "inference":
@@ -274,7 +296,7 @@ class JSIA:
 
     # -- the loss terms --------------------------------------------------------------------
 
-    def losses(self, reid_batch, gan_batch, terms, alpha=None, training=True):
+    def losses(self, reid_batch, gan_batch, terms, alpha=None, training=True, gather=None):
         """The loss terms of Eqs. 4-16 named in ``terms``, on one replica's batches.
 
         Module G, V and the alignment terms use the generation batch, Eq. 13 the re-ID
@@ -288,10 +310,12 @@ class JSIA:
             "ir_labels"), id-major so that rgb[i] and ir[i] show the same person.
           terms: names from :func:`jsia_tf.routing.configured_terms`.
           alpha: [B] Eq. 14 mixing ratios of the generation batch (needed for "ui").
+          gather: ``value [b, ...] -> [R b, ...]``, every replica's values in replica
+            order, differentiable (the triplet anchors mine in the global batch); None:
+            this replica's alone.
         Returns:
           {term: float32 scalar}.
         """
-        cfg = self.config.loss
         terms = set(terms)
         mean = losses.mean_over_global_batch
         gan_size = self.gan_batch_size
@@ -326,11 +350,11 @@ class JSIA:
                 z = dict(zip(MODALITIES, tf.split(z_both, 2, axis=0)))
                 if "variation" in terms:
                     out["variation"] = mean(losses.variation_loss(
-                        maps, self.variation.decode(z_both), mu, tau, cfg.variation_distribution), 2 * gan_size)
+                        maps, self.variation.decode(z_both), mu, tau, self.variation_distribution), 2 * gan_size)
             if terms & {"il", "local", "ui"}:
                 out.update(self._alignment_losses(gen, z, gan_batch, terms, alpha, training))
         if terms & set(routing.REID_BATCH_TERMS):
-            out.update(self._reid_losses(reid_batch, terms, training))
+            out.update(self._reid_losses(reid_batch, terms, training, gather))
         return out
 
     def _alignment_losses(self, gen, z, gan_batch, terms, alpha, training):
@@ -343,11 +367,10 @@ class JSIA:
         {term: float32 scalar} of those of ``terms``.
         """
         out = {}
-        cfg = self.config.loss
         mean = losses.mean_over_global_batch
         gan_size = self.gan_batch_size
         alignment = self.alignment
-        unpaired = cfg.local == "unpaired"
+        unpaired = self.local == "unpaired"
         paired = terms & ({"il"} if unpaired else {"il", "local"})  # terms on (real, generated) pairs
         if self.content_encoder is alignment.set_level_encoder:  # M = E^sl(X) is already there
             real = self.per_modality(lambda maps: alignment.instance_level(maps, training=training),
@@ -356,7 +379,7 @@ class JSIA:
             real = self.per_modality(lambda x: alignment(x, training=training), gan_batch["rgb"], gan_batch["ir"])
         if "local" in terms and unpaired:
             out["local"] = mean(losses.unpaired_local_alignment_loss(
-                real["ir"]["local_logits"], real["rgb"]["local_logits"], cfg.il_convention), gan_size)
+                real["ir"]["local_logits"], real["rgb"]["local_logits"], self.il_convention), gan_size)
         if paired:
             fake = self.on_generated(lambda t: self.per_modality(
                 lambda x: alignment(x, training=t), self.to_alignment(tf.stop_gradient(gen["cross"]["rgb"])),
@@ -364,16 +387,16 @@ class JSIA:
             if "il" in paired:  # Eq. 11
                 out["il"] = mean(losses.instance_alignment_loss(
                     real["ir"]["logits"], fake["rgb"]["logits"], real["rgb"]["logits"], fake["ir"]["logits"],
-                    cfg.il_convention), gan_size)
+                    self.il_convention), gan_size)
             if "local" in paired:  # Eq. 12
                 out["local"] = mean(losses.local_alignment_loss(
                     real["ir"]["local_logits"], fake["rgb"]["local_logits"], real["rgb"]["local_logits"],
-                    fake["ir"]["local_logits"], cfg.il_convention), gan_size)
+                    fake["ir"]["local_logits"], self.il_convention), gan_size)
         if "ui" in terms:
             # Eq. 14: each image's codes mixed with those of the image K further (the next
             # identity of the id-major batch), decoded into an unseen identity; Eq. 15 asks
             # F to predict the same mixture of the two identities' predictions.
-            shift = self.config.data.gan_num_instances
+            shift = self.gan_num_instances
             mixed = {}
             for m in MODALITIES:
                 codes = (z[m], gen["style"][m])
@@ -383,15 +406,14 @@ class JSIA:
                 lambda x: alignment(x, training=t)["logits"], mixed["rgb"], mixed["ir"]), training)
             per_image = [losses.unseen_identity_loss(mix_out[m], real[m]["logits"],
                                                      tf.roll(real[m]["logits"], shift, axis=0), alpha,
-                                                     cfg.ui_direction) for m in MODALITIES]
+                                                     self.ui_direction) for m in MODALITIES]
             out["ui"] = mean(tf.concat(per_image, 0), 2 * gan_size)  # [2B]
         return out
 
-    def _reid_losses(self, reid_batch, terms, training):
+    def _reid_losses(self, reid_batch, terms, training, gather):
         """Module F on the re-ID batch: Eq. 13, each C^k's identity loss, and (Table 3,
         index 7) the modality GAN on E^sl's maps: {term: float32 scalar} of those of ``terms``."""
         out = {}
-        cfg = self.config.loss
         mean = losses.mean_over_global_batch
         size = 2 * self.reid_batch_size  # both modalities
         instance = bool(terms & {"id_cls", "id_triplet", "local_id"})
@@ -412,17 +434,17 @@ class JSIA:
         labels = {m: reid_batch[f"{m}_labels"] for m in MODALITIES}
         if "id_cls" in terms:  # Eq. 13, the official mean of the RGB and IR means
             out["id_cls"] = mean(tf.concat([losses.label_smoothed_cross_entropy(
-                labels[m], reid[m]["logits"], cfg.label_smoothing) for m in MODALITIES], axis=0), size)
+                labels[m], reid[m]["logits"], self.label_smoothing) for m in MODALITIES], axis=0), size)
         if "local_id" in terms:
             # PCB (Sun et al. 2018), which Sec. 3.3's LR follows: each C^k is an identity
             # classifier of its stripe; Eq. 12's KL then aligns trained classifiers.
             out["local_id"] = mean(tf.concat([
-                tf.add_n([losses.label_smoothed_cross_entropy(labels[m], logits, cfg.label_smoothing)
+                tf.add_n([losses.label_smoothed_cross_entropy(labels[m], logits, self.label_smoothing)
                           for logits in reid[m]["local_logits"]]) / len(reid[m]["local_logits"])
                 for m in MODALITIES], axis=0), size)  # [2B], the mean over the n regions
         if "id_triplet" in terms:
             # Eq. 13: this replica's anchors mine in the GLOBAL batch of the other modality.
             out["id_triplet"] = mean(losses.cross_modal_triplet_loss(
-                reid["rgb"]["features"], reid["ir"]["features"], labels["rgb"], labels["ir"], cfg.triplet_margin,
-                gallery=from_all_replicas), size)  # [2B]
+                reid["rgb"]["features"], reid["ir"]["features"], labels["rgb"], labels["ir"], self.triplet_margin,
+                gallery=gather), size)  # [2B]
         return out
