@@ -3,7 +3,7 @@
   python bench/search.py [--sizes=10000,100000] [--queries=200] [--synthetic_ids=50] \\
       [--hnsw_sizes=10000,100000] [--noindexing]
 
-1. Indexing, end to end: module F of the demo preset (ResNet-18 widths 16-128, 64x32,
+1. Indexing, end to end: module F of the 64 x 32 preset (ResNet-18 widths 16-128, 64x32,
    random weights: timing does not depend on them) exported with jsia_tf.export, the test
    split of a synthetic SYSU-MM01-layout dataset of ``--synthetic_ids`` persons indexed by
    :func:`jsia_tf.search.index_images` into a fresh Milvus Lite collection (read, embed,
@@ -42,7 +42,7 @@ _HNSW_SIZES = flags.DEFINE_list("hnsw_sizes", ["10000", "100000"], "Sizes with a
 _QUERIES = flags.DEFINE_integer("queries", 200, "Timed single-vector searches per size.", lower_bound=2)
 _SYNTHETIC_IDS = flags.DEFINE_integer("synthetic_ids", 50, "Persons of the indexed synthetic dataset.")
 
-# The demo preset's module F (configs/demo.flags).
+# The 64 x 32 preset's module F (configs/small.flags).
 HEIGHT, WIDTH, WIDTHS = 64, 32, (16, 32, 64, 128)
 _NUM_CLASSES = 2  # only the embedding path is exported
 TOP_K = 10

@@ -1,7 +1,7 @@
 """Training-step throughput of the Trainer, per phase: float32 vs mixed_bfloat16 vs XLA
 (``jit_compile``), one device vs MirroredStrategy.
 
-``--shapes=demo``: the networks of configs/demo.flags at 64x32 (ResNet-18 32..256),
+``--shapes=demo``: the networks of configs/small.flags at 64x32 (ResNet-18 32..256),
 re-ID batch 8 ids x 4, generation batch 2 ids x 3 (the demo's 3 x 3 rounded to an even
 number of ids so that 2 replicas get whole identities).
 ``--shapes=paper``: ResNet-50 (last stride 1) and the paper's module G, V and

@@ -36,16 +36,17 @@ from jsia_tf import config_flags
 from jsia_tf.eval import protocols
 
 # Table 3 (Sec. 4.4): index -> (marks SL, IL, LR, UI; the flags that build it).
-# "x" removes a module, "-" is the degraded version; docs/FIDELITY.md explains each.
+# "x" removes a module, "-" is the degraded version; docs/FIDELITY.md explains each. Every
+# row names its SL, since the presets differ in it (configs/demo.flags: --sl=separate).
 ROWS = {
     1: ("x x x x", ("--generation=false", "--noil", "--local=off", "--num_regions=0", "--noui")),
-    2: ("v x x x", ("--noil", "--local=off", "--num_regions=0", "--noui")),
+    2: ("v x x x", ("--sl=shared", "--noil", "--local=off", "--num_regions=0", "--noui")),
     3: ("x v x x", ("--sl=separate", "--local=off", "--num_regions=0", "--noui")),
-    4: ("v v x x", ("--local=off", "--num_regions=0", "--noui")),
-    5: ("v v v x", ("--noui",)),
-    6: ("v v v v", ()),
+    4: ("v v x x", ("--sl=shared", "--local=off", "--num_regions=0", "--noui")),
+    5: ("v v v x", ("--sl=shared", "--noui")),
+    6: ("v v v v", ("--sl=shared",)),
     7: ("- v v v", ("--sl=gan",)),
-    8: ("v v - v", ("--local=unpaired",)),
+    8: ("v v - v", ("--sl=shared", "--local=unpaired")),
 }
 BEGIN, END = "<!-- table3:begin -->", "<!-- table3:end -->"
 CURVE_ROWS = (1, 6)

@@ -1,6 +1,7 @@
 """Every command line takes its option defaults from jsia_tf/config.py (issue 27)."""
 
 import ast
+import json
 import pathlib
 import subprocess
 import sys
@@ -52,3 +53,40 @@ def test_cli_flags_are_the_options_of_their_config(module, cls):
         expected = (",".join(map(str, value)) if isinstance(value, tuple) else
                     str(value).lower() if isinstance(value, bool) else str(value))
         assert defaults[config_lib.flag_name(field)] == expected, field.name
+
+
+_PRESET_CHECK = """
+import json, sys
+from absl import flags
+from jsia_tf import train
+out = {}
+for preset in sys.argv[1:]:
+    argv = ["train", f"--flagfile=configs/{preset}.flags"]
+    flags.FLAGS.unparse_flags()
+    flags.FLAGS(argv)
+    given = [f"--{name}=GIVEN" for name in ("data_dir", "run_dir") if not flags.FLAGS[name].value]
+    if given:  # the real-data and test presets leave the dataset and the run folder to the user
+        flags.FLAGS.unparse_flags()
+        flags.FLAGS(argv + given)
+    cfg = train.config_from_flags()
+    out[preset] = {"generation": cfg.model.generation, "sl": cfg.model.sl, "il": cfg.loss.il, "local": cfg.loss.local,
+                   "ui": cfg.loss.ui, "size": [cfg.data.height, cfg.data.width], "data_dir": cfg.data.data_dir,
+                   "run_dir": cfg.run_dir}
+print(json.dumps(out))
+"""
+
+
+def test_every_preset_is_a_valid_config():
+    """Each configs/*.flags, nested flag files included, becomes a validated Config (a preset
+    naming a removed flag or a contradiction fails here, not in a user's first minute), and
+    the README's first command is the whole method at the calibrated benchmark's size."""
+    presets = sorted(path.stem for path in (REPO / "configs").glob("*.flags"))
+    result = subprocess.run([sys.executable, "-c", _PRESET_CHECK, *presets], cwd=REPO, capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    configs = json.loads(result.stdout.strip().splitlines()[-1])
+    assert sorted(configs) == presets
+    assert configs["demo"] == {"generation": True, "sl": "separate", "il": True, "local": "paired", "ui": True,
+                               "size": [128, 64], "data_dir": "data/calibration", "run_dir": "runs/demo"}
+    assert configs["calibration"]["generation"] is False
+    assert {configs[name]["sl"] for name in ("sysu", "regdb")} == {"shared"}  # the paper's SL

@@ -91,7 +91,8 @@ def test_finished_runs_are_not_run_again(tmp_path, monkeypatch, parallel):
     started = experiments.run_missing([1, 5], [0, 1], "configs/demo.flags", tmp_path, extra=["--eval_every=50"],
                                       parallel=parallel)
     assert started == [(1, 1), (5, 0), (5, 1)]
-    assert processes[1].command == [sys.executable, "-m", "jsia_tf.train", "--flagfile=configs/demo.flags", "--noui",
+    assert processes[1].command == [sys.executable, "-m", "jsia_tf.train", "--flagfile=configs/demo.flags", "--sl=shared",
+                                    "--noui",
                                     "--seed=0", f"--run_dir={tmp_path / 'row5' / 'seed0'}", "--eval_every=50"]
     threads = [p.env and p.env["TF_NUM_INTRAOP_THREADS"] for p in processes]
     assert threads == ([None] * 3 if parallel == 1 else [str(max(1, os.cpu_count() // 2))] * 3)
