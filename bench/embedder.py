@@ -24,7 +24,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from jsia_tf import export
+from jsia_tf import config, export
 from jsia_tf.models import alignment, backbone
 from timing import median_seconds
 
@@ -62,7 +62,8 @@ def count_flops(concrete_function):
 
 def build_model(height, width):
     parts = backbone.build_backbone("resnet50", weights="none")
-    model = alignment.FeatureAlignment(parts.set_level_encoder, parts.instance_level_encoder, NUM_CLASSES)
+    model = alignment.FeatureAlignment(parts.set_level_encoder, parts.instance_level_encoder, NUM_CLASSES,
+                                       num_regions=config.DEFAULT_NUM_REGIONS)
     model(np.zeros((1, height, width, 3), np.float32))
     return model
 

@@ -32,7 +32,7 @@ import numpy as np
 from absl import app, flags
 from pymilvus import DataType, MilvusClient
 
-from jsia_tf import export, search
+from jsia_tf import config, export, search
 from jsia_tf.data import synthetic
 from jsia_tf.models import alignment, backbone
 
@@ -65,7 +65,7 @@ def disk_bytes(path):
 def demo_export(folder):
     parts = backbone.build_backbone("resnet18", weights="none", widths=WIDTHS)
     model = alignment.FeatureAlignment(parts.set_level_encoder, parts.instance_level_encoder, _NUM_CLASSES,
-                                       gray_input=True)
+                                       num_regions=config.DEFAULT_NUM_REGIONS, gray_input=True)
     model(np.zeros((1, HEIGHT, WIDTH, 3), np.float32))
     return export.export_embedder(model, folder, HEIGHT, WIDTH)
 

@@ -19,7 +19,7 @@ import numpy as np
 import tensorflow as tf
 from absl import app, flags
 
-from jsia_tf import export
+from jsia_tf import config, export
 from jsia_tf.models import alignment, backbone
 from jsia_tf.serving.client import EmbeddingClient
 from jsia_tf.serving.server import serve
@@ -56,7 +56,8 @@ def main(argv):
     del argv
     height, width, batch_size = _HEIGHT.value, _WIDTH.value, _BATCH_SIZE.value
     parts = backbone.build_backbone(_BACKBONE.value, weights="none")
-    model = alignment.FeatureAlignment(parts.set_level_encoder, parts.instance_level_encoder, _NUM_CLASSES)
+    model = alignment.FeatureAlignment(parts.set_level_encoder, parts.instance_level_encoder, _NUM_CLASSES,
+                                       num_regions=config.DEFAULT_NUM_REGIONS)
     model(np.zeros((1, height, width, 3), np.float32))
     rng = np.random.default_rng(0)
     single = rng.integers(0, 256, (1, height, width, 3), dtype=np.uint8)

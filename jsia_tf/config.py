@@ -22,6 +22,9 @@ SYSU_MODES = ("all", "indoor")  # search modes; eval.protocols maps each to its 
 SYSU_SHOTS = (1, 10)  # single-shot, multi-shot: gallery images per (person, camera)
 REGDB_DIRECTIONS = ("v2t", "t2v")  # visible query -> thermal gallery, and back
 SYSU_TRIALS = 10  # gallery draws of the SYSU-MM01 protocol (rows of rand_perm_cam.mat)
+SYSU_IR_CAMS = (3, 6)  # SYSU-MM01's IR cameras (3 indoor, 6 outdoor); data.records has the RGB ones
+SYSU_SAME_ROOM = {3: 2}  # IR camera -> the RGB camera filming the same room, never matched against it
+SERVED_MODEL = "jsia"  # the embedder's name in TF Serving's model config (serving/models.config)
 REGDB_TRIALS = range(1, 11)  # the 10 random train/test splits
 BACKBONES = ("resnet50", "resnet18")
 # Widths of the backbone stages conv2..conv5 (the stem has the first); a ResNet-50
@@ -325,8 +328,7 @@ class LossConfig:
 
     def __post_init__(self):
         _check_choices(self)
-        for flag in ("lambda_recon", "lambda_cyc", "lambda_gan", "lambda_code", "lambda_il", "lambda_local", "lambda_ui",
-                     "triplet_margin", "lambda_local_id", "lambda_modality"):
+        for flag in (*dict.fromkeys(term.weight for term in TERMS if term.weight), "triplet_margin"):
             _require(getattr(self, flag) >= 0, flag, getattr(self, flag), ">= 0")
         _require(0.0 <= self.label_smoothing < 1.0, "label_smoothing", self.label_smoothing, "a value in [0, 1)")
 
@@ -716,7 +718,7 @@ class ServerConfig:
 class ClientConfig:
     """How ``python -m jsia_tf.serving.client`` asks the server."""
 
-    model: str = option("jsia", "Model name.")
+    model: str = option(SERVED_MODEL, "Model name.")
     top_k: int = option(10, "Gallery images shown per query.")
     batch_size: int = option(32, "Images per request.")
     timeout: float = option(10.0, "Seconds per request.")
@@ -748,3 +750,30 @@ def resume_conflicts(saved, wanted):
 def _tuples(fields):
     """JSON lists back to the tuples the frozen dataclasses hold."""
     return {name: tuple(value) if isinstance(value, list) else value for name, value in fields.items()}
+
+
+@dataclasses.dataclass(frozen=True)
+class SearchConfig:
+    """What ``python -m jsia_tf.search index|query`` does beyond the files and the model it
+    is given (its module docstring)."""
+
+    served_model: str = option(SERVED_MODEL, "With --server: the model's name in the server's config.")
+    trial: int = option(1, "index --dataset=regdb: the split whose test set is indexed.")
+    db: str = option("gallery.db", "Milvus Lite database file (embedded; ends with .db).")
+    collection: str = option("gallery", "Milvus collection name.")
+    batch_size: int = option(32, "Images per embedding call.")
+    reindex: bool = option(False, "index: embed files already in the collection again (replacing them).")
+    ir_cameras: tuple[int, ...] = option(SYSU_IR_CAMS, "index: cameras of IR images in a folder or list (default "
+                                         "SYSU-MM01's).")
+    top_k: int = option(10, "query: matches per query image.")
+    cameras: tuple[int, ...] = option((), "query: search only these cameras.")
+    other_modality: bool = option(True, "query: search only the other modality's images (IR -> RGB).")
+    time_window: tuple[int, ...] = option((), "query: START,END, unix seconds (inclusive).")
+    same_room: tuple[str, ...] = option(tuple(f"{ir}:{rgb}" for ir, rgb in SYSU_SAME_ROOM.items()),
+                                        "query: QUERY_CAM:GALLERY_CAM pairs never matched (default SYSU-MM01's); "
+                                        "empty for none.")
+
+    def __post_init__(self):
+        for flag in ("trial", "batch_size", "top_k"):
+            _require(getattr(self, flag) > 0, flag, getattr(self, flag), "a positive integer")
+        _require(len(self.time_window) in (0, 2), "time_window", self.time_window, "START,END")

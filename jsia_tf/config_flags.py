@@ -39,7 +39,7 @@ def int_list(flag, values):
     try:
         return tuple(int(v) for v in values)
     except ValueError:
-        raise config_lib.ConfigError(flag, values, "comma-separated integers") from None
+        raise config_lib.ConfigError(flag, ",".join(values), "comma-separated integers") from None
 
 
 def value(field):

@@ -79,15 +79,14 @@ from PIL import Image
 from pymilvus import DataType, MilvusClient, MilvusException
 import tensorflow as tf
 
-from jsia_tf import export, litert, visualize
+from jsia_tf import config as config_lib
+from jsia_tf import config_flags, export, litert, visualize
 from jsia_tf.config import MODALITIES
 from jsia_tf.data import pipeline, records
 from jsia_tf.eval import protocols
 from jsia_tf.serving.client import EmbeddingClient
 
 VERBS = ("index", "query")
-DEFAULT_DB = "gallery.db"
-DEFAULT_COLLECTION = "gallery"
 MAX_PATH = 4096  # VARCHAR length of the path field
 # Collection properties that say which embedder filled it.
 FINGERPRINT, MODEL, EMBEDDING_DIM = "jsia.model_fingerprint", "jsia.model", "jsia.embedding_dim"
@@ -267,7 +266,7 @@ def embed_files(embedder, paths):
 # -- the collection --------------------------------------------------------------------------------
 
 
-def connect(db=DEFAULT_DB, milvus_uri=None, must_exist=False):
+def connect(db=config_lib.SearchConfig.db, milvus_uri=None, must_exist=False):
     """A ``MilvusClient`` of a Milvus server (``milvus_uri``) or of the Milvus Lite database ``db``."""
     if milvus_uri:
         return MilvusClient(uri=milvus_uri)
@@ -449,55 +448,36 @@ def contact_sheet(queries, top_k, height, width):
 
 
 def define_flags():
-    """The command line's flags; defined only when run as a program."""
+    """The command line's flags; defined only when run as a program. The files and the model
+    are the user's; every other option is :class:`jsia_tf.config.SearchConfig`'s."""
     flags.DEFINE_string("model", None, "Exported SavedModel: a version folder or the export folder (highest version).")
     flags.DEFINE_string("server", None, "host:port of TF Serving (gRPC): embed there instead of with --model.")
-    flags.DEFINE_string("served_model", "jsia", "With --server: the model's name in the server's config.")
     flags.DEFINE_list("images", None, "index: a folder, a .csv list or, with --dataset, a dataset root; "
                       "query: comma-separated image files.")
     flags.DEFINE_enum("dataset", None, list(protocols.PROTOCOLS), "index: --images is this dataset's root; its "
                       "test split is indexed.")
-    flags.DEFINE_integer("trial", 1, "index --dataset=regdb: the split whose test set is indexed.")
-    flags.DEFINE_string("db", DEFAULT_DB, "Milvus Lite database file (embedded; ends with .db).")
     flags.DEFINE_string("milvus_uri", None, "A Milvus server or cluster, e.g. http://host:19530 (instead of --db).")
-    flags.DEFINE_string("collection", DEFAULT_COLLECTION, "Milvus collection name.")
-    flags.DEFINE_integer("batch_size", 32, "Images per embedding call.", lower_bound=1)
-    flags.DEFINE_bool("reindex", False, "index: embed files already in the collection again (replacing them).")
-    flags.DEFINE_list("ir_cameras", [str(c) for c in records.SYSU_IR_CAMS], "index: cameras of IR images in a "
-                      "folder or list (default SYSU-MM01's).")
     flags.DEFINE_enum("modality", None, list(MODALITIES), "query: the modality of query images not in the "
                       "collection (default ir); index: of images whose camera is not known.")
-    flags.DEFINE_integer("top_k", 10, "query: matches per query image.", lower_bound=1)
-    flags.DEFINE_list("cameras", [], "query: search only these cameras.")
-    flags.DEFINE_bool("other_modality", True, "query: search only the other modality's images (IR -> RGB).")
-    flags.DEFINE_list("time_window", [], "query: START,END, unix seconds (inclusive).")
-    flags.DEFINE_list("same_room", [f"{ir}:{rgb}" for ir, rgb in protocols.SYSU_SAME_ROOM.items()],
-                      "query: QUERY_CAM:GALLERY_CAM pairs never matched (default SYSU-MM01's); empty for none.")
     flags.DEFINE_string("output_json", None, "query: where to write the matches.")
     flags.DEFINE_string("sheet", None, "query: contact sheet PNG; default OUTPUT_JSON with .png.")
+    config_flags.define(config_lib.SearchConfig)
 
 
-def _integers(name, values):
-    try:
-        return [int(value) for value in values]
-    except ValueError:
-        raise ValueError(f"--{name}={','.join(values)}: expected comma-separated integers") from None
-
-
-def _embedder(values):
+def _embedder(values, options):
     if bool(values.model) == bool(values.server):
         raise ValueError("give one of --model=EXPORT_DIR (in this process) or --server=HOST:PORT (TF Serving)")
     if values.server:
-        return ServingEmbedder(values.server, values.served_model)
+        return ServingEmbedder(values.server, options.served_model)
     return SavedModelEmbedder(values.model)
 
 
-def run_index(values):
+def run_index(values, options):
     if len(values.images) != 1:
         raise ValueError(f"index --images={','.join(values.images)}: expected one folder, .csv list or dataset root")
-    source, ir_cameras = values.images[0], _integers("ir_cameras", values.ir_cameras)
+    source, ir_cameras = values.images[0], options.ir_cameras
     if values.dataset:
-        entries = dataset_images(values.dataset, source, values.trial)
+        entries = dataset_images(values.dataset, source, options.trial)
     elif source.endswith(".csv"):
         entries = list_images(source, ir_cameras, values.modality or "")
     elif os.path.isdir(source):
@@ -506,36 +486,33 @@ def run_index(values):
         raise ValueError(f"--images={source}: not a folder or a .csv list")
     if not entries:
         raise ValueError(f"--images={source}: no BMP/JPEG/PNG image")
-    gallery = Gallery(connect(values.db, values.milvus_uri), values.collection, values.milvus_uri or values.db)
-    embedder = _embedder(values)
+    gallery = Gallery(connect(options.db, values.milvus_uri), options.collection, values.milvus_uri or options.db)
+    embedder = _embedder(values, options)
     gallery.create_or_check(fingerprint(embedder.metadata), embedder.name, embedder.metadata["embedding_dim"])
-    summary = index_images(embedder, gallery, entries, values.batch_size, values.reindex)
+    summary = index_images(embedder, gallery, entries, options.batch_size, options.reindex)
     for path, why in summary.bad:
         print(f"skipped {path}: {why}")
     print(f"{summary.indexed} images indexed, {summary.present} already in the collection, {len(summary.bad)} "
           f"unreadable skipped; collection '{gallery.name}' in {gallery.where} holds {gallery.count()} images")
 
 
-def run_query(values):
+def run_query(values, options):
     if not values.output_json:
         raise ValueError("query needs --output_json=OUT.json")
-    time_window = _integers("time_window", values.time_window)
-    if time_window and len(time_window) != 2:
-        raise ValueError(f"--time_window={','.join(values.time_window)}: expected START,END")
     try:
-        same_room = dict(tuple(int(c) for c in pair.split(":")) for pair in values.same_room)
+        same_room = dict(tuple(int(c) for c in pair.split(":")) for pair in options.same_room)
     except ValueError:
-        raise ValueError(f"--same_room={','.join(values.same_room)}: expected QUERY_CAM:GALLERY_CAM pairs") from None
-    gallery = Gallery(connect(values.db, values.milvus_uri, must_exist=True), values.collection,
-                      values.milvus_uri or values.db)
-    embedder = _embedder(values)
+        raise ValueError(f"--same_room={','.join(options.same_room)}: expected QUERY_CAM:GALLERY_CAM pairs") from None
+    gallery = Gallery(connect(options.db, values.milvus_uri, must_exist=True), options.collection,
+                      values.milvus_uri or options.db)
+    embedder = _embedder(values, options)
     model = fingerprint(embedder.metadata)
     gallery.check(model, embedder.name, embedder.metadata["embedding_dim"])
     if gallery.count() == 0:
         raise ValueError(f"{gallery.where}: collection '{gallery.name}' is empty; index a gallery first")
-    queries = search(embedder, gallery, values.images, values.top_k, values.modality or "ir",
-                     cameras=_integers("cameras", values.cameras), other_modality=values.other_modality,
-                     time_window=time_window or None, same_room=same_room)
+    queries = search(embedder, gallery, values.images, options.top_k, values.modality or "ir",
+                     cameras=list(options.cameras), other_modality=options.other_modality,
+                     time_window=list(options.time_window) or None, same_room=same_room)
     for query in queries:
         print(f"query {query['path']} (camera {query['camera']}, {query['modality'] or 'modality not known'}): "
               f"{query['filter']}")
@@ -547,7 +524,7 @@ def run_query(values):
                    "queries": queries}, f, indent=2)
         f.write("\n")
     sheet = values.sheet or os.path.splitext(values.output_json)[0] + ".png"
-    Image.fromarray(contact_sheet(queries, values.top_k, embedder.metadata["input_height"],
+    Image.fromarray(contact_sheet(queries, options.top_k, embedder.metadata["input_height"],
                                   embedder.metadata["input_width"])).save(sheet)
     print(f"wrote {values.output_json} and {sheet}")
 
@@ -564,7 +541,8 @@ def main(argv):
     try:
         if not values.images:
             raise ValueError("--images is required")
-        (run_index if argv[1] == "index" else run_query)(values)
+        options = config_lib.SearchConfig(**config_flags.values(config_lib.SearchConfig))
+        (run_index if argv[1] == "index" else run_query)(values, options)
     except OSError as error:
         where = f"{error.filename}: " if error.filename else ""
         sys.exit(f"error: {where}{error.strerror or error}")

@@ -167,7 +167,8 @@ def test_no_local_regions(images):
 def test_bad_arguments(kwargs):
     parts = backbone.build_backbone("resnet18", widths=TINY_WIDTHS)
     with pytest.raises(ValueError, match=next(iter(kwargs))):
-        alignment.FeatureAlignment(parts.set_level_encoder, parts.instance_level_encoder, NUM_CLASSES, **kwargs)
+        alignment.FeatureAlignment(parts.set_level_encoder, parts.instance_level_encoder, NUM_CLASSES,
+                                   **{"num_regions": 4, **kwargs})
 
 
 def test_get_config_is_not_supported(model):

@@ -15,7 +15,7 @@ from jsia_tf import config_flags
 REPO = pathlib.Path(__file__).resolve().parents[1]
 CLIS = ("jsia_tf/train.py", "jsia_tf/evaluate.py", "jsia_tf/analyze.py", "jsia_tf/export.py",
         "jsia_tf/data/synthetic/cli.py", "jsia_tf/serving/client.py", "jsia_tf/serving/server.py",
-        "jsia_tf/experiments.py", "jsia_tf/launch_local.py")
+        "jsia_tf/experiments.py", "jsia_tf/launch_local.py", "jsia_tf/search.py")
 
 
 @pytest.mark.parametrize("path", CLIS)
@@ -42,7 +42,8 @@ def test_no_cli_writes_a_default_of_its_own(path):
                                          ("jsia_tf.serving.client", config_lib.ClientConfig),
                                          ("jsia_tf.serving.server", config_lib.ServerConfig),
                                          ("jsia_tf.experiments", config_lib.ExperimentsConfig),
-                                         ("jsia_tf.launch_local", config_lib.LaunchConfig)])
+                                         ("jsia_tf.launch_local", config_lib.LaunchConfig),
+                                         ("jsia_tf.search", config_lib.SearchConfig)])
 def test_cli_flags_are_the_options_of_their_config(module, cls):
     result = subprocess.run([sys.executable, "-m", module, "--helpxml"], cwd=REPO, capture_output=True, text=True,
                             timeout=300)

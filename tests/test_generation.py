@@ -363,7 +363,7 @@ def test_avg_pool_excludes_padding_like_pytorch(height, width):
 
 
 def test_discriminator_official_size_scales_and_init():
-    dis = discriminator.MultiScaleDiscriminator()
+    dis = discriminator.MultiScaleDiscriminator(PAPER.disc_num_scales, PAPER.disc_num_layers, PAPER.disc_base_width)
     dis.build((None, None, None, 3))
     assert [s.count_params() for s in dis.scales] == [690_401, 690_401]  # reference_facts
     assert [c.filters for c in dis.scale0.convs] == [32, 64, 128, 256]
@@ -398,7 +398,7 @@ def test_discriminator_config_round_trip_and_checkpoint_holds_every_weight(tmp_p
 
 def test_modules_under_mixed_bfloat16(mixed_bfloat16):
     gen = generation.Generator(**TINY)
-    dis = discriminator.MultiScaleDiscriminator(base_width=4)
+    dis = discriminator.MultiScaleDiscriminator(num_scales=2, num_layers=4, base_width=4)
     rng = _rng(13)
     content = rng.normal(size=(2, 16, 8, 16)).astype(np.float32)
     images = rng.uniform(-1, 1, size=(2, 64, 32, 3)).astype(np.float32)

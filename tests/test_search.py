@@ -9,6 +9,7 @@ embeddings agree within 1e-5.
 """
 
 import csv
+import dataclasses
 import json
 import os
 import shutil
@@ -21,7 +22,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from jsia_tf import export, search
+from jsia_tf import config, export, search
 from jsia_tf.data import pipeline, synthetic
 from jsia_tf.eval import protocols
 from jsia_tf.serving.client import top_k
@@ -174,14 +175,13 @@ def test_another_model_and_a_missing_or_empty_collection_are_errors(exports, emb
         missing.check(search.fingerprint(embedder.metadata), embedder.name, 32)
     empty = open_gallery(tmp_path / "empty.db", embedder)
     empty.client.close()
-    values = types.SimpleNamespace(output_json=str(tmp_path / "out.json"), time_window=[], same_room=[],
-                                   model=exports[0], server=None, db=str(tmp_path / "empty.db"), milvus_uri=None,
-                                   collection="gallery", images=[], top_k=1, modality=None, cameras=[],
-                                   other_modality=True, sheet=None)
+    values = types.SimpleNamespace(output_json=str(tmp_path / "out.json"), model=exports[0], server=None,
+                                   milvus_uri=None, images=[], modality=None, sheet=None)
+    options = config.SearchConfig(db=str(tmp_path / "empty.db"), top_k=1, same_room=())
     with pytest.raises(ValueError, match="collection 'gallery' is empty"):
-        search.run_query(values)
+        search.run_query(values, options)
     with pytest.raises(ValueError, match="no such database"):
-        search.run_query(types.SimpleNamespace(**{**vars(values), "db": str(tmp_path / "absent.db")}))
+        search.run_query(values, dataclasses.replace(options, db=str(tmp_path / "absent.db")))
 
 
 def test_tf_serving_embeds_as_the_saved_model(exports, embedder, gallery, entries, tmp_path):

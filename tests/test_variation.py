@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from jsia_tf import config
 from jsia_tf.models import variation
 
 # Tiny V over content maps [B, 8, 4, 16] (E^sl output of 32x16 images at C = 16).
@@ -112,7 +113,9 @@ def test_mix_interpolates_per_sample(shape):
 
 
 def test_default_parameter_count():
-    vae = variation.VariationModule()
+    paper = config.ModelConfig()
+    vae = variation.VariationModule(paper.content_channels, paper.variation_hidden_channels,
+                                    paper.variation_latent_channels, paper.variation_num_downsample)
     vae.build((None, None, None, 256))
     # trunk 3x3 256->256, 4x4/2 256->256; heads 1x1 256->64 (x2); decoder 3x3 64->256,
     # 3x3 256->256, 3x3 256->256.

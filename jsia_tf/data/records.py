@@ -12,6 +12,8 @@ import os
 
 import numpy as np
 
+from jsia_tf import config
+
 # RegDB has one visible and one thermal camera; the evaluation contract
 # (``python -m jsia_tf.evaluate``) numbers them 1 and 2.
 REGDB_VISIBLE_CAM = 1
@@ -20,7 +22,7 @@ REGDB_THERMAL_CAM = 2
 # SYSU-MM01 (Wu et al., ICCV 2017): cameras 1, 2, 4, 5 are RGB (1 and 2 indoor),
 # 3 and 6 are IR (3 indoor, 6 outdoor).
 SYSU_RGB_CAMS = (1, 2, 4, 5)
-SYSU_IR_CAMS = (3, 6)
+SYSU_IR_CAMS = config.SYSU_IR_CAMS
 SYSU_INDOOR_RGB_CAMS = (1, 2)
 
 IMAGE_SUFFIXES = (".bmp", ".jpg", ".jpeg", ".png")

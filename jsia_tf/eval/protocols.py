@@ -63,8 +63,7 @@ SYSU_MODES = config.SYSU_MODES
 SYSU_GALLERY_CAMS = dict(zip(SYSU_MODES, (SYSU_RGB_CAMS, SYSU_INDOOR_RGB_CAMS)))  # search mode -> cameras
 SYSU_SHOTS = config.SYSU_SHOTS
 SYSU_TRIALS = config.SYSU_TRIALS
-# IR camera -> the RGB camera filming the same room, never matched against it.
-SYSU_SAME_ROOM = {3: 2}
+SYSU_SAME_ROOM = config.SYSU_SAME_ROOM
 
 REGDB_DIRECTIONS = config.REGDB_DIRECTIONS
 # Direction -> (query camera, gallery camera).

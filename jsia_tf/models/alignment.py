@@ -11,8 +11,8 @@
   T^k, each average-pooled to t^k [B, D] and classified by its own C^k (weights not
   shared). When h is not a multiple of n, the stripes have PyTorch
   ``AdaptiveAvgPool2d((n, 1))``'s bounds, rows [floor(k h / n), ceil((k + 1) h / n)), so
-  neighbouring stripes may share a row. The paper does not give n; the default, 6, is
-  PCB's. ``num_regions=0`` leaves the local classifiers out (the ablation without LR).
+  neighbouring stripes may share a row. The paper does not give n; the config's default,
+  6 (``config.DEFAULT_NUM_REGIONS``), is PCB's. ``num_regions=0`` leaves the local classifiers out (the ablation without LR).
 - Eq. 17, the test-time feature: :meth:`FeatureAlignment.embed`, L2-normalised for the
   cosine similarity of Sec. 3.4.
 
@@ -38,7 +38,7 @@ on TensorFlow, ``tf.train.Checkpoint`` silently skips layers held in lists.
 import keras
 import tensorflow as tf
 
-from jsia_tf.config import DEFAULT_NUM_REGIONS, TEST_FEATURES
+from jsia_tf.config import TEST_FEATURES
 from jsia_tf.data.pipeline import CAFFE_MEAN_BGR
 from jsia_tf.models.layers import BatchNormalization, build_sublayer
 
@@ -195,8 +195,8 @@ class FeatureAlignment(keras.Model):
       synchronized_bn: the classifiers' batch norm synchronised across replicas.
     """
 
-    def __init__(self, set_level_encoder, instance_level_encoder, num_classes, num_regions=DEFAULT_NUM_REGIONS,
-                 gray_input=False, test_features="bn", synchronized_bn=False, **kwargs):
+    def __init__(self, set_level_encoder, instance_level_encoder, num_classes, num_regions, gray_input=False,
+                 test_features="bn", synchronized_bn=False, **kwargs):
         super().__init__(**kwargs)
         if not isinstance(num_regions, int) or num_regions < 0:
             raise ValueError(f"FeatureAlignment num_regions={num_regions!r}: expected an integer >= 0")

@@ -1,7 +1,8 @@
 """Multi-scale discriminators Dis_rgb / Dis_ir of the GAN loss (paper Sec. 3.1, Eq. 7).
 
 Eq. 7 is written as the log-likelihood GAN objective, but Sec. 4.2 trains LSGAN
-discriminators (Mao et al.), as the official code does. The paper gives no architecture; the defaults are the official code's (MUNIT's multi-scale PatchGAN):
+discriminators (Mao et al.), as the official code does. The paper gives no architecture; config.ModelConfig's defaults are the official code's (MUNIT's multi-scale
+PatchGAN):
 ``num_scales`` = 2 copies of [``num_layers`` = 4 x (reflection pad 1, 4x4 stride-2 conv,
 LeakyReLU 0.2) with widths 32, 64, 128, 256, then a 1x1 conv to one channel], the
 image being average-pooled (3x3, stride 2, padding 1, padding excluded from the count)
@@ -58,11 +59,11 @@ class PatchDiscriminator(keras.layers.Layer):
     4x4 stride-2 conv, activation], widths ``base_width * 2^i``, then a 1x1 conv to one
     score per patch.
 
-    Args: as :class:`MultiScaleDiscriminator` (same defaults).
+    Args: as :class:`MultiScaleDiscriminator`.
     Input: [B, H, W, 3]. Output: float32 [B, H / 2^num_layers, W / 2^num_layers, 1].
     """
 
-    def __init__(self, num_layers=4, base_width=32, activation="leaky_relu", kernel_initializer=None, **kwargs):
+    def __init__(self, num_layers, base_width, activation="leaky_relu", kernel_initializer=None, **kwargs):
         super().__init__(**kwargs)
         self.num_layers = num_layers
         self.base_width = base_width
@@ -116,13 +117,13 @@ class MultiScaleDiscriminator(keras.Model):
       kernel_initializer: see :func:`discriminator_initializer_config` (default N(0, 0.02)).
 
     Input: unit-range images [B, H, W, 3], H and W large enough for every scale's
-    reflection padding (64x32 for the defaults).
+    reflection padding (64x32 for the official sizes).
     Output: list of ``num_scales`` float32 score maps [B, h_s, w_s, 1], scale s seeing
     the image pooled s times (h_0 = H / 2^num_layers).
     """
 
-    def __init__(self, num_scales=2, num_layers=4, base_width=32, activation="leaky_relu",
-                 kernel_initializer=None, **kwargs):
+    def __init__(self, num_scales, num_layers, base_width, activation="leaky_relu", kernel_initializer=None,
+                 **kwargs):
         super().__init__(**kwargs)
         self.num_scales = num_scales
         self.num_layers = num_layers

@@ -70,8 +70,8 @@ class VariationModule(keras.Model):
       seed: seed of the reparameterisation noise (None: a random seed).
     """
 
-    def __init__(self, feature_channels=256, hidden_channels=256, latent_channels=64, num_downsample=1,
-                 min_std=1e-4, output_activation=None, activation="relu", kernel_initializer=None, seed=None,
+    def __init__(self, feature_channels, hidden_channels, latent_channels, num_downsample, min_std=1e-4,
+                 output_activation=None, activation="relu", kernel_initializer=None, seed=None,
                  **kwargs):
         super().__init__(**kwargs)
         self.feature_channels = feature_channels
