@@ -374,11 +374,9 @@ def write(results, out, kinds, step):
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    options = config_flags.options(config_lib.AnalysisConfig, argv)
     values = flags.FLAGS
     try:
-        options = config_lib.AnalysisConfig(**config_flags.values(config_lib.AnalysisConfig))
         out = values.out or os.path.join(values.run_dir, "analysis")
         analyze(values.run_dir, out, options, data_dir=values.data_dir, dataset=values.dataset, trial=values.trial,
                 checkpoint=values.checkpoint)

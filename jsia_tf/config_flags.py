@@ -8,6 +8,7 @@ config.py (which itself imports no absl).
 import dataclasses
 import typing
 
+from absl import app
 from absl import flags
 
 from jsia_tf import config as config_lib
@@ -54,3 +55,15 @@ def value(field):
 def values(cls):
     """{field name: its flag's value} for every option of ``cls``."""
     return {field.name: value(field) for field in option_fields(cls)}
+
+
+def options(cls, argv=None):
+    """``cls`` built from its flags, the start of every command line's ``main``: an invalid
+    value, or a positional argument where ``argv`` takes none, is an ``app.UsageError``
+    naming it (one line and the usage, not a traceback)."""
+    if argv is not None and len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    try:
+        return cls(**values(cls))
+    except ValueError as err:
+        raise app.UsageError(str(err)) from None

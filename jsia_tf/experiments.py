@@ -196,11 +196,7 @@ def curve_figure(series, size=(640, 400), margin=48):
 
 
 def main(argv):
-    del argv
-    try:
-        options = config_lib.ExperimentsConfig(**config_flags.values(config_lib.ExperimentsConfig))
-    except ValueError as err:
-        raise app.UsageError(str(err)) from None
+    options = config_flags.options(config_lib.ExperimentsConfig, argv)
     unknown = sorted(set(options.rows) - set(ROWS))
     if unknown:
         raise app.UsageError(f"--rows: {unknown} are not Table 3 indices; expected some of {sorted(ROWS)}")

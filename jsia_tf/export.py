@@ -364,13 +364,8 @@ def export_run(run_dir, export_dir, checkpoint=None, **options):
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    options = config_flags.options(config_lib.ExportConfig, argv)
     flag_values = flags.FLAGS
-    try:
-        options = config_lib.ExportConfig(**config_flags.values(config_lib.ExportConfig))
-    except ValueError as err:
-        raise app.UsageError(str(err)) from None
     formats = ("saved_model", "litert") if options.format == "both" else (options.format,)
     if "litert" not in formats:
         given = [f"--{n}" for n in ("quantization", "calibration_images", "data_dir") if flag_values[n].present]

@@ -112,10 +112,7 @@ def run_workers(command, num_workers, timeout_s=0, env=None):
 
 def main(argv):
     train_flags = argv[1:]
-    try:
-        options = config_lib.LaunchConfig(**config_flags.values(config_lib.LaunchConfig))
-    except ValueError as err:
-        raise app.UsageError(str(err)) from None
+    options = config_flags.options(config_lib.LaunchConfig)  # argv: the trainer's flags
     other = [f for f in train_flags if f.startswith("--strategy") and f != "--strategy=multi_worker"]
     if other:
         raise app.UsageError(f"{other[0]}: launch_local runs --strategy=multi_worker")

@@ -2,6 +2,7 @@
 
 import ast
 import json
+import os
 import pathlib
 import subprocess
 import sys
@@ -91,3 +92,23 @@ def test_every_preset_is_a_valid_config():
                                "size": [128, 64], "data_dir": "data/calibration", "run_dir": "runs/demo"}
     assert configs["calibration"]["generation"] is False
     assert {configs[name]["sl"] for name in ("sysu", "regdb")} == {"shared"}  # the paper's SL
+
+
+@pytest.mark.parametrize("module, args, message", [
+    ("jsia_tf.export", ["--run_dir=r", "--export_dir=e", "extra"], "unexpected arguments: ['extra']"),
+    ("jsia_tf.analyze", ["--run_dir=r", "--num_identities=1"], "--num_identities=1: expected an integer >= 2"),
+    ("jsia_tf.data.synthetic", ["--out=o", "extra"], "unexpected arguments: ['extra']"),
+    ("jsia_tf.serving.server", ["--model_base_path=m", "--max_batch_size=0"],
+     "--max_batch_size=0: expected a positive integer"),
+    ("jsia_tf.serving.client", ["--server=s", "--images=i", "--timeout=0"], "--timeout=0.0: expected seconds > 0"),
+    ("jsia_tf.experiments", ["--parallel=0"], "--parallel=0: expected a positive integer"),
+    ("jsia_tf.launch_local", ["--workers=0"], "--workers=0: expected a positive integer"),
+])
+def test_a_bad_option_or_argument_is_one_usage_error_before_any_work(module, args, message, tmp_path):
+    """``config_flags.options`` starts every command line: the error names the flag, nothing
+    is read or written (the folders named do not exist), and no traceback."""
+    result = subprocess.run([sys.executable, "-m", module, *args], cwd=tmp_path, capture_output=True, text=True,
+                            timeout=300, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert result.returncode == 1, result.stderr
+    assert message in result.stderr and "Traceback" not in result.stderr, result.stderr
+    assert list(tmp_path.iterdir()) == []

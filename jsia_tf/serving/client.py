@@ -177,12 +177,7 @@ def define_flags():
 
 def main(argv):
     """:func:`rank`; what the user can fix (a missing file, a refused image, no server) is one line."""
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    try:
-        options = config_lib.ClientConfig(**config_flags.values(config_lib.ClientConfig))
-    except ValueError as err:
-        raise app.UsageError(str(err)) from None
+    options = config_flags.options(config_lib.ClientConfig, argv)
     try:
         rank(flags.FLAGS.server, flags.FLAGS.images, flags.FLAGS.gallery_dir, options)
     except OSError as error:  # a missing image file, an empty --gallery_dir

@@ -232,13 +232,8 @@ def define_flags():
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    options = config_flags.options(config_lib.ServerConfig, argv)
     FLAGS = flags.FLAGS
-    try:
-        options = config_lib.ServerConfig(**config_flags.values(config_lib.ServerConfig))
-    except ValueError as err:
-        raise app.UsageError(str(err)) from None
     try:
         server, port = serve(FLAGS.model_base_path, model_name=FLAGS.model_name, **dataclasses.asdict(options))
     except (OSError, ValueError) as error:  # no model to serve, not a SavedModel, a port in use

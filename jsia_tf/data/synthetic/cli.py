@@ -34,11 +34,9 @@ def _define_flags():
 
 def main(argv):
     FLAGS = flags.FLAGS
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    options = config_flags.options(config.SyntheticConfig, argv)
     if FLAGS.out is None and FLAGS.sheet is None:
         raise app.UsageError("pass --out=DIR (a dataset) and/or --sheet=PATH (an example PNG)")
-    options = config.SyntheticConfig(**config_flags.values(config.SyntheticConfig))
     try:
         if FLAGS.out is not None:
             generate(FLAGS.out, options.layout, options.num_ids, options.seed, options.height, options.width,
