@@ -46,7 +46,9 @@ SET_LEVEL_SHARING = ("shared", "separate", "gan")
 # unpaired images of the same identity (the degraded LR), or off.
 LOCAL_ALIGNMENTS = ("paired", "unpaired", "off")
 STRATEGIES = ("default", "mirrored", "multi_worker")
-PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
+# "auto": mixed_bfloat16 on a CPU with native bfloat16 arithmetic (AVX512-BF16 or AMX), float32
+# elsewhere (jsia_tf.train.resolve_precision); a run's config.json records what it resolved to.
+PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16", "auto")
 # How batch norm in E^sl / E^il sees the re-ID batch: both modalities in one call
 # ("joint", as at test time) or one call per modality ("separate", the official code).
 MODALITY_BN = ("joint", "separate")
@@ -426,7 +428,9 @@ class TrainConfig:
         "It must exceed the longest time between two steps: tracing a step function, the chief's evaluation, a "
         "checkpoint.")
     mixed_precision: str = option("float32", "Keras dtype policy; mixed_float16 scales the losses dynamically per "
-                                             "variable group (jsia_tf.trainer).", choices=PRECISIONS)
+                                             "variable group (jsia_tf.trainer); auto: mixed_bfloat16 when training "
+                                             "runs on a CPU with native bfloat16 (AVX512-BF16 or AMX), else float32.",
+                                  choices=PRECISIONS)
     optimizer: str = option("adam", "adam (paper) or plain SGD at --lr (tests of distributed gradient scaling, "
                                     "which Adam's normalisation would hide).", choices=OPTIMIZERS)
     jit_compile: bool = option(False, "Compile the training steps with XLA.")

@@ -430,3 +430,18 @@ def test_tensorflow_start_up_lines_are_hidden_in_every_process_unless_asked(tmp_
     asked = subprocess.run([sys.executable, "-c", "import jsia_tf, tensorflow"], cwd=REPO, capture_output=True,
                            text=True, timeout=300, env={**env, "TF_CPP_MIN_LOG_LEVEL": "0"})
     assert "oneDNN custom operations are on" in asked.stderr
+
+
+@pytest.mark.parametrize("cpu_flags, expected", [("fpu avx512f avx512_bf16 avx512_vnni", "mixed_bfloat16"),
+                                                 ("fpu amx_bf16 amx_tile", "mixed_bfloat16"),
+                                                 ("fpu avx512f avx512_vnni", "float32")])
+def test_auto_precision_is_bfloat16_only_where_the_cpu_computes_it(cpu_flags, expected, tmp_path):
+    from jsia_tf import train
+
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(f"processor\t: 0\nmodel name\t: test\nflags\t\t: {cpu_flags}\n\nprocessor\t: 1\n")
+    assert not tf.config.list_physical_devices("GPU")  # CI and this machine: training runs on the CPU
+    assert train.resolve_precision("auto", cpuinfo) == expected
+    for explicit in ("float32", "mixed_bfloat16", "mixed_float16"):
+        assert train.resolve_precision(explicit, cpuinfo) == explicit
+    assert train.resolve_precision("auto", tmp_path / "missing") == "float32"
