@@ -97,9 +97,9 @@ def config_from_flags():
 def resolve_precision(precision, cpuinfo="/proc/cpuinfo"):
     """``--mixed_precision`` with ``auto`` made a Keras policy: mixed_bfloat16 where training
     runs on a CPU (no GPU visible) whose instruction set has bfloat16 arithmetic, float32
-    elsewhere. On such CPUs (this project's) the demo's steps are x1.3 faster and learn as
-    well (docs/RESULTS.md, "The demo"); without the instructions bfloat16 is emulated, slower
-    than float32."""
+    elsewhere: on such CPUs (this project's) bfloat16 convolutions are faster and learn as
+    well as float32 (docs/BENCHMARKS.md, docs/FIDELITY.md); without the instructions
+    bfloat16 is emulated, slower than float32."""
     if precision != "auto":
         return precision
     try:
