@@ -733,29 +733,6 @@ class ClientConfig:
         _require(self.timeout > 0, "timeout", self.timeout, "seconds > 0")
 
 
-# What a run's checkpoints fix: the networks' shapes and the identities they were trained
-# on. A resume may change the schedule, the loss weights or the evaluation, not these.
-_RESUME_FIXED_DATA = ("dataset", "trial", "height", "width", "synthetic_ids", "synthetic_test_ids")
-
-
-def resume_conflicts(saved, wanted):
-    """``--flag: the run has X, the flags give Y`` for each field that ``wanted`` (this
-    start's Config) changes among those the saved run's checkpoints fix; empty if none."""
-    fixed = [("data", field) for field in dataclasses.fields(DataConfig) if field.name in _RESUME_FIXED_DATA]
-    fixed += [("model", field) for field in dataclasses.fields(ModelConfig)]
-    conflicts = []
-    for section, field in fixed:
-        before, after = (getattr(getattr(config, section), field.name) for config in (saved, wanted))
-        if before != after:
-            conflicts.append(f"--{flag_name(field)}: the run has {before!r}, the flags give {after!r}")
-    return conflicts
-
-
-def _tuples(fields):
-    """JSON lists back to the tuples the frozen dataclasses hold."""
-    return {name: tuple(value) if isinstance(value, list) else value for name, value in fields.items()}
-
-
 @dataclasses.dataclass(frozen=True)
 class SearchConfig:
     """What ``python -m jsia_tf.search index|query`` does beyond the files and the model it
@@ -781,3 +758,26 @@ class SearchConfig:
         for flag in ("trial", "batch_size", "top_k"):
             _require(getattr(self, flag) > 0, flag, getattr(self, flag), "a positive integer")
         _require(len(self.time_window) in (0, 2), "time_window", self.time_window, "START,END")
+
+
+# What a run's checkpoints fix: the networks' shapes and the identities they were trained
+# on. A resume may change the schedule, the loss weights or the evaluation, not these.
+_RESUME_FIXED_DATA = ("dataset", "trial", "height", "width", "synthetic_ids", "synthetic_test_ids")
+
+
+def resume_conflicts(saved, wanted):
+    """``--flag: the run has X, the flags give Y`` for each field that ``wanted`` (this
+    start's Config) changes among those the saved run's checkpoints fix; empty if none."""
+    fixed = [("data", field) for field in dataclasses.fields(DataConfig) if field.name in _RESUME_FIXED_DATA]
+    fixed += [("model", field) for field in dataclasses.fields(ModelConfig)]
+    conflicts = []
+    for section, field in fixed:
+        before, after = (getattr(getattr(config, section), field.name) for config in (saved, wanted))
+        if before != after:
+            conflicts.append(f"--{flag_name(field)}: the run has {before!r}, the flags give {after!r}")
+    return conflicts
+
+
+def _tuples(fields):
+    """JSON lists back to the tuples the frozen dataclasses hold."""
+    return {name: tuple(value) if isinstance(value, list) else value for name, value in fields.items()}

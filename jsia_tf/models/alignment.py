@@ -12,7 +12,8 @@
   shared). When h is not a multiple of n, the stripes have PyTorch
   ``AdaptiveAvgPool2d((n, 1))``'s bounds, rows [floor(k h / n), ceil((k + 1) h / n)), so
   neighbouring stripes may share a row. The paper does not give n; the config's default,
-  6 (``config.DEFAULT_NUM_REGIONS``), is PCB's. ``num_regions=0`` leaves the local classifiers out (the ablation without LR).
+  6 (``config.DEFAULT_NUM_REGIONS``), is PCB's. ``num_regions=0`` leaves the local
+  classifiers out (the ablation without LR).
 - Eq. 17, the test-time feature: :meth:`FeatureAlignment.embed`, L2-normalised for the
   cosine similarity of Sec. 3.4.
 

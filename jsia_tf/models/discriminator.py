@@ -1,8 +1,9 @@
 """Multi-scale discriminators Dis_rgb / Dis_ir of the GAN loss (paper Sec. 3.1, Eq. 7).
 
 Eq. 7 is written as the log-likelihood GAN objective, but Sec. 4.2 trains LSGAN
-discriminators (Mao et al.), as the official code does. The paper gives no architecture; config.ModelConfig's defaults are the official code's (MUNIT's multi-scale
-PatchGAN):
+discriminators (Mao et al.), as the official code does. The paper gives no
+architecture; config.ModelConfig's defaults are the official code's (MUNIT's
+multi-scale PatchGAN):
 ``num_scales`` = 2 copies of [``num_layers`` = 4 x (reflection pad 1, 4x4 stride-2 conv,
 LeakyReLU 0.2) with widths 32, 64, 128, 256, then a 1x1 conv to one channel], the
 image being average-pooled (3x3, stride 2, padding 1, padding excluded from the count)
