@@ -103,6 +103,9 @@ def test_every_preset_is_a_valid_config():
     ("jsia_tf.serving.client", ["--server=s", "--images=i", "--timeout=0"], "--timeout=0.0: expected seconds > 0"),
     ("jsia_tf.experiments", ["--parallel=0"], "--parallel=0: expected a positive integer"),
     ("jsia_tf.launch_local", ["--workers=0"], "--workers=0: expected a positive integer"),
+    # Module G's 32 x 16 images are too small for 2 scales of 4 stride-2 convs.
+    ("jsia_tf.train", ["--run_dir=r", "--data_dir=d", "--height=64", "--width=32", "--generation_scale=2"],
+     "--disc_num_layers=4: expected at most log2 of the coarsest discriminator scale's side (8 pixels"),
 ])
 def test_a_bad_option_or_argument_is_one_usage_error_before_any_work(module, args, message, tmp_path):
     """``config_flags.options`` starts every command line: the error names the flag, nothing
