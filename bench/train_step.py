@@ -27,6 +27,9 @@ code does not have, to time the same work as its joint step (docs/BENCHMARKS.md,
 "Against the official code").
 
     python bench/train_step.py --shapes=demo [--variants=float32,mixed_bfloat16,jit,mirrored] [--nograppler]
+
+With one variant and one phase, the last line gives each repeat's seconds per step
+(``seconds: T1 T2 ...``), which bench/against_official.py reads.
 """
 
 import os
@@ -99,7 +102,7 @@ def resident_gib():
 
 def time_variant(shapes, variant, phases, steps, repeats):
     """{phase name: (images/s, seconds per step, tracing seconds, first step's seconds, (RSS after, peak RSS)
-    GiB)} of one variant."""
+    GiB, each repeat's seconds per step)} of one variant."""
     import keras
     from jsia_tf import train as train_lib
     from jsia_tf import trainer as trainer_lib
@@ -139,7 +142,7 @@ def time_variant(shapes, variant, phases, steps, repeats):
             seconds.append((time.perf_counter() - start) / steps)
         per_step = float(np.median(seconds))
         results[phase.name] = (train_lib.images_per_step(phase, data) / per_step, per_step, tracing, first,
-                               resident_gib())
+                               resident_gib(), seconds)
     keras.mixed_precision.set_global_policy("float32")
     return results
 
@@ -162,9 +165,11 @@ def main(argv):
           "peak RSS GiB |")
     print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for variant, phases in rows.items():
-        for phase, (rate, seconds, tracing, first_step, (rss, peak)) in phases.items():
+        for phase, (rate, seconds, tracing, first_step, (rss, peak), _) in phases.items():
             print(f"| {variant} | {phase} | {rate:.2f} | {seconds:.3f} | x{rate / rows[first][phase][0]:.2f} | "
                   f"{tracing:.1f} | {first_step:.1f} | {rss:.2f} | {peak:.2f} |")
+    if len(rows) == 1 and len(rows[first]) == 1:  # one row: its repeats, for bench/against_official.py
+        print("seconds: " + " ".join(f"{s:.3f}" for s in next(iter(rows[first].values()))[-1]))
 
 
 if __name__ == "__main__":
