@@ -410,6 +410,8 @@ class TrainConfig:
         "every step (1: every step, the paper). The generation terms are most of a joint step's cost on a CPU.")
     warmup_steps: int = option(0, "Module F's learning rate rises linearly from lr / warmup_steps to lr over its "
                                   "first steps, counted from the first step that steps F (0: none).")
+    gan_warmup_steps: int = option(0, "G, V and the discriminators' learning rate rises linearly from gan_lr / "
+                                      "gan_warmup_steps to gan_lr over the run's first steps (0: none).")
     lr_decay_factor: float = option(0.1, "Learning-rate multiplier at each of a phase's lr_decay_epochs.")
     checkpoint_every: int = option(1000, "Steps between checkpoints (the last step is always saved).")
     keep_checkpoints: int = option(3, "Checkpoints kept in <run_dir>/checkpoints.")
@@ -453,6 +455,7 @@ class TrainConfig:
             _require(getattr(self, flag) >= 0, flag, getattr(self, flag), ">= 0")
         _require(self.generation_every > 0, "generation_every", self.generation_every, "a positive integer")
         _require(self.warmup_steps >= 0, "warmup_steps", self.warmup_steps, ">= 0")
+        _require(self.gan_warmup_steps >= 0, "gan_warmup_steps", self.gan_warmup_steps, ">= 0")
         _require(0 < self.lr_decay_factor <= 1, "lr_decay_factor", self.lr_decay_factor, "a value in (0, 1]")
         for flag in ("checkpoint_every", "keep_checkpoints", "log_every"):
             _require(getattr(self, flag) > 0, flag, getattr(self, flag), "a positive integer")
@@ -501,7 +504,7 @@ class TrainConfig:
 
         Each group's base rate, times ``lr_decay_factor`` for each of the phase's
         ``lr_decay_epochs`` passed; module F's groups also warm up over their first
-        ``warmup_steps`` steps.
+        ``warmup_steps`` steps, the others over the run's first ``gan_warmup_steps``.
         """
         phase, epoch = self.phase_at(step)
         decay = self.lr_decay_factor ** sum(epoch >= e for e in phase.lr_decay_epochs)
@@ -514,6 +517,9 @@ class TrainConfig:
                 first += p.epochs * self.steps_per_epoch
             warmup = min(1.0, (max(step - first, 0) + 1) / self.warmup_steps)
             rates.update({group: rates[group] * warmup for group in REID_GROUPS})
+        if self.gan_warmup_steps:
+            warmup = min(1.0, (step + 1) / self.gan_warmup_steps)
+            rates.update({group: rates[group] * warmup for group in GROUPS if group not in REID_GROUPS})
         return rates
 
 

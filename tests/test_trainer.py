@@ -589,6 +589,17 @@ def test_reid_learning_rate_warms_up_from_the_first_step_that_trains_f():
         config_lib.TrainConfig(warmup_steps=-1)
 
 
+def test_gan_learning_rate_warms_up_from_the_first_step():
+    train = config_lib.TrainConfig(phases=config_lib.paper_phases(1, 2, ()), steps_per_epoch=10, lr=1.0,
+                                   gan_lr=0.5, gan_warmup_steps=4)
+    rates = [train.learning_rates_at(s) for s in (0, 1, 3, 4, 10, 29)]
+    for group in ("generation", "discriminators", "variation"):
+        assert [r[group] for r in rates] == pytest.approx([0.125, 0.25, 0.5, 0.5, 0.5, 0.5])
+    assert [r["reid_set_level"] for r in rates] == pytest.approx([1.0] * 6)  # F is not warmed up
+    with pytest.raises(config_lib.ConfigError, match="--gan_warmup_steps=-1"):
+        config_lib.TrainConfig(gan_warmup_steps=-1)
+
+
 def test_module_f_alone_steps_only_f(eager):
     """--generation=false (Table 3 row 1 without the cost of G): one phase, F's groups, the
     identity terms only (C^k's too where there are local regions); a term that needs
