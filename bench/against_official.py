@@ -36,6 +36,8 @@ _REPEATS = flags.DEFINE_integer("repeats", 3, "jsia_tf: timed single steps (benc
 _MAX_LOAD = flags.DEFINE_float("max_load", 0.8, "Wait for a 1-minute load average below this before each run.")
 _WAIT_S = flags.DEFINE_integer("max_wait_s", 1800, "Give up waiting for a quiet machine after this long.")
 flags.mark_flags_as_required(["official", "official_dir"])
+flags.register_validator("ours", lambda rows: set(rows) <= {"like_official", "every_term"},
+                         "--ours: expected like_official and/or every_term")
 
 # The official code's batches (docs/BENCHMARKS.md): re-ID 4 ids x 4 per modality, generation 3 x 3.
 BATCH = ["--paper_num_ids=4", "--paper_num_instances=4", "--paper_gan_num_ids=3", "--paper_gan_num_instances=3"]
@@ -83,7 +85,7 @@ def main(argv):
     runs.append(("official, run B", run_timed("official, run B", _OFFICIAL.value, official_dir)))
     medians = {label: statistics.median(seconds) for label, seconds in runs}
     run_a, run_b = medians["official, run A"], medians["official, run B"]
-    print(f"\n| what | s / step, median (range) | official A / this | official B / this | headline |")
+    print("\n| what | s / step, median (range) | official A / this | official B / this | headline |")
     print("| --- | --- | ---: | ---: | ---: |")
     for label, seconds in runs:
         ratios = ("", "", "") if label.startswith("official") else (

@@ -541,19 +541,18 @@ class Config:
         # images have the input size only if it is a multiple of 4.
         for flag in ("height", "width"):
             _require(getattr(self.data, flag) % 4 == 0, flag, getattr(self.data, flag), "a multiple of 4")
-        if self.model.generation:
-            # Each discriminator scale halves the image --disc_num_layers times (4x4 stride-2
-            # convs after a reflection pad of 1), so its input must keep at least
-            # 2^disc_num_layers pixels a side, and each further scale sees it pooled by 2.
-            side = min(self.data.height, self.data.width) // self.model.generation_scale
-            coarsest = side
-            for _ in range(self.model.disc_num_scales - 1):
-                coarsest = -(-coarsest // 2)
-            _require(coarsest >= 2 ** self.model.disc_num_layers, "disc_num_layers", self.model.disc_num_layers,
-                     f"at most log2 of the coarsest discriminator scale's side ({coarsest} pixels: module G's "
-                     f"images are {side} pixels on their short side with --generation_scale="
-                     f"{self.model.generation_scale}, pooled {self.model.disc_num_scales - 1} time(s) for "
-                     f"--disc_num_scales={self.model.disc_num_scales})")
+        # The discriminators (built even for module F alone): each scale halves the image
+        # --disc_num_layers times (4x4 stride-2 convs after a reflection pad of 1), so its
+        # input must keep 2^disc_num_layers pixels a side; each further scale sees it pooled by 2.
+        side = min(self.data.height, self.data.width) // self.model.generation_scale
+        coarsest = side
+        for _ in range(self.model.disc_num_scales - 1):
+            coarsest = -(-coarsest // 2)
+        _require(coarsest >= 2 ** self.model.disc_num_layers, "disc_num_layers", self.model.disc_num_layers,
+                 f"at most log2 of the coarsest discriminator scale's side ({coarsest} pixels: module G's "
+                 f"images are {side} pixels on their short side with --generation_scale="
+                 f"{self.model.generation_scale}, pooled {self.model.disc_num_scales - 1} time(s) for "
+                 f"--disc_num_scales={self.model.disc_num_scales})")
         if not self.model.generation:  # module F alone: no term may need module G's images
             conflicts = dict.fromkeys(
                 f"--{term.switch.flag}={term.switch.needs_g!r} (expected {term.switch.expected})" for term in TERMS
