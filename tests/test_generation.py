@@ -131,6 +131,37 @@ def test_upsample_conv2d_is_upsampling_then_reflection_padded_convolution(height
                                    atol=1e-3)
 
 
+@pytest.mark.parametrize("height, width, k", [(14, 10, 7), (13, 9, 7), (8, 7, 3), (9, 12, 4), (7, 7, 7), (6, 5, 1)])
+def test_space_to_depth_conv2d_is_the_valid_convolution(height, width, k):
+    """The space-to-depth form equals the valid convolution, odd sizes and even kernels
+    included, and so do its gradients with respect to the input and the kernel."""
+    rng = _rng(13)
+    x = tf.constant(rng.normal(size=(2, height, width, 5)), tf.float32)
+    kernel = tf.Variable(rng.normal(size=(k, k, 5, 3)).astype(np.float32))
+    with tf.GradientTape(persistent=True) as tape:
+        tape.watch(x)
+        fast = layers.space_to_depth_conv2d(x, kernel)
+        written = tf.nn.conv2d(x, kernel, 1, "VALID")
+        weights = tf.constant(rng.normal(size=written.shape), tf.float32)
+        fast_loss, written_loss = tf.reduce_sum(fast * weights), tf.reduce_sum(written * weights)
+    windows = np.lib.stride_tricks.sliding_window_view(x.numpy(), (k, k), axis=(1, 2))  # [B, H', W', C, k, k]
+    np.testing.assert_allclose(fast, np.einsum("bijcuv,uvco->bijo", windows, kernel.numpy()), atol=1e-4)
+    for var in (x, kernel):
+        np.testing.assert_allclose(tape.gradient(fast_loss, var), tape.gradient(written_loss, var), rtol=1e-4,
+                                   atol=1e-3)
+
+
+def test_few_filter_conv_block_equals_keras_convolution():
+    """A 3-filter block (the decoders' output; space-to-depth form) gives Keras' Conv2D
+    of the padded input, bias and activation included."""
+    x = _rng(14).normal(size=(2, 16, 8, 6)).astype(np.float32)
+    block = layers.ConvBlock(3, 7, activation="tanh")
+    block.build(x.shape)
+    block.conv.bias.assign([0.1, -0.2, 0.3])
+    assert block.filters <= layers.FEW_FILTERS
+    np.testing.assert_allclose(block(x), np.tanh(block.conv(block.pad(x))), atol=1e-5)
+
+
 def test_upsampling_conv_block_equals_upsampling_layer_then_block():
     """ConvBlock(upsample=True) is the decoder's nearest UpSampling2D then the same
     block, same weights (layer norm and activation included)."""

@@ -11,7 +11,8 @@
   upsampling convolution.
 - :class:`ConvBlock`: reflection pad + convolution + optional norm + activation,
   optionally after nearest x2 upsampling (the decoder's), which
-  :func:`upsample_conv2d` computes at the input's resolution.
+  :func:`upsample_conv2d` computes at the input's resolution; with a few filters,
+  :func:`space_to_depth_conv2d` computes it on a rearranged input.
 - :class:`AdaINResBlock`: residual block whose two convolutions are followed by AdaIN.
 - :class:`MLP`: style code -> AdaIN parameters of every AdaIN layer of a decoder.
 - :class:`BatchNormalization`: Keras' batch norm (module F's encoders and classifiers),
@@ -167,6 +168,52 @@ def upsample_conv2d(x, kernel, padding):
     return tf.concat([top, middle, bottom], axis=1)
 
 
+FEW_FILTERS = 4
+"""A stride-1 :class:`ConvBlock` with at most this many filters (the decoders' 3-channel
+output convolution) convolves in :func:`space_to_depth_conv2d`'s form."""
+
+
+def space_to_depth_conv2d(x, kernel):
+    """A valid, stride-1 convolution of x, computed on x's 2 x 2 space-to-depth
+    rearrangement.
+
+    Output pixel (2i + a, 2j + b) reads input rows 2i + a .. 2i + a + k - 1, which are
+    rows i .. i + (k + 1) // 2 of ``space_to_depth(x, 2)``: all four phases (a, b) are one
+    convolution of that map with a (k + 2) // 2 square kernel holding the k x k taps
+    shifted by (a, b) among zeros, 4 C_in -> 4 C_out, interleaved by ``depth_to_space``.
+    For k = 7 that is 1.3x the multiply-adds, but oneDNN runs a convolution with 3
+    output channels (the decoders' output) about ten times below its rate on wide ones,
+    and 12 channels twice as fast (docs/BENCHMARKS.md). Same function of the same
+    weights; only float sums come in another order.
+
+    Args:
+      x: [B, H, W, C_in] of known H and W (else the plain convolution).
+      kernel: [k, k, C_in, C_out] in x's dtype.
+    Returns:
+      [B, H - k + 1, W - k + 1, C_out], without bias.
+    """
+    k, _, c_in, c_out = kernel.shape
+    height, width = x.shape[1], x.shape[2]
+    if height is None or width is None:
+        return tf.nn.conv2d(x, kernel, 1, "VALID")
+    size = (k + 2) // 2
+    out_height, out_width = height - k + 1, width - k + 1
+    phases = tf.stack([tf.pad(kernel, [[a, 2 * size - k - a], [b, 2 * size - k - b], [0, 0], [0, 0]])
+                       for a in (0, 1) for b in (0, 1)], axis=-2)  # [2 size, 2 size, C_in, 4, C_out]
+    phases = tf.reshape(phases, [size, 2, size, 2, c_in, 4 * c_out])
+    # space_to_depth's channels are (row offset, column offset, C_in), depth_to_space's (a, b, C_out).
+    phases = tf.reshape(tf.transpose(phases, [0, 2, 1, 3, 4, 5]), [size, size, 4 * c_in, 4 * c_out])
+    # Zero rows and columns at the end make both sizes even; only outputs past the
+    # valid ones, cropped below, read them.
+    rows, columns = 2 * (-(-out_height // 2) + size - 1), 2 * (-(-out_width // 2) + size - 1)
+    if (rows, columns) != (height, width):
+        x = tf.pad(x, [[0, 0], [0, rows - height], [0, columns - width], [0, 0]])
+    out = tf.nn.depth_to_space(tf.nn.conv2d(tf.nn.space_to_depth(x, 2), phases, 1, "VALID"), 2)
+    if out.shape[1] != out_height or out.shape[2] != out_width:
+        out = out[:, :out_height, :out_width]
+    return out
+
+
 @keras.saving.register_keras_serializable(package="jsia_tf")
 class ReflectionPad2D(keras.layers.Layer):
     """Reflection padding of the two spatial axes (``tf.pad`` mode REFLECT).
@@ -236,7 +283,8 @@ class ConvBlock(keras.layers.Layer):
 
     The official ``Conv2dBlock`` with ``pad_type="reflect"``; with ``upsample``, after
     the decoder's nearest x2 upsampling (official ``nn.Upsample``), computed by
-    :func:`upsample_conv2d`.
+    :func:`upsample_conv2d`; with stride 1 and at most :data:`FEW_FILTERS` filters,
+    by :func:`space_to_depth_conv2d`.
 
     Args:
       filters: output channels.
@@ -289,6 +337,9 @@ class ConvBlock(keras.layers.Layer):
     def call(self, x):
         if self.upsample:  # [B, 2H, 2W, filters]
             x = upsample_conv2d(x, tf.cast(self.conv.kernel, x.dtype), self.padding) + tf.cast(self.conv.bias, x.dtype)
+        elif self.strides == 1 and self.kernel_size > 1 and self.filters <= FEW_FILTERS:
+            x = tf.nn.bias_add(space_to_depth_conv2d(self.pad(x), tf.cast(self.conv.kernel, x.dtype)),
+                               tf.cast(self.conv.bias, x.dtype))
         else:
             x = self.conv(self.pad(x))  # [B, H', W', filters]
         if self.norm == "instance":
