@@ -162,6 +162,19 @@ def test_few_filter_conv_block_equals_keras_convolution():
     np.testing.assert_allclose(block(x), np.tanh(block.conv(block.pad(x))), atol=1e-5)
 
 
+def test_few_filter_conv_block_under_mixed_bfloat16(mixed_bfloat16):
+    """In bfloat16 the space-to-depth form stays within bfloat16's rounding of Keras'
+    convolution (it adds the bias after the convolution's own rounding)."""
+    x = _rng(15).normal(size=(2, 16, 8, 6)).astype(np.float32)
+    block = layers.ConvBlock(3, 7, activation=None)
+    block.build(x.shape)
+    block.conv.bias.assign([0.5, -1.0, 2.0])
+    out = block(x)
+    assert out.dtype == tf.bfloat16
+    expected = block.conv(block.pad(tf.cast(x, tf.bfloat16)))
+    np.testing.assert_allclose(tf.cast(out, tf.float32), tf.cast(expected, tf.float32), rtol=0.02, atol=0.02)
+
+
 def test_upsampling_conv_block_equals_upsampling_layer_then_block():
     """ConvBlock(upsample=True) is the decoder's nearest UpSampling2D then the same
     block, same weights (layer norm and activation included)."""
