@@ -178,7 +178,7 @@ def space_to_depth_conv2d(x, kernel):
     rearrangement.
 
     Output pixel (2i + a, 2j + b) reads input rows 2i + a .. 2i + a + k - 1, which are
-    rows i .. i + (k + 1) // 2 of ``space_to_depth(x, 2)``: all four phases (a, b) are one
+    rows i .. i + k // 2 of ``space_to_depth(x, 2)``: all four phases (a, b) are one
     convolution of that map with a (k + 2) // 2 square kernel holding the k x k taps
     shifted by (a, b) among zeros, 4 C_in -> 4 C_out, interleaved by ``depth_to_space``.
     For k = 7 that is 1.3x the multiply-adds, but oneDNN runs a convolution with 3
